@@ -1,0 +1,37 @@
+"""shekel: hard spending limits for LLM calls.
+
+>>> from shekel import budget
+>>> with budget(max_usd=1.00, price_per_1k_tokens={"input": 0.001, "output": 0.002}) as b:
+...     ...  # every Hugging Face inference call in here is counted, priced and capped
+
+Importing shekel imports no framework; the Hugging Face patch is installed when the first budget is entered.
+"""
+
+from __future__ import annotations
+
+from ._budget import Budget, CallRecord, ModelTotals, budget
+from ._context import carry, current_budget
+from ._patching import install, uninstall
+from ._pricing import Price
+from ._usage import Usage
+from .errors import BudgetConfigError, BudgetExceededError, PricingError, ShekelError
+
+__version__ = "2.0.0.dev0"
+
+__all__ = [
+    "Budget",
+    "BudgetConfigError",
+    "BudgetExceededError",
+    "CallRecord",
+    "ModelTotals",
+    "Price",
+    "PricingError",
+    "ShekelError",
+    "Usage",
+    "__version__",
+    "budget",
+    "carry",
+    "current_budget",
+    "install",
+    "uninstall",
+]

@@ -1,0 +1,146 @@
+"""The accounting core of one LLM call: reserve before, observe the stream, settle or release after.
+
+Adapters and integrations build a :class:`CallAccounting` after ``Budget.reserve`` succeeded and hand the
+response (or each stream chunk) to it. The sync and async stream drivers below differ only by ``await``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any, Final
+
+from ._budget import Reservation
+from ._usage import Usage, read_usage
+
+#: True while a counted call runs, so that layers below it (a recursive retry inside huggingface_hub, the
+#: adapter patch under an integration's handler) do not count the same call again.
+call_in_progress: ContextVar[bool] = ContextVar("shekel_call_in_progress", default=False)
+
+
+class _Skip:
+    __slots__ = ()
+
+
+#: Returned by an ``observe`` function for a chunk the caller must not see (the usage-only chunk that
+#: shekel itself asked for).
+SKIP: Final = _Skip()
+
+
+class CallAccounting:
+    """State of one call in flight. Settles exactly once: ``finish``/``settle_*`` charge, ``fail`` releases."""
+
+    __slots__ = (
+        "_done",
+        "_prompt_fair",
+        "_usage",
+        "model_label",
+        "output_chars",
+        "output_chunks",
+        "reservation",
+        "source",
+        "streamed",
+    )
+
+    def __init__(
+        self,
+        reservation: Reservation,
+        *,
+        prompt_fair: int,
+        source: str,
+        streamed: bool,
+        model_label: str | None = None,
+    ) -> None:
+        self.reservation = reservation
+        self.source = source
+        self.streamed = streamed
+        self.model_label = model_label
+        self._prompt_fair = prompt_fair
+        self._usage: Usage | None = None
+        # Observers of streams add to these directly: they run once per chunk, so no method call is spent.
+        self.output_chars = 0
+        self.output_chunks = 0
+        self._done = False
+
+    # ---- feeding what the server sent
+    def saw_usage(self, usage: Usage | None) -> None:
+        """Remember the latest usage seen: streams may repeat a running total, so the last one wins."""
+        if usage is not None:
+            self._usage = usage
+
+    def saw_output(self, text: str | None) -> None:
+        """Count generated text, the basis of an estimate when the server reports no usage."""
+        if text:
+            self.output_chars += len(text)
+            self.output_chunks += 1
+
+    def saw_output_tokens(self, tokens: int) -> None:
+        """Exact output tokens known without a usage block (text generation ``details``)."""
+        self.output_chunks = tokens
+        self.output_chars = 0
+
+    # ---- ending the call
+    def usage(self) -> Usage:
+        """Reported usage, or an estimate (marked as such) from the prompt and the output received."""
+        if self._usage is not None:
+            return self._usage
+        # Servers stream about one token per chunk; text averages about four characters per token.
+        output = max(self.output_chunks, math.ceil(self.output_chars / 4))
+        return Usage(self._prompt_fair, output, estimated=True)
+
+    def finish(self) -> None:
+        """Settle at the usage seen so far (a stream that ended, broke or was abandoned). Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        reservation = self.reservation
+        reservation.chain[0].settle(
+            reservation, self.usage(), streamed=self.streamed, source=self.source, label=self.model_label
+        )
+
+    def fail(self) -> None:
+        """The call raised before anything was delivered: release the reservation. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        self.reservation.chain[0].release(self.reservation)
+
+
+def iterate_sync(
+    call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]
+) -> Iterator[Any]:
+    """Yield what ``observe`` passes through; charge what was received however the iteration ends."""
+    try:
+        for chunk in stream:
+            item = observe(chunk)
+            if item is not SKIP:
+                yield item
+    finally:
+        try:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            call.finish()
+
+
+async def iterate_async(
+    call: CallAccounting, stream: AsyncIterator[Any], observe: Callable[[Any], Any]
+) -> AsyncIterator[Any]:
+    """The async twin of :func:`iterate_sync`."""
+    try:
+        async for chunk in stream:
+            item = observe(chunk)
+            if item is not SKIP:
+                yield item
+    finally:
+        try:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            call.finish()
+
+
+__all__ = ["SKIP", "CallAccounting", "call_in_progress", "iterate_async", "iterate_sync", "read_usage"]

@@ -1,0 +1,39 @@
+"""Installing the adapters: once per process, on the first budget entered, or explicitly."""
+
+from __future__ import annotations
+
+import threading
+
+_lock = threading.Lock()
+_installed = False
+
+
+def install() -> None:
+    """Patch every supported client library that is importable (today: huggingface_hub). Idempotent.
+
+    Entering a budget does this on first use; call it yourself to patch eagerly, at start-up.
+    """
+    global _installed
+    from .adapters import huggingface_hub
+
+    with _lock:
+        huggingface_hub.install()
+        _installed = True
+
+
+def uninstall() -> None:
+    """Restore the exact original methods of every patched library. Idempotent.
+
+    A budget entered afterwards installs the patches again.
+    """
+    global _installed
+    from .adapters import huggingface_hub
+
+    with _lock:
+        huggingface_hub.uninstall()
+        _installed = False
+
+
+def ensure_installed() -> None:
+    if not _installed:
+        install()

@@ -1,0 +1,118 @@
+"""Token counts: reading usage from responses through one typed accessor, and estimating it when absent."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+# Token counts above this are treated as malformed rather than trusted.
+_MAX_SANE_TOKENS = 10_000_000
+
+# Upper-bound prompt estimate: ordinary text runs 3.5-4.5 UTF-8 bytes per token, so one token per two bytes
+# errs high by about 2x, and chat templates add a few tokens per message plus a preamble.
+_BYTES_PER_TOKEN_HIGH = 2
+_BYTES_PER_TOKEN_FAIR = 4
+_PER_MESSAGE_OVERHEAD = 8
+_TEMPLATE_OVERHEAD = 32
+# An image part in a message: providers bill from a few hundred to a few thousand tokens.
+_IMAGE_TOKENS_HIGH = 3000
+_IMAGE_TOKENS_FAIR = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one call used. ``estimated`` is true when shekel had to estimate any part of it."""
+
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = False
+
+
+def _field(obj: object, name: str) -> object:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _token_count(value: object) -> int | None:
+    """A count as servers should send it: a non-negative whole number of sane size; anything else is None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value <= _MAX_SANE_TOKENS:
+        return value
+    return None
+
+
+def read_usage(container: object) -> Usage | None:
+    """Usage reported in a response or stream chunk (its ``usage`` field), or None when absent or malformed."""
+    usage = _field(container, "usage")
+    if usage is None:
+        return None
+    prompt = _token_count(_field(usage, "prompt_tokens"))
+    completion = _token_count(_field(usage, "completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion)
+
+
+def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:
+    """(text bytes, message count, image count) of chat messages, dicts or huggingface_hub dataclasses."""
+    text_bytes = messages_count = images = 0
+    for message in messages:
+        messages_count += 1
+        content = _field(message, "content")
+        if isinstance(content, str):
+            text_bytes += len(content.encode())
+        elif isinstance(content, Iterable):
+            for part in content:
+                text = _field(part, "text")
+                if isinstance(text, str):
+                    text_bytes += len(text.encode())
+                elif _field(part, "image_url") is not None:
+                    images += 1
+        tool_calls = _field(message, "tool_calls")
+        if tool_calls:
+            text_bytes += len(_dump(tool_calls))
+    return text_bytes, messages_count, images
+
+
+def _dump(value: object) -> bytes:
+    try:
+        return json.dumps(value, default=repr).encode()
+    except (TypeError, ValueError):
+        return repr(value).encode()
+
+
+def prompt_tokens_high(messages: Iterable[object], tools: object = None) -> int:
+    """An estimate of a chat prompt's tokens that errs high (about 2x for ordinary text), for reservations."""
+    text_bytes, count, images = _message_parts(messages)
+    if tools:
+        text_bytes += len(_dump(tools))
+    return (
+        math.ceil(text_bytes / _BYTES_PER_TOKEN_HIGH)
+        + count * _PER_MESSAGE_OVERHEAD
+        + _TEMPLATE_OVERHEAD
+        + images * _IMAGE_TOKENS_HIGH
+    )
+
+
+def prompt_tokens_fair(messages: Iterable[object], tools: object = None) -> int:
+    """A best guess of a chat prompt's tokens, used to charge a call whose usage the server did not report."""
+    text_bytes, count, images = _message_parts(messages)
+    if tools:
+        text_bytes += len(_dump(tools))
+    return math.ceil(text_bytes / _BYTES_PER_TOKEN_FAIR) + count * 4 + images * _IMAGE_TOKENS_FAIR
+
+
+def text_tokens_high(text: str) -> int:
+    """Upper-bound estimate for a plain text prompt (text generation)."""
+    return math.ceil(len(text.encode()) / _BYTES_PER_TOKEN_HIGH) + 4
+
+
+def text_tokens_fair(text: str) -> int:
+    """Best guess of the tokens in a piece of text."""
+    return math.ceil(len(text.encode()) / _BYTES_PER_TOKEN_FAIR)

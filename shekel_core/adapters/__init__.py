@@ -1,0 +1,1 @@
+"""Adapters patch client libraries so that their calls are counted. One module per library."""

@@ -1,0 +1,274 @@
+"""Counting ``huggingface_hub`` inference calls.
+
+Patched: ``InferenceClient.chat_completion`` and ``text_generation`` and their ``AsyncInferenceClient`` twins
+(``client.chat.completions.create`` resolves to ``chat_completion``, so it is covered too).
+
+Count-once rule: this adapter counts every such call made while a budget is active, unless a call is
+already being counted higher up (``call_in_progress``): huggingface_hub's own retry inside
+``text_generation``, or an integration handler that counts the call itself.
+
+Patch once per process, decide per call: with no active budget the wrapper calls the original and does
+nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from importlib.util import find_spec
+from typing import Any
+
+from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
+from .._call import SKIP, CallAccounting, call_in_progress, iterate_async, iterate_sync
+from .._context import current_budget
+from .._usage import (
+    prompt_tokens_fair,
+    prompt_tokens_high,
+    read_usage,
+    text_tokens_fair,
+    text_tokens_high,
+)
+
+#: TGI's own default ``max_new_tokens``: used as the ceiling when the caller gave none, so that text
+#: generation inside a budget returns what it would without shekel whenever the budget can pay for it.
+TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS = 100
+
+_originals: dict[tuple[type, str], Any] = {}
+
+
+# ------------------------------------------------------------------------------------------ planning
+def _model_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
+    model = kwargs.get("model") or getattr(client, "model", None)
+    return model if isinstance(model, str) else None
+
+
+def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
+    """Reserve for a chat completion and adjust its arguments (model, max_tokens, stream_options)."""
+    messages = args[0] if args else kwargs.get("messages") or ()
+    model = _model_of(client, kwargs)
+    streamed = bool(kwargs.get("stream"))
+    n = kwargs.get("n") or 1
+    max_tokens = kwargs.get("max_tokens")
+    reservation = budget.reserve(
+        model=model,
+        prompt_tokens=prompt_tokens_high(messages, kwargs.get("tools")),
+        max_tokens=None if max_tokens is None else max_tokens * n,
+        max_tokens_ceiling=DEFAULT_MAX_TOKENS_CEILING * n,
+    )
+    if reservation.fallback_from is not None:
+        kwargs["model"] = reservation.model
+    if max_tokens is None and reservation.max_tokens is not None:
+        kwargs["max_tokens"] = max(1, reservation.max_tokens // n)
+    strip = False
+    if streamed and kwargs.get("stream_options") is None:
+        kwargs["stream_options"] = {"include_usage": True}
+        strip = True
+    call = CallAccounting(
+        reservation,
+        prompt_fair=prompt_tokens_fair(messages, kwargs.get("tools")),
+        source="huggingface_hub.chat_completion",
+        streamed=streamed,
+    )
+    return _ChatCall(call, strip)
+
+
+class _ChatCall:
+    """A chat completion in flight: settles a response, or observes each stream chunk."""
+
+    __slots__ = ("call", "strip")
+
+    def __init__(self, call: CallAccounting, strip: bool) -> None:
+        self.call = call
+        self.strip = strip
+
+    def settle(self, response: Any) -> Any:
+        call = self.call
+        call.saw_usage(read_usage(response))
+        for choice in getattr(response, "choices", None) or ():
+            message = getattr(choice, "message", None)
+            call.saw_output(getattr(message, "content", None))
+        call.model_label = getattr(response, "model", None) or None
+        call.finish()
+        return response
+
+    def observe(self, chunk: Any) -> Any:
+        call = self.call
+        usage = chunk.usage
+        if usage is not None:
+            call.saw_usage(read_usage(chunk))
+        choices = chunk.choices
+        if not choices:
+            # The usage-only chunk that shekel asked for: the caller would not have received it.
+            return SKIP if self.strip and usage is not None else chunk
+        for choice in choices:
+            delta = choice.delta
+            content = delta.content if delta is not None else None
+            if content:
+                call.output_chars += len(content)
+                call.output_chunks += 1
+        return chunk
+
+
+def _unsupported_text_generation_kwargs(model: str | None) -> list[str]:
+    try:
+        from huggingface_hub.inference._common import _get_unsupported_text_generation_kwargs
+    except ImportError:  # a future huggingface_hub: assume TGI, whose answers carry details
+        return []
+    return list(_get_unsupported_text_generation_kwargs(model))
+
+
+def _plan_text(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _TextCall:
+    """Reserve for a text generation; ask for token ``details`` (exact output counts) when the server has them."""
+    prompt = args[0] if args else kwargs.get("prompt", "")
+    prompt = prompt if isinstance(prompt, str) else str(prompt)
+    model = _model_of(client, kwargs)
+    max_new = kwargs.get("max_new_tokens")
+    reservation = budget.reserve(
+        model=model,
+        prompt_tokens=text_tokens_high(prompt),
+        max_tokens=max_new,
+        max_tokens_ceiling=TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS,
+    )
+    if reservation.fallback_from is not None:
+        kwargs["model"] = reservation.model
+    if max_new is None and reservation.max_tokens is not None:
+        kwargs["max_new_tokens"] = reservation.max_tokens
+    added_details = False
+    if kwargs.get("details") is None and "details" not in _unsupported_text_generation_kwargs(model):
+        kwargs["details"] = True
+        added_details = True
+    streamed = bool(kwargs.get("stream"))
+    call = CallAccounting(
+        reservation,
+        prompt_fair=text_tokens_fair(prompt),
+        source="huggingface_hub.text_generation",
+        streamed=streamed,
+        model_label=model,
+    )
+    return _TextCall(call, added_details)
+
+
+class _TextCall:
+    """A text generation in flight. Gives the caller exactly what it asked for (details or not)."""
+
+    __slots__ = ("added_details", "call")
+
+    def __init__(self, call: CallAccounting, added_details: bool) -> None:
+        self.call = call
+        self.added_details = added_details
+
+    def settle(self, response: Any) -> Any:
+        call = self.call
+        if isinstance(response, str):
+            call.saw_output(response)
+            call.finish()
+            return response
+        tokens = getattr(getattr(response, "details", None), "generated_tokens", None)
+        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+            call.saw_output_tokens(tokens)
+        else:
+            call.saw_output(getattr(response, "generated_text", None))
+        call.finish()
+        return response.generated_text if self.added_details else response
+
+    def observe(self, chunk: Any) -> Any:
+        call = self.call
+        if isinstance(chunk, str):
+            call.output_chunks += 1
+            return chunk
+        call.output_chunks += 1
+        details = chunk.details
+        if details is not None:
+            tokens = details.generated_tokens
+            if isinstance(tokens, int) and tokens >= 0:
+                call.output_chunks = tokens
+        return chunk.token.text if self.added_details else chunk
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+Planner = Callable[[Budget, Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | _TextCall"]
+
+
+def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        budget = current_budget()
+        if budget is None or call_in_progress.get():
+            return original(self, *args, **kwargs)
+        pending = plan(budget, self, args, kwargs)
+        token = call_in_progress.set(True)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException:
+            pending.call.fail()
+            raise
+        finally:
+            call_in_progress.reset(token)
+        if pending.call.streamed:
+            return iterate_sync(pending.call, result, pending.observe)
+        return pending.settle(result)
+
+    counted.__shekel_original__ = original  # type: ignore[attr-defined]
+    return counted
+
+
+def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        budget = current_budget()
+        if budget is None or call_in_progress.get():
+            return await original(self, *args, **kwargs)
+        pending = plan(budget, self, args, kwargs)
+        token = call_in_progress.set(True)
+        try:
+            result = await original(self, *args, **kwargs)
+        except BaseException:
+            pending.call.fail()
+            raise
+        finally:
+            call_in_progress.reset(token)
+        if pending.call.streamed:
+            return iterate_async(pending.call, result, pending.observe)
+        return pending.settle(result)
+
+    counted.__shekel_original__ = original  # type: ignore[attr-defined]
+    return counted
+
+
+# ------------------------------------------------------------------------------------------ install
+def available() -> bool:
+    """Whether huggingface_hub can be imported here."""
+    return find_spec("huggingface_hub") is not None
+
+
+def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
+    from huggingface_hub import AsyncInferenceClient, InferenceClient
+
+    return [
+        (InferenceClient, "chat_completion", lambda f: _wrap_sync(f, _plan_chat)),
+        (InferenceClient, "text_generation", lambda f: _wrap_sync(f, _plan_text)),
+        (AsyncInferenceClient, "chat_completion", lambda f: _wrap_async(f, _plan_chat)),
+        (AsyncInferenceClient, "text_generation", lambda f: _wrap_async(f, _plan_text)),
+    ]
+
+
+def install() -> bool:
+    """Patch the clients. Idempotent; returns False (and does nothing) without huggingface_hub."""
+    if not available():
+        return False
+    for cls, name, wrap in _targets():
+        current = cls.__dict__[name]
+        if (cls, name) in _originals or hasattr(current, "__shekel_original__"):
+            continue
+        _originals[(cls, name)] = current
+        setattr(cls, name, wrap(current))
+    return True
+
+
+def uninstall() -> None:
+    """Put back the exact original methods, where our wrapper is still the one in place. Idempotent."""
+    for (cls, name), original in list(_originals.items()):
+        current = cls.__dict__.get(name)
+        if getattr(current, "__shekel_original__", None) is original:
+            setattr(cls, name, original)
+            del _originals[(cls, name)]

@@ -1,0 +1,89 @@
+"""Exceptions raised by shekel.
+
+Every error names what is wrong and how to fix it. None of them ever carries an API token.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+__all__ = ["BudgetConfigError", "BudgetExceededError", "PricingError", "ShekelError"]
+
+
+class ShekelError(Exception):
+    """Base class of every error shekel raises."""
+
+
+class BudgetConfigError(ShekelError, ValueError):
+    """A ``budget()`` argument or a price is invalid. Raised when the budget is built, never mid-call."""
+
+
+class PricingError(ShekelError, ValueError):
+    """A price is missing or malformed for a model that a budget must price."""
+
+
+def _usd(amount: Decimal) -> str:
+    text = f"{amount:.6f}".rstrip("0")
+    return "$" + (text + "00" if text.endswith(".") else text)
+
+
+class BudgetExceededError(ShekelError):
+    """A budget cannot pay for a call, or has run out of calls.
+
+    Raised *before* the HTTP request is sent, so the call that would pass the cap is never paid for.
+
+    Attributes:
+        spent: USD already spent in the budget that refused the call (float, for display).
+        limit: That budget's ``max_usd`` (float), or ``None`` when a call or token limit refused it.
+        budget_name: The name of the budget that refused the call.
+        model: The model of the refused call, when known.
+        needed: The worst-case cost (USD) the call would have needed.
+        reason: ``"usd"``, ``"calls"`` or ``"tokens"``: which limit refused the call.
+    """
+
+    def __init__(
+        self,
+        *,
+        budget_name: str,
+        spent: Decimal,
+        limit: Decimal | None,
+        model: str | None,
+        needed: Decimal = Decimal(0),
+        reason: str = "usd",
+        calls: int = 0,
+        max_calls: int | None = None,
+    ) -> None:
+        self.budget_name = budget_name
+        self.spent = float(spent)
+        self.limit = None if limit is None else float(limit)
+        self.model = model
+        self.needed = float(needed)
+        self.reason = reason
+        self.spent_exact = spent
+        self.limit_exact = limit
+        super().__init__(self._message(spent, limit, needed, calls, max_calls))
+
+    def _message(
+        self, spent: Decimal, limit: Decimal | None, needed: Decimal, calls: int, max_calls: int | None
+    ) -> str:
+        who = f"budget {self.budget_name!r}"
+        on = f" for model {self.model!r}" if self.model else ""
+        if self.reason == "calls":
+            return (
+                f"{who} allows {max_calls} LLM calls and {calls} are used or in flight; the next call{on} "
+                "was not sent. Raise max_llm_calls, or catch BudgetExceededError to stop cleanly."
+            )
+        if self.reason == "tokens":
+            return (
+                f"{who} has no tokens left for the next call{on}; it was not sent. "
+                "Raise max_total_tokens or lower max_tokens."
+            )
+        assert limit is not None
+        remaining = max(limit - spent, Decimal(0))
+        short = max(needed - remaining, Decimal(0))
+        return (
+            f"{who} cannot pay for the next call{on}: spent {_usd(spent)} of {_usd(limit)}, "
+            f"{_usd(remaining)} left, and the call could cost up to {_usd(needed)} "
+            f"({_usd(short)} over the cap). The request was not sent. Raise max_usd, lower max_tokens, "
+            "or set fallback={'at_pct': ..., 'model': <a cheaper model>}."
+        )
