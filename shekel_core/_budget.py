@@ -227,7 +227,9 @@ class Budget:
     def by_model(self) -> dict[str | None, ModelTotals]:
         """Per-model aggregates of this budget and its children (copies)."""
         with self._lock:
-            return {m: ModelTotals(**{k: getattr(t, k) for k in t.__slots__}) for m, t in self._models.items()}
+            return {
+                m: ModelTotals(**{k: getattr(t, k) for k in t.__slots__}) for m, t in self._models.items()
+            }
 
     def __repr__(self) -> str:
         limit = "no limit" if self._limit is None else f"${self._limit}"
@@ -280,7 +282,7 @@ class Budget:
             @functools.wraps(fn)
             async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
                 async with self.fresh():
-                    return await fn(*args, **kwargs)  # type: ignore[misc]
+                    return await fn(*args, **kwargs)
 
             return run_async  # type: ignore[return-value]
 
@@ -341,10 +343,14 @@ class Budget:
         with self._lock:
             fallback = self._fallback_due()
             if fallback is not None and fallback != model:
-                reservation = self._reserve_locked(fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model)
+                reservation = self._reserve_locked(
+                    fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model
+                )
             else:
                 try:
-                    reservation = self._reserve_locked(model, prompt_tokens, max_tokens, max_tokens_ceiling, None)
+                    reservation = self._reserve_locked(
+                        model, prompt_tokens, max_tokens, max_tokens_ceiling, None
+                    )
                 except BudgetExceededError as exc:
                     fallback = self._any_fallback()
                     if exc.reason != "usd" or fallback is None or fallback == model:
@@ -352,7 +358,11 @@ class Budget:
                     reservation = self._reserve_locked(
                         fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model
                     )
-            if reservation.price is None and self._has_limit() and reservation.model not in self._root._unpriced_warned:
+            if (
+                reservation.price is None
+                and self._has_limit()
+                and reservation.model not in self._root._unpriced_warned
+            ):
                 self._root._unpriced_warned.add(reservation.model)
                 notices.append(reservation.model)
         for model_name in notices:
@@ -598,7 +608,9 @@ def _validate_fallback(fallback: object, limit: Decimal | None) -> tuple[Decimal
         raise BudgetConfigError(f"fallback needs a 'model' (a non-empty model id), got {model!r}. {fix}")
     at_pct = to_decimal(fallback.get("at_pct", 0.8), what="fallback['at_pct']", fix=fix)
     if not (0 < at_pct <= 1):
-        raise BudgetConfigError(f"fallback['at_pct'] must be in (0, 1], got {fallback.get('at_pct')!r}. {fix}")
+        raise BudgetConfigError(
+            f"fallback['at_pct'] must be in (0, 1], got {fallback.get('at_pct')!r}. {fix}"
+        )
     if limit is None:
         raise BudgetConfigError(f"fallback needs max_usd: it switches models at a share of the cap. {fix}")
     return at_pct, model
@@ -648,4 +660,3 @@ def budget(
         fallback=fallback,
         max_llm_calls=max_llm_calls,
     )
-

@@ -87,6 +87,10 @@ class CallAccounting:
             return self._usage
         # Servers stream about one token per chunk; text averages about four characters per token.
         output = max(self.output_chunks, math.ceil(self.output_chars / 4))
+        # The server cannot have generated more than it was allowed to.
+        allowed = self.reservation.max_tokens
+        if allowed is not None:
+            output = min(output, allowed)
         return Usage(self._prompt_fair, output, estimated=True)
 
     def finish(self) -> None:
@@ -107,9 +111,7 @@ class CallAccounting:
         self.reservation.chain[0].release(self.reservation)
 
 
-def iterate_sync(
-    call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]
-) -> Iterator[Any]:
+def iterate_sync(call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]) -> Iterator[Any]:
     """Yield what ``observe`` passes through; charge what was received however the iteration ends."""
     try:
         for chunk in stream:

@@ -10,7 +10,9 @@ from ._money import THOUSAND, to_decimal
 from .errors import BudgetConfigError
 
 _PRICE_KEYS = frozenset({"input", "output"})
-_PRICE_FIX = 'Give prices in USD per 1,000 tokens, e.g. price_per_1k_tokens={"input": 0.001, "output": 0.002}.'
+_PRICE_FIX = (
+    'Give prices in USD per 1,000 tokens, e.g. price_per_1k_tokens={"input": 0.001, "output": 0.002}.'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,9 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
     for key in ("input", "output"):
         amount = to_decimal(value[key], what=f"{where}[{key!r}]", fix=_PRICE_FIX)
         if amount < 0:
-            raise BudgetConfigError(f"{where}[{key!r}] must not be negative, got {value[key]!r}. {_PRICE_FIX}")
+            raise BudgetConfigError(
+                f"{where}[{key!r}] must not be negative, got {value[key]!r}. {_PRICE_FIX}"
+            )
         per_1k[key] = amount
     return Price(per_1k["input"] / THOUSAND, per_1k["output"] / THOUSAND, source)
 

@@ -122,7 +122,12 @@ class FakeInferenceServer:
         handler = type("_Handler", (_Handler,), {"fake": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="shekel-fake-hf", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="shekel-fake-hf",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -142,7 +147,9 @@ class FakeInferenceServer:
     def url(self) -> str:
         """``http://127.0.0.1:PORT``: pass it as ``base_url`` (chat) or ``model`` (text generation)."""
         if self._httpd is None:
-            raise RuntimeError("FakeInferenceServer is not started; use it as a context manager or call start().")
+            raise RuntimeError(
+                "FakeInferenceServer is not started; use it as a context manager or call start()."
+            )
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     # ---------------------------------------------------------------- scripting
@@ -175,7 +182,11 @@ class FakeInferenceServer:
                 self._script.append(_Scripted(status, raw, content_type, {}, streamed=False))
 
     def respond_next(
-        self, body: str | bytes, *, status: int = 200, content_type: str = "application/json",
+        self,
+        body: str | bytes,
+        *,
+        status: int = 200,
+        content_type: str = "application/json",
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Answer the next request with exactly this body (SSE when ``content_type`` is text/event-stream)."""
@@ -209,8 +220,11 @@ class FakeInferenceServer:
         with self._lock:
             self.requests.append(request)
             scripted = self._script.popleft() if self._script else None
-            drop = self._drop_after.popleft() if (self._drop_after and request.body and
-                                                  request.body.get("stream")) else None
+            drop = (
+                self._drop_after.popleft()
+                if (self._drop_after and request.body and request.body.get("stream"))
+                else None
+            )
             return scripted, drop
 
     def _words(self, limit: object) -> list[str]:
@@ -248,14 +262,25 @@ class FakeInferenceServer:
         mode = self.stream_usage
         separate = mode == "always" or (mode == "requested" and bool(options.get("include_usage")))
         finish = "length" if len(words) < len(self.reply.split()) else "stop"
-        base = {"object": "chat.completion.chunk", "id": "", "created": int(time.time()), "model": model,
-                "system_fingerprint": "shekel-fake"}
+        base = {
+            "object": "chat.completion.chunk",
+            "id": "",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "shekel-fake",
+        }
         for i, word in enumerate(words):
             last = i == len(words) - 1
             chunk: dict[str, Any] = {
                 **base,
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": word if i == 0 else " " + word},
-                             "logprobs": None, "finish_reason": finish if last else None}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": word if i == 0 else " " + word},
+                        "logprobs": None,
+                        "finish_reason": finish if last else None,
+                    }
+                ],
                 "usage": None,
             }
             if mode == "cumulative" or (mode == "final" and last):
@@ -263,8 +288,18 @@ class FakeInferenceServer:
                 chunk["usage"] = _usage(prompt, i + 1 + extra)
             yield chunk
         if not words:
-            yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                        "logprobs": None, "finish_reason": finish}], "usage": None}
+            yield {
+                **base,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": None,
+            }
         if separate:
             yield {**base, "choices": [], "usage": _usage(prompt, len(words) + self.extra_completion_tokens)}
 
@@ -274,10 +309,15 @@ class FakeInferenceServer:
         text = " ".join(words)
         answer: dict[str, Any] = {"generated_text": text}
         if parameters.get("details"):
-            answer["details"] = {"finish_reason": "length", "generated_tokens": len(words), "seed": None,
-                                 "prefill": [], "tokens": [
-                                     {"id": i, "text": w, "logprob": -0.5, "special": False}
-                                     for i, w in enumerate(words)]}
+            answer["details"] = {
+                "finish_reason": "length",
+                "generated_tokens": len(words),
+                "seed": None,
+                "prefill": [],
+                "tokens": [
+                    {"id": i, "text": w, "logprob": -0.5, "special": False} for i, w in enumerate(words)
+                ],
+            }
         return [answer]
 
     def text_events(self, body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -290,7 +330,8 @@ class FakeInferenceServer:
                 "token": {"id": i, "text": (" " if i else "") + word, "logprob": -0.5, "special": False},
                 "generated_text": " ".join(words) if last else None,
                 "details": {"finish_reason": "length", "generated_tokens": len(words), "seed": None}
-                if last else None,
+                if last
+                else None,
             }
 
 
@@ -362,7 +403,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _send_stream(self, events: Iterator[dict[str, Any]], drop: int | None, *, space: bool, done: bool) -> None:
+    def _send_stream(
+        self, events: Iterator[dict[str, Any]], drop: int | None, *, space: bool, done: bool
+    ) -> None:
         self._start_stream(200, "text/event-stream")
         prefix = b"data: " if space else b"data:"
         try:
