@@ -21,10 +21,10 @@ def to_decimal(value: object, *, what: str, fix: str) -> Decimal:
 
     if isinstance(value, bool) or not isinstance(value, (Real, Decimal, str)):
         raise BudgetConfigError(f"{what} must be a number, got {value!r} ({type(value).__name__}). {fix}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BudgetConfigError(f"{what} must be a finite number, got {value!r}. {fix}")
     try:
         if isinstance(value, float):
-            if not math.isfinite(value):
-                raise BudgetConfigError(f"{what} must be a finite number, got {value!r}. {fix}")
             amount = Decimal(repr(value))
         else:
             amount = Decimal(value) if isinstance(value, (int, Decimal, str)) else Decimal(repr(float(value)))
