@@ -1,0 +1,104 @@
+"""Measuring helpers shared by every benchmark: interleaved timing, function-call counts, result rows."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Spread:
+    """Median and extremes of several repeats."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
+
+    def ratio_text(self) -> str:
+        return f"{self.median:.3f} [{self.low:.3f}-{self.high:.3f}]"
+
+
+@dataclass
+class Row:
+    """One line of the results table. ``ok`` is None when the row has no target."""
+
+    group: str
+    name: str
+    baseline: str
+    time_text: str = ""
+    time_ratio: Spread | None = None
+    calls_text: str = ""
+    calls_ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def time_batches(
+    variants: dict[str, Callable[[int], object]], *, number: int, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds per operation of each variant, ``repeats`` times, interleaved so drift hits all alike.
+
+    Each variant is called as ``fn(number)`` and must perform ``number`` operations. The order of the
+    variants rotates every repeat; the garbage collector is off while a batch runs (as in ``timeit``).
+    """
+    for fn in variants.values():  # warm-up: imports, caches, connection pools, the patch itself
+        fn(max(1, number // 10))
+    names = list(variants)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                variants[name](number)
+                elapsed = time.perf_counter() - start
+            finally:
+                gc.enable()
+            results[name].append(elapsed / number)
+    return results
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> Spread:
+    """Ratio ``num/den`` of the same repeat (measured back to back), summarised over repeats."""
+    return Spread.of([a / b for a, b in zip(times[num], times[den], strict=True)])
+
+
+def count_calls(fn: Callable[[int], object], number: int) -> float:
+    """Python ('call') plus C ('c_call') function calls per operation of ``fn(number)``, in this thread.
+
+    Deterministic: it does not depend on the machine's load. The profiler hook itself is not counted.
+    """
+    fn(2)  # warm caches first so one-off work (imports, first connection) is not counted
+    count = 0
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event == "call" or event == "c_call":
+            count += 1
+
+    sys.setprofile(hook)
+    try:
+        fn(number)
+    finally:
+        sys.setprofile(None)
+    return (count - 2) / number  # minus the call of fn itself and the c_call of sys.setprofile(None)
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f} µs"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

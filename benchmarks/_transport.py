@@ -1,0 +1,145 @@
+"""Where the benchmarked calls go: an in-process httpx transport with canned answers, or loopback HTTP.
+
+``huggingface_hub`` 1.x sends every request through one shared ``httpx.Client`` built by a factory it lets us
+replace (``set_client_factory`` / ``set_async_client_factory``). Swapping in an ``httpx.MockTransport`` keeps
+the whole real client (request building, headers, JSON and SSE parsing, dataclass output) and removes only
+the socket, so the cost of shekel is not hidden behind the network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+from huggingface_hub import AsyncInferenceClient, InferenceClient
+from huggingface_hub.utils import _http
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+BASE_URL = "http://inference.invalid"
+MESSAGES = [
+    {"role": "system", "content": "You are a concise assistant."},
+    {"role": "user", "content": "Explain in one paragraph what a transformer model is."},
+]
+REPLY_WORDS = 60
+STREAM_CHUNKS = 200
+PROMPT_TOKENS = 31
+PRICES = {"input": 0.0002, "output": 0.0006}  # USD per 1k tokens
+
+
+def _usage(completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion,
+        "total_tokens": PROMPT_TOKENS + completion,
+    }
+
+
+def chat_body() -> bytes:
+    content = " ".join(f"word{i}" for i in range(REPLY_WORDS))
+    return json.dumps(
+        {
+            "object": "chat.completion",
+            "id": "chatcmpl-bench",
+            "created": 1767225600,
+            "model": MODEL,
+            "system_fingerprint": "bench",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(REPLY_WORDS),
+        }
+    ).encode()
+
+
+def stream_body(chunks: int = STREAM_CHUNKS, *, usage_chunk: bool) -> bytes:
+    """An SSE chat stream of ``chunks`` content chunks, then (if asked) the usage-only chunk, then [DONE]."""
+    base = {"object": "chat.completion.chunk", "id": "chatcmpl-bench", "created": 1767225600, "model": MODEL}
+    events = []
+    for i in range(chunks):
+        last = i == chunks - 1
+        delta = {"role": "assistant", "content": f" word{i}"}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": "stop" if last else None}
+        events.append({**base, "choices": [choice], "usage": None})
+    if usage_chunk:
+        events.append({**base, "choices": [], "usage": _usage(chunks)})
+    lines = [f"data: {json.dumps(e)}\n\n" for e in events]
+    lines.append("data: [DONE]\n\n")
+    return "".join(lines).encode()
+
+
+def _handler() -> Callable[[httpx.Request], httpx.Response]:
+    chat = chat_body()
+    with_usage = stream_body(usage_chunk=True)
+    without_usage = stream_body(usage_chunk=False)
+    json_headers = {"content-type": "application/json"}
+    sse_headers = {"content-type": "text/event-stream"}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = request.content
+        if b'"stream": true' not in body and b'"stream":true' not in body:
+            return httpx.Response(200, content=chat, headers=json_headers)
+        usage = b'"include_usage": true' in body or b'"include_usage":true' in body
+        return httpx.Response(200, content=with_usage if usage else without_usage, headers=sse_headers)
+
+    return handle
+
+
+@contextmanager
+def in_process() -> Iterator[None]:
+    """Route huggingface_hub's HTTP through canned answers in this process (sync and async clients)."""
+    handler = _handler()
+    transport = httpx.MockTransport(handler)
+    _http.set_client_factory(
+        lambda: httpx.Client(
+            transport=transport,
+            event_hooks={"request": [_http.hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=None,
+        )
+    )
+    _http.set_async_client_factory(
+        lambda: httpx.AsyncClient(
+            transport=transport,
+            event_hooks={
+                "request": [_http.async_hf_request_event_hook],
+                "response": [_http.async_hf_response_event_hook],
+            },
+            follow_redirects=True,
+            timeout=None,
+        )
+    )
+    try:
+        yield
+    finally:
+        _http.set_client_factory(_http.default_client_factory)
+        _http.set_async_client_factory(_http.default_async_client_factory)
+
+
+def client(base_url: str = BASE_URL) -> InferenceClient:
+    return InferenceClient(base_url=base_url, api_key="hf_benchmark_not_a_token")
+
+
+def async_client(base_url: str = BASE_URL) -> AsyncInferenceClient:
+    return AsyncInferenceClient(base_url=base_url, api_key="hf_benchmark_not_a_token")
+
+
+@contextmanager
+def loopback() -> Iterator[str]:
+    """A ``FakeInferenceServer`` on 127.0.0.1; yields its URL.
+
+    Its handler writes the headers and the body separately; with Nagle's algorithm on, the second write waits
+    for the client's delayed ACK (about 40 ms on Linux), which would drown every figure. TCP_NODELAY is set on
+    this server's own handler class to measure the client, not that stall.
+    """
+    from shekel.testing import FakeInferenceServer
+
+    with FakeInferenceServer(model=MODEL) as server:
+        server._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[union-attr]
+        yield server.url

@@ -1,0 +1,77 @@
+"""1. Per-call overhead: the real ``InferenceClient.chat_completion`` inside a budget vs. unpatched.
+
+In-process (canned answers through an ``httpx.MockTransport``) and over loopback HTTP to
+``shekel.testing.FakeInferenceServer``. The request is the same in every variant (``max_tokens`` given, so
+shekel adds nothing to it); the budget is entered once per batch and is far from its limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import shekel
+
+from . import _transport
+from ._harness import Row, count_calls, median, paired_ratio, time_batches, us
+
+TARGET_TIME = 1.05
+TARGET_CALLS = 1.03
+
+
+def _variants(client: object) -> dict[str, Callable[[int], object]]:
+    messages = _transport.MESSAGES
+
+    def unpatched(n: int) -> None:
+        shekel.uninstall()
+        for _ in range(n):
+            client.chat_completion(messages, max_tokens=100)  # type: ignore[attr-defined]
+
+    def patched_no_budget(n: int) -> None:
+        shekel.install()
+        for _ in range(n):
+            client.chat_completion(messages, max_tokens=100)  # type: ignore[attr-defined]
+
+    def in_budget(n: int) -> None:
+        with shekel.budget(max_usd=1_000_000, price_per_1k_tokens=_transport.PRICES) as b:
+            for _ in range(n):
+                client.chat_completion(messages, max_tokens=100)  # type: ignore[attr-defined]
+        assert b.calls == n and b.spent > 0, "the benchmark must really count the calls"
+
+    return {"unpatched": unpatched, "patched, no budget": patched_no_budget, "inside a budget": in_budget}
+
+
+def _rows(where: str, variants: dict[str, Callable[[int], object]], number: int, repeats: int) -> list[Row]:
+    times = time_batches(variants, number=number, repeats=repeats)
+    calls = {name: count_calls(fn, 20) for name, fn in variants.items()}
+    shekel.uninstall()
+    base_t = median(times["unpatched"])
+    rows = []
+    for name in ("inside a budget", "patched, no budget"):
+        ratio = paired_ratio(times, name, "unpatched")
+        calls_ratio = calls[name] / calls["unpatched"]
+        targeted = where == "in-process" and name == "inside a budget"
+        rows.append(
+            Row(
+                group="1. per call",
+                name=f"chat_completion {name}, {where}",
+                baseline="unpatched client",
+                time_text=f"{us(median(times[name]))} vs {us(base_t)}",
+                time_ratio=ratio,
+                calls_text=f"{calls[name]:,.0f} vs {calls['unpatched']:,.0f}",
+                calls_ratio=calls_ratio,
+                target=f"≤ {TARGET_TIME} / ≤ {TARGET_CALLS}" if targeted else "",
+                ok=(ratio.median <= TARGET_TIME and calls_ratio <= TARGET_CALLS) if targeted else None,
+            )
+        )
+    return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    rows: list[Row] = []
+    with _transport.in_process():
+        client = _transport.client()
+        rows += _rows("in-process", _variants(client), 100 if quick else 300, 5 if quick else 11)
+    with _transport.loopback() as url:
+        client = _transport.client(url)
+        rows += _rows("loopback HTTP", _variants(client), 30 if quick else 100, 3 if quick else 7)
+    return rows
