@@ -126,7 +126,8 @@ class Budget:
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
         self._root: Budget = self
-        self._lock = threading.Lock()
+        # Reentrant: garbage collection may settle a dropped stream inside this thread's locked section.
+        self._lock = threading.RLock()
         self._attached = False
 
         self._spent = ZERO

@@ -7,6 +7,7 @@ response (or each stream chunk) to it. The sync and async stream drivers below d
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Final
@@ -111,8 +112,41 @@ class CallAccounting:
         self.reservation.chain[0].release(self.reservation)
 
 
+def _settle_if_never_started(call: CallAccounting, stream: Any) -> None:
+    # The request was sent (huggingface_hub opens streams eagerly), so the prompt is charged; a generator
+    # dropped before its first ``next`` never runs its ``finally``, so without this it would hold its
+    # reservation forever.
+    if not call._done:
+        close = getattr(stream, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            call.finish()
+
+
 def iterate_sync(call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]) -> Iterator[Any]:
-    """Yield what ``observe`` passes through; charge what was received however the iteration ends."""
+    """Yield what ``observe`` passes through; charge what was received however the iteration ends.
+
+    A stream dropped before it is read is settled when it is garbage-collected.
+    """
+    wrapped = _iterate_sync(call, stream, observe)
+    weakref.finalize(wrapped, _settle_if_never_started, call, stream).atexit = False
+    return wrapped
+
+
+def iterate_async(
+    call: CallAccounting, stream: AsyncIterator[Any], observe: Callable[[Any], Any]
+) -> AsyncIterator[Any]:
+    """The async twin of :func:`iterate_sync`."""
+    wrapped = _iterate_async(call, stream, observe)
+    weakref.finalize(wrapped, _settle_if_never_started, call, None).atexit = False
+    return wrapped
+
+
+def _iterate_sync(
+    call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]
+) -> Iterator[Any]:
     try:
         for chunk in stream:
             item = observe(chunk)
@@ -127,10 +161,9 @@ def iterate_sync(call: CallAccounting, stream: Iterator[Any], observe: Callable[
             call.finish()
 
 
-async def iterate_async(
+async def _iterate_async(
     call: CallAccounting, stream: AsyncIterator[Any], observe: Callable[[Any], Any]
 ) -> AsyncIterator[Any]:
-    """The async twin of :func:`iterate_sync`."""
     try:
         async for chunk in stream:
             item = observe(chunk)

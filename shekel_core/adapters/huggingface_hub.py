@@ -21,6 +21,7 @@ from typing import Any
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from .._call import SKIP, CallAccounting, call_in_progress, iterate_async, iterate_sync
 from .._context import current_budget
+from .._versions import check as check_version
 from .._usage import (
     prompt_tokens_fair,
     prompt_tokens_high,
@@ -256,6 +257,7 @@ def install() -> bool:
     """Patch the clients. Idempotent; returns False (and does nothing) without huggingface_hub."""
     if not available():
         return False
+    check_version("huggingface_hub", "huggingface")
     for cls, name, wrap in _targets():
         current = cls.__dict__[name]
         if (cls, name) in _originals or hasattr(current, "__shekel_original__"):
