@@ -1,0 +1,54 @@
+"""The public API as users write it; `.ci/run` type-checks this file with mypy --strict (it is not a test)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import shekel
+from shekel import Budget, BudgetExceededError, budget
+
+
+def sync_use() -> float:
+    with budget(max_usd=1.00, price_per_1k_tokens={"input": 0.001, "output": 0.001}) as b:
+        pass
+    spent: float = b.spent
+    exact: Decimal = b.spent_exact
+    remaining: float | None = b.remaining
+    parent: Budget | None = b.parent
+    text: str = b.summary()
+    return spent + float(exact) + (remaining or 0.0) + (0 if parent is None else 1) + len(text)
+
+
+async def async_use() -> int:
+    async with budget(max_usd=1, name="task", max_llm_calls=3) as b:
+        pass
+    return b.calls
+
+
+@budget(max_usd=0.5)
+def decorated(x: int) -> str:
+    return str(x)
+
+
+@budget(max_usd=0.5, warn_at=0.8, on_warn=lambda spent, limit: None)
+async def decorated_async(x: int) -> str:
+    return str(x)
+
+
+async def calls() -> str:
+    a: str = decorated(1)
+    b: str = await decorated_async(2)
+    return a + b
+
+
+def errors() -> None:
+    try:
+        sync_use()
+    except BudgetExceededError as e:
+        name: str = e.budget_name
+        limit: float | None = e.limit
+        print(name, limit, e.spent, e.model)
+
+
+carried = shekel.carry(decorated)
+assert carried(3) == "3"
