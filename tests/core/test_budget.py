@@ -283,3 +283,15 @@ async def test_many_tasks_never_pass_the_cap(server: FakeInferenceServer) -> Non
         results = await asyncio.gather(*(one() for _ in range(100)))
     assert b.spent_exact <= Decimal("0.2") and b.spent_exact == cost(5, 10) * sum(results)
     assert server.request_count == sum(results) and b.reserved == 0
+
+
+async def test_executors_that_copy_the_context_are_counted(server: FakeInferenceServer) -> None:
+    import contextvars
+
+    client = InferenceClient(base_url=server.url)
+    loop = asyncio.get_running_loop()
+    async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        await asyncio.to_thread(chat, client, max_tokens=2)
+        ctx = contextvars.copy_context()
+        await loop.run_in_executor(None, lambda: ctx.run(chat, client, max_tokens=2))
+    assert b.calls == 2 and b.spent_exact == cost(5, 2) * 2
