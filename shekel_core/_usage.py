@@ -31,6 +31,8 @@ class Usage:
 
 
 def _field(obj: object, name: str) -> object:
+    if isinstance(obj, dict):  # dicts and huggingface_hub's types (dict subclasses), without the ABC check
+        return obj.get(name)
     if isinstance(obj, Mapping):
         return obj.get(name)
     return getattr(obj, name, None)
@@ -87,25 +89,29 @@ def _dump(value: object) -> bytes:
         return repr(value).encode()
 
 
-def prompt_tokens_high(messages: Iterable[object], tools: object = None) -> int:
-    """An estimate of a chat prompt's tokens that errs high (about 2x for ordinary text), for reservations."""
+def prompt_tokens_estimates(messages: Iterable[object], tools: object = None) -> tuple[int, int]:
+    """``(prompt_tokens_high, prompt_tokens_fair)`` of a chat prompt, reading the messages only once."""
     text_bytes, count, images = _message_parts(messages)
     if tools:
         text_bytes += len(_dump(tools))
-    return (
+    high = (
         math.ceil(text_bytes / _BYTES_PER_TOKEN_HIGH)
         + count * _PER_MESSAGE_OVERHEAD
         + _TEMPLATE_OVERHEAD
         + images * _IMAGE_TOKENS_HIGH
     )
+    fair = math.ceil(text_bytes / _BYTES_PER_TOKEN_FAIR) + count * 4 + images * _IMAGE_TOKENS_FAIR
+    return high, fair
+
+
+def prompt_tokens_high(messages: Iterable[object], tools: object = None) -> int:
+    """An estimate of a chat prompt's tokens that errs high (about 2x for ordinary text), for reservations."""
+    return prompt_tokens_estimates(messages, tools)[0]
 
 
 def prompt_tokens_fair(messages: Iterable[object], tools: object = None) -> int:
     """A best guess of a chat prompt's tokens, used to charge a call whose usage the server did not report."""
-    text_bytes, count, images = _message_parts(messages)
-    if tools:
-        text_bytes += len(_dump(tools))
-    return math.ceil(text_bytes / _BYTES_PER_TOKEN_FAIR) + count * 4 + images * _IMAGE_TOKENS_FAIR
+    return prompt_tokens_estimates(messages, tools)[1]
 
 
 def text_tokens_high(text: str) -> int:

@@ -23,8 +23,7 @@ from .._call import SKIP, CallAccounting, call_in_progress, iterate_async, itera
 from .._context import current_budget
 from .._versions import check as check_version
 from .._usage import (
-    prompt_tokens_fair,
-    prompt_tokens_high,
+    prompt_tokens_estimates,
     read_usage,
     text_tokens_fair,
     text_tokens_high,
@@ -50,9 +49,10 @@ def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
     streamed = bool(kwargs.get("stream"))
     n = kwargs.get("n") or 1
     max_tokens = kwargs.get("max_tokens")
+    prompt_high, prompt_fair = prompt_tokens_estimates(messages, kwargs.get("tools"))
     reservation = budget.reserve(
         model=model,
-        prompt_tokens=prompt_tokens_high(messages, kwargs.get("tools")),
+        prompt_tokens=prompt_high,
         max_tokens=None if max_tokens is None else max_tokens * n,
         max_tokens_ceiling=DEFAULT_MAX_TOKENS_CEILING * n,
     )
@@ -66,7 +66,7 @@ def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
         strip = True
     call = CallAccounting(
         reservation,
-        prompt_fair=prompt_tokens_fair(messages, kwargs.get("tools")),
+        prompt_fair=prompt_fair,
         source="huggingface_hub.chat_completion",
         streamed=streamed,
     )
