@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._budget import Budget, CallRecord, ModelTotals, budget
 from ._context import carry, current_budget
 from ._patching import install, uninstall
+from ._price_lookup import prices
 from ._pricing import Price
 from ._usage import Usage
 from .errors import BudgetConfigError, BudgetExceededError, PricingError, ShekelError
@@ -33,5 +34,6 @@ __all__ = [
     "carry",
     "current_budget",
     "install",
+    "prices",
     "uninstall",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import time
 import warnings
@@ -16,9 +17,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _context
 from ._money import ZERO, to_decimal
-from ._pricing import Price, PriceTable, parse_price_table
+from ._pricing import Price, PriceTable, parse_price_table, resolve, unknown_price_message
+from ._pricing_files import env_pricing, load_pricing_file
 from ._usage import Usage
-from .errors import BudgetConfigError, BudgetExceededError
+from .errors import BudgetConfigError, BudgetExceededError, PricingError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,6 +35,7 @@ MAX_RECORDS = 1000
 MAX_CHILDREN = 256
 
 _FALLBACK_KEYS = frozenset({"at_pct", "model"})
+_UNKNOWN_PRICE_POLICIES = ("warn", "raise", "zero")
 
 
 @dataclass(slots=True)
@@ -61,6 +64,12 @@ class CallRecord:
     source: str
     fallback_from: str | None = None
     at: float = field(default_factory=time.time)
+    #: The Inference Provider the call was priced for (the one that served it, when known).
+    provider: str | None = None
+    #: Where the price came from (a budget, a pricing file, the bundled data).
+    price_source: str | None = None
+    #: Price parts shekel could not charge exactly (cached input without a cached price, say).
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +86,8 @@ class Reservation:
     price: Price | None
     max_tokens: int | None
     fallback_from: str | None
+    provider: str | None = None
+    tokens: int = 0
 
 
 class Budget:
@@ -97,8 +108,14 @@ class Budget:
         on_warn: Callable[[float, float], object] | None = None,
         fallback: Mapping[str, Any] | None = None,
         max_llm_calls: int | None = None,
+        pricing: str | os.PathLike[str] | None = None,
+        on_unknown_price: str | None = None,
+        max_total_tokens: int | None = None,
     ) -> None:
         self._config: dict[str, Any] = {
+            "pricing": pricing,
+            "on_unknown_price": on_unknown_price,
+            "max_total_tokens": max_total_tokens,
             "max_usd": max_usd,
             "name": name,
             "price_per_1k_tokens": price_per_1k_tokens,
@@ -122,6 +139,11 @@ class Budget:
         self._on_warn = on_warn
         self._fallback_at, self._fallback_model = _validate_fallback(fallback, self._limit)
         self._max_calls = _validate_max_calls(max_llm_calls)
+        self._file_prices = None if pricing is None else load_pricing_file(pricing)
+        self._env_prices = env_pricing()
+        self._on_unknown = _validate_on_unknown(on_unknown_price)
+        self._max_total_tokens = _validate_max_total_tokens(max_total_tokens)
+        self._reserved_tokens = 0
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
@@ -299,14 +321,25 @@ class Budget:
         return Budget(**self._config)
 
     # ---------------------------------------------------------------- pricing
-    def price_for(self, model: str | None) -> Price | None:
-        """The price a call to ``model`` is charged at: this budget's prices, else the nearest ancestor's."""
+    def price_for(self, model: str | None, provider: str | None = None) -> Price | None:
+        """The price a call to ``model`` on ``provider`` is charged at, or None when no price is known.
+
+        This budget's prices, else the nearest ancestor's, then pricing files (``pricing=``, innermost first,
+        then ``SHEKEL_PRICING``), then the bundled Hugging Face data. ``provider`` is an Inference Provider
+        name, ``"auto"`` (the highest price among the providers known for the model), or None for a
+        self-hosted endpoint, which the bundled data cannot price.
+        """
+        tables = [b._prices for b in self._chain if b._prices is not None]
+        tables += [b._file_prices for b in self._chain if b._file_prices is not None]
+        if self._env_prices is not None:
+            tables.append(self._env_prices)
+        return resolve(tables, model, provider)
+
+    def _unknown_policy(self) -> str:
         for budget in self._chain:
-            if budget._prices is not None:
-                price = budget._prices.lookup(model)
-                if price is not None:
-                    return price
-        return None
+            if budget._on_unknown is not None:
+                return budget._on_unknown
+        return "warn"
 
     def _fallback_due(self) -> str | None:
         for budget in self._chain:
@@ -332,6 +365,7 @@ class Budget:
         prompt_tokens: int,
         max_tokens: int | None,
         max_tokens_ceiling: int = DEFAULT_MAX_TOKENS_CEILING,
+        provider: str | None = None,
     ) -> Reservation:
         """Hold the worst-case cost of one call on this budget and every ancestor, atomically.
 
@@ -339,38 +373,40 @@ class Budget:
         grants the most output tokens the budget can pay for (at most ``max_tokens_ceiling``); the caller must
         send that value. Raises :class:`BudgetExceededError` when the call cannot be paid for; then nothing is
         held. Fallback models take over once their share of the budget is spent, or when only they fit.
+        ``provider`` is passed to :meth:`price_for`. With ``on_unknown_price="raise"`` a call without a price
+        raises :class:`PricingError` here, before anything is sent.
         """
         notices: list[str | None] = []
         with self._lock:
             fallback = self._fallback_due()
             if fallback is not None and fallback != model:
                 reservation = self._reserve_locked(
-                    fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model
+                    fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model, provider
                 )
             else:
                 try:
                     reservation = self._reserve_locked(
-                        model, prompt_tokens, max_tokens, max_tokens_ceiling, None
+                        model, prompt_tokens, max_tokens, max_tokens_ceiling, None, provider
                     )
                 except BudgetExceededError as exc:
                     fallback = self._any_fallback()
                     if exc.reason != "usd" or fallback is None or fallback == model:
                         raise
                     reservation = self._reserve_locked(
-                        fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model
+                        fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model, provider
                     )
             if (
                 reservation.price is None
                 and self._has_limit()
+                and self._unknown_policy() == "warn"
                 and reservation.model not in self._root._unpriced_warned
             ):
                 self._root._unpriced_warned.add(reservation.model)
                 notices.append(reservation.model)
         for model_name in notices:
             warnings.warn(
-                f"shekel: no price for model {model_name!r} in budget {self.path!r}; its calls are counted in "
-                "tokens but cost $0, so max_usd cannot stop them. Pass price_per_1k_tokens={'input': ..., "
-                "'output': ...} (or per model) to budget().",
+                "shekel: its calls are counted in tokens but cost $0, so max_usd cannot stop them: "
+                + unknown_price_message(model_name, reservation.provider, self.path),
                 UserWarning,
                 stacklevel=3,
             )
@@ -386,6 +422,7 @@ class Budget:
         max_tokens: int | None,
         ceiling: int,
         fallback_from: str | None,
+        provider: str | None = None,
     ) -> Reservation:
         chain = self._chain
         for budget in chain:
@@ -399,7 +436,12 @@ class Budget:
                     calls=budget._calls + budget._inflight,
                     max_calls=budget._max_calls,
                 )
-        price = self.price_for(model)
+        price = self.price_for(model, provider)
+        if price is None and self._unknown_policy() == "raise":
+            raise PricingError(
+                "shekel refused the call before sending it (on_unknown_price='raise'): "
+                + unknown_price_message(model, provider, self.path)
+            )
         tightest: Budget | None = None
         room = ZERO
         for budget in chain:
@@ -415,6 +457,12 @@ class Budget:
                 max_tokens = max(min(ceiling, affordable), 1)
             output_bound = 0 if max_tokens is None else max_tokens + OUTPUT_MARGIN_TOKENS
             cost = prompt_cost + price.output_per_token * output_bound
+        max_tokens, tokens = self._reserve_tokens_locked(model, prompt_tokens, max_tokens, ceiling)
+        if price is not None and max_tokens is not None:
+            # The token cap may have set or lowered max_tokens: hold money for what will be asked.
+            cost = price.input_per_token * prompt_tokens + price.output_per_token * (
+                max_tokens + OUTPUT_MARGIN_TOKENS
+            )
         if tightest is not None and cost > room:
             raise BudgetExceededError(
                 budget_name=tightest.path,
@@ -426,7 +474,34 @@ class Budget:
         for budget in chain:
             budget._reserved += cost
             budget._inflight += 1
-        return Reservation(chain, cost, model, price, max_tokens, fallback_from)
+            budget._reserved_tokens += tokens
+        return Reservation(chain, cost, model, price, max_tokens, fallback_from, provider, tokens)
+
+    def _reserve_tokens_locked(
+        self, model: str | None, prompt_tokens: int, max_tokens: int | None, ceiling: int
+    ) -> tuple[int | None, int]:
+        """Fit the call under every ``max_total_tokens`` of the chain: (max_tokens to send, tokens to hold)."""
+        capped = [b for b in self._chain if b._max_total_tokens is not None]
+        if not capped:
+            return max_tokens, 0
+        tightest = min(capped, key=lambda b: b._tokens_room())
+        room = tightest._tokens_room()
+        if max_tokens is None:
+            max_tokens = max(min(ceiling, room - prompt_tokens - OUTPUT_MARGIN_TOKENS), 1)
+        tokens = prompt_tokens + max_tokens + OUTPUT_MARGIN_TOKENS
+        if tokens > room:
+            raise BudgetExceededError(
+                budget_name=tightest.path,
+                spent=tightest._spent,
+                limit=tightest._limit,
+                model=model,
+                reason="tokens",
+            )
+        return max_tokens, tokens
+
+    def _tokens_room(self) -> int:
+        assert self._max_total_tokens is not None
+        return self._max_total_tokens - self._input_tokens - self._output_tokens - self._reserved_tokens
 
     def release(self, reservation: Reservation) -> None:
         """Give back everything a call held: it failed, so it costs nothing."""
@@ -434,6 +509,7 @@ class Budget:
             for budget in reservation.chain:
                 budget._reserved -= reservation.cost
                 budget._inflight -= 1
+                budget._reserved_tokens -= reservation.tokens
 
     def settle(
         self,
@@ -443,14 +519,23 @@ class Budget:
         streamed: bool,
         source: str,
         label: str | None = None,
+        provider: str | None = None,
     ) -> Decimal:
         """Charge a finished call at its real usage on every budget that held it, release the rest.
 
         ``label`` names the model in records when the priced id is unknown (a URL endpoint, say). Returns the
-        cost charged. Warnings (``warn_at``) fire after the ledger is updated, outside the lock.
+        cost charged. Warnings (``warn_at``) fire after the ledger is updated, outside the lock. ``provider``
+        is the Inference Provider that served the call, when the answer said so: the call is charged at its
+        price (an auto-routed call was reserved at the highest one).
         """
-        price = reservation.price
-        cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens)
+        price, served, notes = self._settle_price(reservation, provider)
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        if cached and price is not None and price.cached_input_per_token is None:
+            notes.append(
+                f"{cached} cached input tokens were charged at the full input price: the price has no "
+                "cached-input part"
+            )
+        cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
         model = reservation.model if reservation.model is not None else label
         record = CallRecord(
             model=model,
@@ -462,12 +547,16 @@ class Budget:
             streamed=streamed,
             source=source,
             fallback_from=reservation.fallback_from,
+            provider=served,
+            price_source=None if price is None else price.source,
+            notes=tuple(notes),
         )
         to_warn: list[Budget] = []
         with self._lock:
             for budget in reservation.chain:
                 budget._reserved -= reservation.cost
                 budget._inflight -= 1
+                budget._reserved_tokens -= reservation.tokens
                 budget._spent += cost
                 budget._calls += 1
                 budget._input_tokens += usage.input_tokens
@@ -501,6 +590,22 @@ class Budget:
         for budget in to_warn:
             budget._fire_warning()
         return cost
+
+    def _settle_price(
+        self, reservation: Reservation, provider: str | None
+    ) -> tuple[Price | None, str | None, list[str]]:
+        if provider is None or provider == reservation.provider:
+            return reservation.price, reservation.provider, []
+        price = reservation.chain[0].price_for(reservation.model, provider)
+        if price is not None:
+            return price, provider, []
+        if reservation.price is None:
+            return None, provider, []
+        return (
+            reservation.price,
+            provider,
+            [f"served by {provider!r}, which has no known price: charged at the price it was reserved at"],
+        )
 
     def _fire_warning(self) -> None:
         assert self._limit is not None
@@ -541,6 +646,9 @@ class Budget:
                     "source": r.source,
                     "fallback_from": r.fallback_from,
                     "at": r.at,
+                    "provider": r.provider,
+                    "price_source": r.price_source,
+                    "notes": list(r.notes),
                 }
                 for r in self._records
             ]
@@ -554,6 +662,7 @@ class Budget:
                 "reserved_usd": str(self._reserved),
                 "calls": self._calls,
                 "max_llm_calls": self._max_calls,
+                "max_total_tokens": self._max_total_tokens,
                 "input_tokens": self._input_tokens,
                 "output_tokens": self._output_tokens,
                 "estimated_calls": self._estimated_calls,
@@ -628,6 +737,26 @@ def _validate_max_calls(max_llm_calls: object) -> int | None:
     return max_llm_calls
 
 
+def _validate_on_unknown(policy: object) -> str | None:
+    if policy is None or policy in _UNKNOWN_PRICE_POLICIES:
+        return policy
+    raise BudgetConfigError(
+        f"on_unknown_price must be 'warn', 'raise' or 'zero', got {policy!r}. 'warn' (the default) warns once "
+        "per model, 'raise' refuses unpriced calls, 'zero' counts them as free without a warning."
+    )
+
+
+def _validate_max_total_tokens(max_total_tokens: object) -> int | None:
+    if max_total_tokens is None:
+        return None
+    if isinstance(max_total_tokens, bool) or not isinstance(max_total_tokens, int) or max_total_tokens < 1:
+        raise BudgetConfigError(
+            f"max_total_tokens must be a whole number of tokens >= 1, got {max_total_tokens!r}. "
+            "Pass e.g. max_total_tokens=100_000 (input plus output tokens), or None for no token limit."
+        )
+    return max_total_tokens
+
+
 def budget(
     max_usd: float | Decimal | int | None = None,
     *,
@@ -637,6 +766,9 @@ def budget(
     on_warn: Callable[[float, float], object] | None = None,
     fallback: Mapping[str, Any] | None = None,
     max_llm_calls: int | None = None,
+    pricing: str | os.PathLike[str] | None = None,
+    on_unknown_price: str | None = None,
+    max_total_tokens: int | None = None,
 ) -> Budget:
     """Create a :class:`Budget`: a hard spending cap for the LLM calls made inside it.
 
@@ -651,6 +783,13 @@ def budget(
         fallback: ``{"at_pct": 0.8, "model": "cheaper/model"}``: once ``at_pct`` of the cap is spent, later
             calls use the cheaper model.
         max_llm_calls: The most LLM calls the budget (with its children) may make.
+        pricing: A TOML or JSON pricing file (see docs/pricing.md), used after ``price_per_1k_tokens`` and
+            before the bundled Hugging Face prices. ``SHEKEL_PRICING`` names one for every budget.
+        on_unknown_price: ``"warn"`` (the default: warn once per model, count tokens, charge $0),
+            ``"raise"`` (refuse the call with :class:`PricingError` before it is sent) or ``"zero"``
+            (count it as free, silently). Nested budgets inherit it.
+        max_total_tokens: The most input plus output tokens the budget (with its children) may use; reserved
+            before each call like dollars, so it caps free-tier calls too.
     """
     return Budget(
         max_usd,
@@ -660,4 +799,7 @@ def budget(
         on_warn=on_warn,
         fallback=fallback,
         max_llm_calls=max_llm_calls,
+        pricing=pricing,
+        on_unknown_price=on_unknown_price,
+        max_total_tokens=max_total_tokens,
     )

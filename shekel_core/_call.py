@@ -40,6 +40,7 @@ class CallAccounting:
         "output_chars",
         "output_chunks",
         "reservation",
+        "served_by",
         "source",
         "streamed",
     )
@@ -57,6 +58,8 @@ class CallAccounting:
         self.source = source
         self.streamed = streamed
         self.model_label = model_label
+        #: The Inference Provider the answer says served the call (``x-inference-provider``), when known.
+        self.served_by: str | None = None
         self._prompt_fair = prompt_fair
         self._usage: Usage | None = None
         # Observers of streams add to these directly: they run once per chunk, so no method call is spent.
@@ -101,7 +104,12 @@ class CallAccounting:
         self._done = True
         reservation = self.reservation
         reservation.chain[0].settle(
-            reservation, self.usage(), streamed=self.streamed, source=self.source, label=self.model_label
+            reservation,
+            self.usage(),
+            streamed=self.streamed,
+            source=self.source,
+            label=self.model_label,
+            provider=self.served_by,
         )
 
     def fail(self) -> None:

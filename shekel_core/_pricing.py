@@ -1,15 +1,27 @@
-"""Prices: parsing ``price_per_1k_tokens`` and resolving the price of a call along a budget chain."""
+"""Prices: parsing ``price_per_1k_tokens`` and resolving the price of a call along a budget chain.
+
+Precedence, first match wins: the innermost budget's ``price_per_1k_tokens``, its ancestors', pricing files
+(``budget(pricing=...)`` innermost first, then ``SHEKEL_PRICING``), then the bundled Hugging Face Inference
+Providers data (genai-prices).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 
-from ._money import THOUSAND, to_decimal
+from ._money import MILLION, THOUSAND, to_decimal
 from .errors import BudgetConfigError
 
+#: The provider of a call routed by Hugging Face (``provider="auto"`` or the bare router): not known
+#: before the answer, so the call is reserved at the highest price among the providers known for the model.
+AUTO = "auto"
+#: Routing policies the router accepts in place of a provider name (``model:fastest``); they mean AUTO.
+ROUTING_POLICIES = frozenset({AUTO, "fastest", "cheapest", "preferred"})
+
 _PRICE_KEYS = frozenset({"input", "output"})
+_OPTIONAL_KEYS = frozenset({"cached_input"})
 _PRICE_FIX = (
     'Give prices in USD per 1,000 tokens, e.g. price_per_1k_tokens={"input": 0.001, "output": 0.002}.'
 )
@@ -17,29 +29,121 @@ _PRICE_FIX = (
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per token for input (prompt) and output (completion) tokens, and where the price came from."""
+    """USD per token for input (prompt) and output (completion) tokens, and where the price came from.
+
+    ``cached_input_per_token`` is the price of prompt tokens the provider served from its cache, when the
+    price source has one; without it cached tokens are charged as ordinary input. ``provider`` is the
+    Inference Provider the price belongs to, when it is provider-specific.
+    """
 
     input_per_token: Decimal
     output_per_token: Decimal
     source: str
+    cached_input_per_token: Decimal | None = None
+    provider: str | None = None
 
-    def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
-        return self.input_per_token * input_tokens + self.output_per_token * output_tokens
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
+        """The exact USD cost of a call; ``cached_input_tokens`` are part of ``input_tokens``."""
+        cached = min(max(cached_input_tokens, 0), input_tokens)
+        if not cached or self.cached_input_per_token is None:
+            return self.input_per_token * input_tokens + self.output_per_token * output_tokens
+        return (
+            self.input_per_token * (input_tokens - cached)
+            + self.cached_input_per_token * cached
+            + self.output_per_token * output_tokens
+        )
+
+    @property
+    def input_per_1m(self) -> Decimal:
+        """USD per million input tokens (the unit most price lists use)."""
+        return self.input_per_token * MILLION
+
+    @property
+    def output_per_1m(self) -> Decimal:
+        """USD per million output tokens."""
+        return self.output_per_token * MILLION
+
+    def __str__(self) -> str:
+        cached = (
+            ""
+            if self.cached_input_per_token is None
+            else f", ${_plain(self.cached_input_per_token * MILLION)} cached input"
+        )
+        return (
+            f"${_plain(self.input_per_1m)} input, ${_plain(self.output_per_1m)} output{cached} "
+            f"per 1M tokens, from {self.source}"
+        )
+
+
+def _plain(amount: Decimal) -> str:
+    return f"{amount.normalize():f}"
+
+
+def highest(prices: Iterable[Price], source: str) -> Price | None:
+    """A price at least as high as each of ``prices`` for any call: the worst case of an auto-routed call."""
+    listed = list(prices)
+    if not listed:
+        return None
+    if len(listed) == 1:
+        return listed[0]
+    return Price(
+        max(p.input_per_token for p in listed),
+        max(p.output_per_token for p in listed),
+        source,
+        provider=AUTO,
+    )
+
+
+def split_model(model: str | None) -> tuple[str | None, str | None]:
+    """``"org/model:together"`` -> ``("org/model", "together")``: the router's provider suffix, if any."""
+    if model is None or ":" not in model or model.startswith(("http://", "https://")):
+        return model, None
+    base, _, suffix = model.rpartition(":")
+    if not base or not suffix or "/" in suffix:
+        return model, None
+    return base, suffix
 
 
 @dataclass(frozen=True, slots=True)
 class PriceTable:
-    """The prices one ``budget()`` was given: one price for every model, or prices per model id."""
+    """Prices from one place (a budget or a pricing file): one price for every model, or per model id.
+
+    ``per_provider`` holds prices for a model (or ``"*"``) on one Inference Provider; they win over the
+    model's general price for calls served by that provider.
+    """
 
     flat: Price | None
     per_model: Mapping[str, Price]
+    per_provider: Mapping[tuple[str, str], Price] = field(default_factory=dict)
 
-    def lookup(self, model: str | None) -> Price | None:
+    def lookup(self, model: str | None, provider: str | None = None) -> Price | None:
+        """The price of a call to ``model`` served by ``provider`` (None: unknown, AUTO: any)."""
         if self.flat is not None:
             return self.flat
-        if model is not None and model in self.per_model:
-            return self.per_model[model]
-        return self.per_model.get("*")
+        keys: list[str] = []
+        if model is not None:
+            keys.append(model)
+            base, _ = split_model(model)
+            if base is not None and base != model:
+                keys.append(base)
+        keys.append("*")
+        for key in keys:
+            price = self._lookup_key(key, provider)
+            if price is not None:
+                return price
+        return None
+
+    def _lookup_key(self, key: str, provider: str | None) -> Price | None:
+        if provider is not None and provider not in ROUTING_POLICIES:
+            price = self.per_provider.get((key, provider))
+            if price is not None:
+                return price
+        if key in self.per_model:
+            return self.per_model[key]
+        if provider in ROUTING_POLICIES:
+            listed = [p for (model, _), p in self.per_provider.items() if model == key]
+            return highest(listed, f"the highest of {len(listed)} providers' prices for {key!r}")
+        return None
 
 
 def _parse_one(value: object, *, where: str, source: str) -> Price:
@@ -47,24 +151,32 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
         raise BudgetConfigError(
             f"{where} must be a mapping with 'input' and 'output', got {value!r}. {_PRICE_FIX}"
         )
-    unknown = sorted(str(k) for k in value if k not in _PRICE_KEYS)
+    unknown = sorted(str(k) for k in value if k not in _PRICE_KEYS | _OPTIONAL_KEYS)
     if unknown:
         raise BudgetConfigError(
-            f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the known keys are 'input' and "
-            f"'output'. {_PRICE_FIX}"
+            f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the known keys are 'input', "
+            f"'output' and 'cached_input' (optional). {_PRICE_FIX}"
         )
     missing = sorted(_PRICE_KEYS - set(value))
     if missing:
         raise BudgetConfigError(f"{where} is missing {', '.join(map(repr, missing))}. {_PRICE_FIX}")
-    per_1k = {}
-    for key in ("input", "output"):
+    per_1k: dict[str, Decimal] = {}
+    for key in ("input", "output", "cached_input"):
+        if key not in value:
+            continue
         amount = to_decimal(value[key], what=f"{where}[{key!r}]", fix=_PRICE_FIX)
         if amount < 0:
             raise BudgetConfigError(
                 f"{where}[{key!r}] must not be negative, got {value[key]!r}. {_PRICE_FIX}"
             )
         per_1k[key] = amount
-    return Price(per_1k["input"] / THOUSAND, per_1k["output"] / THOUSAND, source)
+    cached = per_1k.get("cached_input")
+    return Price(
+        per_1k["input"] / THOUSAND,
+        per_1k["output"] / THOUSAND,
+        source,
+        None if cached is None else cached / THOUSAND,
+    )
 
 
 def parse_price_table(value: object, *, budget_name: str) -> PriceTable:
@@ -84,3 +196,42 @@ def parse_price_table(value: object, *, budget_name: str) -> PriceTable:
             raise BudgetConfigError(f"price_per_1k_tokens keys must be model ids (str), got {model!r}.")
         per_model[model] = _parse_one(price, where=f"price_per_1k_tokens[{model!r}]", source=source)
     return PriceTable(flat=None, per_model=per_model)
+
+
+def resolve(tables: Iterable[PriceTable], model: str | None, provider: str | None) -> Price | None:
+    """The price of a call: the first table that prices it, else the bundled data.
+
+    ``provider`` is the Inference Provider (a name, AUTO, or None for a self-hosted or unknown endpoint,
+    which the bundled data cannot price).
+    """
+    base, suffix = split_model(model)
+    if provider in ROUTING_POLICIES and suffix is not None:
+        provider = suffix
+    for table in tables:
+        price = table.lookup(model, provider)
+        if price is not None:
+            return price
+    if base is None or provider is None:
+        return None
+    from ._bundled_prices import bundled_price
+
+    return bundled_price(base, provider)
+
+
+def unknown_price_message(model: str | None, provider: str | None, budget_path: str) -> str:
+    """Why a call has no price, and how to give one."""
+    served = {None: "a self-hosted or unknown endpoint", AUTO: "provider 'auto'"}.get(
+        provider, f"provider {provider!r}"
+    )
+    why = ""
+    if provider == "hf-inference":
+        why = (
+            " hf-inference is billed by compute time, not per token, so no per-token price is bundled;"
+            " give an estimate or cap it with max_llm_calls / max_total_tokens."
+        )
+    name = model if model is not None else "*"
+    return (
+        f"no price for model {model!r} on {served} in budget {budget_path!r}.{why} Give one with "
+        f'price_per_1k_tokens={{{name!r}: {{"input": ..., "output": ...}}}}, a pricing file '
+        "(budget(pricing='prices.toml') or SHEKEL_PRICING), or on_unknown_price='zero' to count it as free."
+    )

@@ -28,6 +28,8 @@ class Usage:
     input_tokens: int
     output_tokens: int
     estimated: bool = False
+    #: Prompt tokens the provider served from its cache (part of ``input_tokens``), when it says so.
+    cached_input_tokens: int = 0
 
 
 def _field(obj: object, name: str) -> object:
@@ -58,7 +60,16 @@ def read_usage(container: object) -> Usage | None:
     completion = _token_count(_field(usage, "completion_tokens"))
     if prompt is None or completion is None:
         return None
-    return Usage(prompt, completion)
+    cached = _token_count(_field(_prompt_details(container, usage), "cached_tokens"))
+    return Usage(prompt, completion, cached_input_tokens=min(cached or 0, prompt))
+
+
+def _prompt_details(container: object, usage: object) -> object:
+    """``usage.prompt_tokens_details``; huggingface_hub keeps such extra keys only on its typed attribute."""
+    details = _field(usage, "prompt_tokens_details")
+    if details is None and type(container) is not dict:
+        details = getattr(getattr(container, "usage", None), "prompt_tokens_details", None)
+    return details
 
 
 def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:

@@ -21,13 +21,15 @@ from typing import Any
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from .._call import SKIP, CallAccounting, call_in_progress, iterate_async, iterate_sync
 from .._context import current_budget
-from .._versions import check as check_version
+from .._hf_routing import call_provider, is_url
 from .._usage import (
     prompt_tokens_estimates,
     read_usage,
     text_tokens_fair,
     text_tokens_high,
 )
+from .._versions import check as check_version
+from . import _served_by as served_by
 
 #: TGI's own default ``max_new_tokens``: used as the ceiling when the caller gave none, so that text
 #: generation inside a budget returns what it would without shekel whenever the budget can pay for it.
@@ -40,6 +42,12 @@ _originals: dict[tuple[type, str], Any] = {}
 def _model_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     model = kwargs.get("model") or getattr(client, "model", None)
     return model if isinstance(model, str) else None
+
+
+def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
+    """The Inference Provider to price the call for (see ``shekel._hf_routing``)."""
+    address = next((a for a in (getattr(client, "model", None), kwargs.get("model")) if is_url(a)), None)
+    return call_provider(getattr(client, "provider", None), address)
 
 
 def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
@@ -55,6 +63,7 @@ def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
         prompt_tokens=prompt_high,
         max_tokens=None if max_tokens is None else max_tokens * n,
         max_tokens_ceiling=DEFAULT_MAX_TOKENS_CEILING * n,
+        provider=_provider_of(client, kwargs),
     )
     if reservation.fallback_from is not None:
         kwargs["model"] = reservation.model
@@ -129,6 +138,7 @@ def _plan_text(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
         prompt_tokens=text_tokens_high(prompt),
         max_tokens=max_new,
         max_tokens_ceiling=TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS,
+        provider=_provider_of(client, kwargs),
     )
     if reservation.fallback_from is not None:
         kwargs["model"] = reservation.model
@@ -199,7 +209,7 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         pending = plan(budget, self, args, kwargs)
         token = call_in_progress.set(True)
         try:
-            result = original(self, *args, **kwargs)
+            result = served_by.call_sync(pending.call, original, self, *args, **kwargs)
         except BaseException:
             pending.call.fail()
             raise
@@ -222,7 +232,7 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         pending = plan(budget, self, args, kwargs)
         token = call_in_progress.set(True)
         try:
-            result = await original(self, *args, **kwargs)
+            result = await served_by.call_async(pending.call, original, self, *args, **kwargs)
         except BaseException:
             pending.call.fail()
             raise

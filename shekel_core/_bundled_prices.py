@@ -1,0 +1,138 @@
+"""Bundled per-provider prices of Hugging Face Inference Providers, read from ``genai-prices``.
+
+genai-prices (installed with ``shekel[huggingface]``) ships its data inside the package, so nothing here
+touches the network. It names each router provider ``huggingface_<provider>``. The package is imported on
+the first lookup, never by ``import shekel``.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from ._money import MILLION
+from ._pricing import AUTO, ROUTING_POLICIES, Price, highest
+
+_PREFIX = "huggingface_"
+# Keyed by the snapshot's identity: a genai-prices auto-update swaps the snapshot, and with it the answers.
+_providers_cache: dict[tuple[int, str], tuple[str, ...]] = {}
+_price_cache: dict[tuple[int, str, str, date], Price | None] = {}
+
+
+@functools.cache
+def _version() -> str | None:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("genai-prices")
+    except PackageNotFoundError:
+        return None
+
+
+def _snapshot() -> Any | None:
+    try:
+        from genai_prices import data_snapshot
+    except ImportError:
+        return None
+    return data_snapshot.get_snapshot()
+
+
+def available() -> bool:
+    """Whether the bundled price data can be used here (genai-prices is installed)."""
+    return _snapshot() is not None
+
+
+def _today() -> date:
+    return datetime.now(timezone.utc).date()
+
+
+def providers_for(model: str) -> tuple[str, ...]:
+    """The Inference Providers (router names, e.g. ``"together"``) the bundled data has prices for ``model``."""
+    snapshot = _snapshot()
+    if snapshot is None:
+        return ()
+    key = (id(snapshot), model.lower())
+    names = _providers_cache.get(key)
+    if names is None:
+        names = _providers_cache[key] = tuple(
+            p.id[len(_PREFIX) :]
+            for p in snapshot.providers
+            if p.id.startswith(_PREFIX) and p.find_model(model.lower()) is not None
+        )
+    return names
+
+
+def bundled_price(model: str, provider: str) -> Price | None:
+    """The bundled price of ``model`` on ``provider`` (a router name), or the highest one for AUTO."""
+    snapshot = _snapshot()
+    if snapshot is None:
+        return None
+    if provider in ROUTING_POLICIES:
+        names = providers_for(model)
+        prices = [p for p in (_price(snapshot, model.lower(), n, _today()) for n in names) if p is not None]
+        return highest(
+            prices,
+            f"{_label(snapshot, _today())}: the highest of {len(prices)} providers' prices "
+            f"({', '.join(names)}) for an auto-routed call",
+        )
+    return _price(snapshot, model.lower(), provider, _today())
+
+
+def _price(snapshot: Any, model: str, provider: str, day: date) -> Price | None:
+    key = (id(snapshot), model, provider, day)
+    if key not in _price_cache:
+        _price_cache[key] = _read_price(snapshot, model, provider, day)
+    return _price_cache[key]
+
+
+def _read_price(snapshot: Any, model: str, provider: str, day: date) -> Price | None:
+    wanted = _PREFIX + provider.lower()
+    for entry in snapshot.providers:
+        if entry.id == wanted:
+            info = entry.find_model(model)
+            break
+    else:
+        return None
+    if info is None:
+        return None
+    when = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
+    prices = info.get_prices(when)
+    per_1m = {
+        key: _top(getattr(prices, key, None)) for key in ("input_mtok", "output_mtok", "cache_read_mtok")
+    }
+    if per_1m["input_mtok"] is None and per_1m["output_mtok"] is None:
+        return None
+    others = sorted(
+        k for k, v in vars(prices).items() if v is not None and not k.startswith("_") and k not in per_1m
+    )
+    extra = f"; it also lists {', '.join(others)}, which shekel does not charge" if others else ""
+    cached = per_1m["cache_read_mtok"]
+    return Price(
+        (per_1m["input_mtok"] or Decimal(0)) / MILLION,
+        (per_1m["output_mtok"] or Decimal(0)) / MILLION,
+        f"{_label(snapshot, day)} ({entry.id}, model {info.id}){extra}",
+        None if cached is None else cached / MILLION,
+        provider,
+    )
+
+
+def _top(value: Any) -> Decimal | None:
+    """A price, or the highest tier of a tiered one: shekel charges the worst case rather than guess."""
+    if value is None:
+        return None
+    tiers = getattr(value, "tiers", None)
+    if tiers is not None:
+        return Decimal(max([value.base, *(t.price for t in tiers)]))
+    return Decimal(value)
+
+
+def _label(snapshot: Any, day: date) -> str:
+    version = _version() or "unknown version"
+    if getattr(snapshot, "from_auto_update", False):
+        return f"genai-prices data updated {snapshot.timestamp:%Y-%m-%d}, prices as of {day}"
+    return f"bundled genai-prices {version} data, prices as of {day}"
+
+
+__all__ = ["AUTO", "available", "bundled_price", "providers_for"]

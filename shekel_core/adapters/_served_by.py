@@ -1,0 +1,68 @@
+"""Reading the ``x-inference-provider`` answer header, which huggingface_hub does not hand back.
+
+A response event hook on huggingface_hub's own HTTP client (the shared ``get_session()`` client for
+``InferenceClient``, the per-client one for ``AsyncInferenceClient``) records the header into a context
+variable that only the counted call in flight has set; other requests pass through untouched. When the hook
+cannot be attached (a future huggingface_hub), calls are priced by the client's setting instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+from .._call import CallAccounting
+from .._hf_routing import PROVIDER_HEADER
+
+_seen: ContextVar[list[str] | None] = ContextVar("shekel_served_by", default=None)
+
+
+def _record(response: Any) -> None:
+    seen = _seen.get()
+    if seen is not None:
+        value = response.headers.get(PROVIDER_HEADER)
+        if value:
+            seen.append(value.strip().lower())
+
+
+async def _record_async(response: Any) -> None:
+    _record(response)
+
+
+def _attach(http_client: Any, hook: Callable[[Any], Any]) -> None:
+    hooks = getattr(http_client, "event_hooks", None)
+    if isinstance(hooks, dict) and hook not in hooks.setdefault("response", []):
+        hooks["response"].append(hook)
+
+
+def call_sync(call: CallAccounting, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``original``, noting on ``call`` the provider the answer names (streams: from the headers)."""
+    from huggingface_hub import get_session
+
+    _attach(get_session(), _record)
+    seen: list[str] = []
+    token = _seen.set(seen)
+    try:
+        return original(*args, **kwargs)
+    finally:
+        _seen.reset(token)
+        if seen:
+            call.served_by = seen[-1]
+
+
+async def call_async(
+    call: CallAccounting, original: Callable[..., Awaitable[Any]], client: Any, *args: Any, **kwargs: Any
+) -> Any:
+    """The async twin of :func:`call_sync`; ``client`` is the ``AsyncInferenceClient``."""
+    get_http_client = getattr(client, "_get_async_client", None)
+    if get_http_client is not None:
+        _attach(await get_http_client(), _record_async)
+    seen: list[str] = []
+    token = _seen.set(seen)
+    try:
+        return await original(client, *args, **kwargs)
+    finally:
+        _seen.reset(token)
+        if seen:
+            call.served_by = seen[-1]
