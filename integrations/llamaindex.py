@@ -1,0 +1,393 @@
+"""Budgets for LlamaIndex: :class:`BudgetCallbackHandler`, a handler for a ``CallbackManager``.
+
+>>> from llama_index.core import Settings
+>>> from llama_index.core.callbacks import CallbackManager
+>>> from shekel.integrations.llamaindex import BudgetCallbackHandler
+>>> Settings.callback_manager = CallbackManager([BudgetCallbackHandler()])
+
+Count-once rule. Every LLM call is counted by exactly one layer:
+
+* Calls that go through ``huggingface_hub`` (``HuggingFaceInferenceAPI`` and anything else built on
+  ``InferenceClient``) are counted by the Hugging Face adapter, which sees the HTTP request and response
+  (it reserves, caps ``max_tokens``, reads the usage of streams). This handler never counts them: it skips
+  LLM events of the classes in ``COUNTED_BY_ADAPTER`` and LLM events raised while the adapter is already
+  counting a call (``call_in_progress``). For a handler bound to a budget it only makes that budget the
+  active one around each call of ``HuggingFaceInferenceAPI`` (a patch of its eight call methods, because
+  that LLM emits no LLM events to hook).
+* Any other LlamaIndex LLM is counted here, from its LLM callback events: reserved when the event starts
+  (a refusal raises ``BudgetExceededError`` out of ``on_event_start``, which LlamaIndex propagates, so the
+  request is never sent), settled at the usage its response reports when the event ends, released when it
+  failed. An LLM event inside another LLM event (a ``CustomLLM``'s ``chat`` calling its ``complete``) is
+  the same call and is not counted again (see ``_open_llm_event``).
+
+The handler also refuses to start a query, an agent step or a sub-question when its budget cannot pay
+even for the smallest call, before retrieval or embedding runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
+from typing import Any
+
+try:
+    from llama_index.core.callbacks import CBEventType, EventPayload
+    from llama_index.core.callbacks.base import global_stack_trace_ids
+    from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
+    raise ImportError(
+        'shekel.integrations.llamaindex needs LlamaIndex: pip install "shekel[llamaindex]"'
+    ) from exc
+
+from shekel._budget import Budget
+from shekel._call import CallAccounting, call_in_progress
+from shekel._context import current_budget
+from shekel._usage import Usage, prompt_tokens_fair, prompt_tokens_high, read_usage, text_tokens_fair
+from shekel._usage import text_tokens_high as _text_tokens_high
+
+__all__ = ["COUNTED_BY_ADAPTER", "BudgetCallbackHandler", "install", "uninstall"]
+
+#: LLM classes (their ``class_name()``) whose calls the Hugging Face adapter counts, never this handler.
+COUNTED_BY_ADAPTER = frozenset({"HuggingFaceInferenceAPI"})
+
+#: Events that start work which leads to LLM calls: refused up front when the budget has nothing left.
+_GATED_EVENTS = frozenset({CBEventType.QUERY, CBEventType.AGENT_STEP, CBEventType.SUB_QUESTION})
+
+
+class BudgetCallbackHandler(BaseCallbackHandler):
+    """Puts LlamaIndex queries, chats and agent steps under a shekel budget.
+
+    Args:
+        budget: The budget to charge. Without it, each call is charged to the budget active where it runs
+            (the innermost ``with budget(...)``), and nothing is counted outside a budget. With it, calls
+            are charged to ``budget`` even outside any ``with`` block; inside a budget nested in ``budget``
+            they go to that inner budget (which passes them on to ``budget``). The first time a bound
+            budget is used inside another active budget it becomes its child, as ``with budget:`` would.
+
+    Add it to ``Settings.callback_manager`` (or to the ``callback_manager`` of an engine or an LLM).
+    ``HuggingFaceInferenceAPI`` calls are counted by shekel's Hugging Face adapter; LLMs that report usage
+    through LlamaIndex LLM events are counted by this handler at the budget's prices.
+    """
+
+    def __init__(self, budget: Budget | None = None) -> None:
+        if budget is not None and not isinstance(budget, Budget):
+            raise TypeError(
+                f"BudgetCallbackHandler(budget=...) takes a shekel budget (shekel.budget(...)), got {budget!r}."
+            )
+        super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
+        self.budget = budget
+        # LLM events this handler counts: event id -> the call and its nesting marker.
+        self._llm_events: dict[str, tuple[CallAccounting, _OpenLLMEvent]] = {}
+        if budget is not None:
+            install()
+
+    def __repr__(self) -> str:
+        return f"<BudgetCallbackHandler budget={self.budget!r}>"
+
+    # ---------------------------------------------------------------- the callback interface
+    def on_event_start(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        parent_id: str = "",
+        **kwargs: Any,
+    ) -> str:
+        """Refuse work the budget cannot pay for; reserve the cost of an LLM event this handler counts."""
+        if event_type is CBEventType.LLM:
+            self._start_llm(payload or {}, event_id)
+        elif event_type in _GATED_EVENTS:
+            target = _charge_target(self.budget)
+            if target is not None:
+                _refuse_if_spent(target, _query_text(payload or {}))
+        return event_id
+
+    def on_event_end(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        **kwargs: Any,
+    ) -> None:
+        """Settle an LLM event at its reported (or estimated) usage, or release it when it failed."""
+        if event_type is not CBEventType.LLM:
+            return
+        counted = self._llm_events.pop(event_id, None)
+        if counted is None:
+            return
+        call, marker = counted
+        marker.open = False
+        payload = payload or {}
+        error = payload.get(EventPayload.EXCEPTION)
+        if error is not None and not isinstance(error, GeneratorExit):
+            call.fail()
+            return
+        # A stream abandoned by its reader ends with GeneratorExit: charge what was sent for it.
+        response = payload.get(EventPayload.RESPONSE) or payload.get(EventPayload.COMPLETION)
+        if response is not None:
+            call.saw_usage(_reported_usage(response))
+            call.saw_output(_response_text(response))
+            call.streamed = getattr(response, "delta", None) is not None
+        call.finish()
+
+    def start_trace(self, trace_id: str | None = None) -> None:
+        """Nothing to do: budgets are entered by ``with``, not by traces."""
+
+    def end_trace(self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None) -> None:
+        """Nothing to do."""
+
+    # ---------------------------------------------------------------- LLM events of other LLMs
+    def _start_llm(self, payload: Mapping[Any, Any], event_id: str) -> None:
+        serialized = payload.get(EventPayload.SERIALIZED) or {}
+        traces = tuple(global_stack_trace_ids.get())
+        outer = _open_llm_event.get()
+        if (
+            (outer is not None and outer.open and outer.encloses(traces))
+            or serialized.get("class_name") in COUNTED_BY_ADAPTER
+            or call_in_progress.get()
+        ):
+            return
+        target = _charge_target(self.budget)
+        if target is None:
+            return
+        model = serialized.get("model_name")
+        model = model if isinstance(model, str) and model else None
+        num_output = serialized.get("num_output")
+        max_tokens = num_output if isinstance(num_output, int) and num_output > 0 else None
+        messages = payload.get(EventPayload.MESSAGES)
+        if messages is not None:
+            chat = _as_dicts(messages)
+            high, fair = prompt_tokens_high(chat), prompt_tokens_fair(chat)
+        else:
+            prompt = str(payload.get(EventPayload.PROMPT) or "")
+            high, fair = _text_tokens_high(prompt), text_tokens_fair(prompt)
+        reservation = target.reserve(model=model, prompt_tokens=high, max_tokens=max_tokens)
+        marker = _OpenLLMEvent(traces)
+        # Never reset: the marker closes itself when the event ends (a stream's end runs in another frame).
+        _open_llm_event.set(marker)
+        call = CallAccounting(
+            reservation, prompt_fair=fair, source="llamaindex.llm_event", streamed=False, model_label=model
+        )
+        self._llm_events[event_id] = (call, marker)
+
+
+class _OpenLLMEvent:
+    """An LLM event this handler counts, seen from the context that started it."""
+
+    __slots__ = ("open", "traces")
+
+    def __init__(self, traces: tuple[str, ...]) -> None:
+        self.traces = traces
+        self.open = True
+
+    def encloses(self, traces: tuple[str, ...]) -> bool:
+        """Whether an event started under these traces runs inside this event's LLM method."""
+        return len(traces) > len(self.traces) and traces[: len(self.traces)] == self.traces
+
+
+# LlamaIndex's LLM events are leaf events (no parent links between them), so an event nested in another
+# (CustomLLM.chat calling its complete) is recognised by the trace stack: each LLM method call pushes a
+# trace while it runs, so an event started below an open counted event's traces, in the same context, is
+# part of that call. A later call in that context (beside a stream still being read) is not below them.
+_open_llm_event: ContextVar[_OpenLLMEvent | None] = ContextVar("shekel_llamaindex_llm_event", default=None)
+
+
+# -------------------------------------------------------------------- which budget, and may it start
+def _within(budget: Budget, ancestor: Budget) -> bool:
+    node: Budget | None = budget
+    while node is not None:
+        if node is ancestor:
+            return True
+        node = node.parent
+    return False
+
+
+def _activate(bound: Budget | None) -> AbstractContextManager[object]:
+    """Make ``bound`` the active budget, unless it already is or a budget nested in it is."""
+    active = current_budget()
+    if bound is None or (active is not None and _within(active, bound)):
+        return nullcontext()
+    return bound
+
+
+def _charge_target(bound: Budget | None) -> Budget | None:
+    with _activate(bound):
+        return current_budget()
+
+
+def _refuse_if_spent(target: Budget, text: str) -> None:
+    """Raise ``BudgetExceededError`` when no call with this text as its prompt could be paid for."""
+    if target.price_for(None) is None and _has_usd_limit(target):
+        # Without a default price, a call to a model not known yet cannot be priced: each call checks itself.
+        return
+    reservation = target.reserve(model=None, prompt_tokens=_text_tokens_high(text), max_tokens=1)
+    target.release(reservation)
+
+
+def _has_usd_limit(budget: Budget) -> bool:
+    node: Budget | None = budget
+    while node is not None:
+        if node.limit is not None:
+            return True
+        node = node.parent
+    return False
+
+
+def _query_text(payload: Mapping[Any, Any]) -> str:
+    query = payload.get(EventPayload.QUERY_STR)
+    if query is None:
+        return ""
+    return str(getattr(query, "query_str", query))
+
+
+def _as_dicts(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {"role": str(getattr(m, "role", "user")), "content": getattr(m, "content", None) or ""}
+        for m in messages
+    ]
+
+
+def _reported_usage(response: Any) -> Usage | None:
+    """Usage from a LlamaIndex response: ``raw.usage`` (OpenAI or Anthropic names) or ``additional_kwargs``."""
+    raw = getattr(response, "raw", None)
+    usage = read_usage(raw)
+    if usage is not None:
+        return usage
+    block = raw.get("usage") if isinstance(raw, Mapping) else getattr(raw, "usage", None)
+    if block is not None:
+        get = block.get if isinstance(block, Mapping) else functools.partial(getattr, block)
+        usage = read_usage(
+            {
+                "usage": {
+                    "prompt_tokens": get("input_tokens", None),
+                    "completion_tokens": get("output_tokens", None),
+                }
+            }
+        )
+        if usage is not None:
+            return usage
+    return read_usage({"usage": getattr(response, "additional_kwargs", None) or {}})
+
+
+def _response_text(response: Any) -> str | None:
+    message = getattr(response, "message", None)
+    text = getattr(message, "content", None) if message is not None else getattr(response, "text", None)
+    return text if isinstance(text, str) else None
+
+
+# -------------------------------------------------------------------- binding HuggingFaceInferenceAPI calls
+_SYNC = ("chat", "complete")
+_SYNC_STREAMS = ("stream_chat", "stream_complete")
+_ASYNC = ("achat", "acomplete")
+_ASYNC_STREAMS = ("astream_chat", "astream_complete")
+
+_originals: dict[tuple[type, str], Any] = {}
+
+
+def _bound_budget(llm: Any) -> Budget | None:
+    manager = getattr(llm, "callback_manager", None)
+    for handler in getattr(manager, "handlers", None) or ():
+        if isinstance(handler, BudgetCallbackHandler) and handler.budget is not None:
+            return handler.budget
+    return None
+
+
+def _steps(stream: Iterator[Any], bound: Budget) -> Iterator[Any]:
+    # The request is sent on the first step, and each step runs in the reader's context: activate per step.
+    try:
+        while True:
+            with _activate(bound):
+                try:
+                    item = next(stream)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+async def _asteps(stream: AsyncIterator[Any], bound: Budget) -> AsyncIterator[Any]:
+    try:
+        while True:
+            with _activate(bound):
+                try:
+                    item = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+            yield item
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _wrap(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    if kind == "sync":
+
+        def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with _activate(_bound_budget(self)):
+                return original(self, *args, **kwargs)
+
+    elif kind == "stream":
+
+        def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            bound = _bound_budget(self)
+            with _activate(bound):
+                stream = original(self, *args, **kwargs)
+            return stream if bound is None else _steps(stream, bound)
+
+    elif kind == "async":
+
+        async def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            with _activate(_bound_budget(self)):
+                return await original(self, *args, **kwargs)
+
+    else:
+
+        async def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            bound = _bound_budget(self)
+            with _activate(bound):
+                stream = await original(self, *args, **kwargs)
+            return stream if bound is None else _asteps(stream, bound)
+
+    wrapped = functools.wraps(original)(bound_call)
+    wrapped.__shekel_original__ = original  # type: ignore[attr-defined]
+    return wrapped
+
+
+def install() -> bool:
+    """Let bound handlers bind ``HuggingFaceInferenceAPI`` calls. Idempotent; False without that package.
+
+    Each call looks for a :class:`BudgetCallbackHandler` bound to a budget on the LLM's callback manager;
+    with none, the original method runs and nothing else happens. Creating a bound handler installs this.
+    """
+    try:
+        from llama_index.llms.huggingface_api import HuggingFaceInferenceAPI  # type: ignore[import-untyped]
+    except ImportError:
+        return False
+    cls: type = HuggingFaceInferenceAPI
+    for names, kind in (
+        (_SYNC, "sync"),
+        (_SYNC_STREAMS, "stream"),
+        (_ASYNC, "async"),
+        (_ASYNC_STREAMS, "astream"),
+    ):
+        for name in names:
+            current = cls.__dict__.get(name)
+            if current is None or (cls, name) in _originals or hasattr(current, "__shekel_original__"):
+                continue
+            _originals[(cls, name)] = current
+            setattr(cls, name, _wrap(current, kind))
+    return True
+
+
+def uninstall() -> None:
+    """Put back the exact original ``HuggingFaceInferenceAPI`` methods where our wrapper is on top. Idempotent."""
+    for (cls, name), original in list(_originals.items()):
+        if getattr(cls.__dict__.get(name), "__shekel_original__", None) is original:
+            setattr(cls, name, original)
+            del _originals[(cls, name)]

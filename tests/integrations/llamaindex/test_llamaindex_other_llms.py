@@ -1,0 +1,172 @@
+"""LLMs other than HuggingFaceInferenceAPI, counted from their LlamaIndex LLM events.
+
+``ServerLLM`` is a LlamaIndex ``CustomLLM`` that talks to the local server over real HTTP with httpx and
+reports the server's usage in ``raw``, as LlamaIndex's OpenAI-style LLMs do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.llms import ChatMessage, CompletionResponse, CustomLLM, LLMMetadata
+from llama_index.core.llms.callbacks import llm_completion_callback
+
+from shekel import BudgetExceededError, budget
+from shekel.integrations.llamaindex import BudgetCallbackHandler
+from shekel.testing import FakeInferenceServer, prompt_tokens_of
+
+from .conftest import NUM_OUTPUT, cost
+
+PROMPT = "hello there"  # the server counts 2 words + 3 for the message = 5 prompt tokens
+PROMPT_COST = cost(5, NUM_OUTPUT)
+
+
+class ServerLLM(CustomLLM):
+    url: str
+    report_usage: bool = True
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(num_output=NUM_OUTPUT, model_name="server-llm")
+
+    def _body(self, prompt: str, **extra: Any) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": prompt}], "max_tokens": NUM_OUTPUT, **extra}
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        answer = (
+            httpx.post(f"{self.url}/v1/chat/completions", json=self._body(prompt)).raise_for_status().json()
+        )
+        if not self.report_usage:
+            answer.pop("usage", None)
+        return CompletionResponse(text=answer["choices"][0]["message"]["content"], raw=answer)
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> Iterator[CompletionResponse]:
+        body = self._body(prompt, stream=True, stream_options={"include_usage": True})
+
+        def gen() -> Iterator[CompletionResponse]:
+            text = ""
+            with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body) as response:
+                for line in response.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[len("data: ") :])
+                    delta = chunk["choices"][0]["delta"]["content"] if chunk["choices"] else ""
+                    text += delta
+                    yield CompletionResponse(text=text, delta=delta, raw=chunk)
+
+        return gen()
+
+
+@pytest.fixture
+def llm(server: FakeInferenceServer) -> ServerLLM:
+    return ServerLLM(url=server.url, callback_manager=CallbackManager([BudgetCallbackHandler()]))
+
+
+def test_complete_is_charged_at_the_reported_usage(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        llm.complete(PROMPT)
+    assert b.spent_exact == PROMPT_COST and b.calls == 1 and b.estimated_calls == 0
+    (record,) = b.records
+    assert (record.model, record.source) == ("server-llm", "llamaindex.llm_event")
+    assert server.request_count == 1
+
+
+def test_chat_calling_complete_is_counted_once(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    # CustomLLM.chat emits an LLM event and calls complete, which emits another one for the same request.
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        llm.chat([ChatMessage(role="user", content=PROMPT)])
+        llm.complete(PROMPT)
+    assert server.request_count == 2
+    spent = sum(cost(prompt_tokens_of(r.body["messages"]), NUM_OUTPUT) for r in server.requests)
+    assert b.calls == 2 and b.spent_exact == spent and b.reserved == 0
+
+
+def test_stream_is_charged_at_its_last_usage(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        chunks = list(llm.stream_complete(PROMPT))
+    assert chunks[-2].text == "Transformers are neural networks that"
+    assert b.spent_exact == PROMPT_COST and b.records[0].streamed
+
+
+def test_a_later_call_beside_an_unfinished_stream_is_counted(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        stream = llm.stream_complete(PROMPT)
+        next(stream)
+        # Neither is nested in the stream's event, though that event is still open.
+        llm.complete(PROMPT)
+        llm.chat([ChatMessage(role="user", content=PROMPT)])
+        assert b.calls == 2
+        stream.close()  # abandoned: charged at an estimate
+    assert server.request_count == 3
+    assert b.calls == 3 and b.reserved == 0 and b.estimated_calls == 1
+
+
+async def test_concurrent_calls_are_each_counted(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    async with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        await asyncio.gather(*(llm.acomplete(PROMPT) for _ in range(4)))
+    assert server.request_count == 4
+    assert b.calls == 4 and b.spent_exact == 4 * PROMPT_COST
+
+
+def test_refused_before_the_request(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    with budget(max_usd=0.01, price_per_1k_tokens=prices) as b, pytest.raises(BudgetExceededError) as refused:
+        llm.complete(PROMPT)
+    assert server.request_count == 0
+    assert refused.value.model == "server-llm"
+    assert b.calls == 0 and b.reserved == 0
+
+
+def test_failed_call_costs_nothing(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    server.fail_next(500)
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b, pytest.raises(httpx.HTTPStatusError):
+        llm.complete(PROMPT)
+    assert server.request_count == 1
+    assert (b.calls, b.spent_exact, b.reserved) == (0, 0, 0)
+
+
+def test_no_reported_usage_is_estimated(server: FakeInferenceServer, prices: dict[str, float]) -> None:
+    llm = ServerLLM(
+        url=server.url, report_usage=False, callback_manager=CallbackManager([BudgetCallbackHandler()])
+    )
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        llm.complete(PROMPT)
+    (record,) = b.records
+    # 11 bytes of prompt / 4, rounded up; 37 characters of answer / 4 = 10, at most the LLM's num_output.
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (3, NUM_OUTPUT, True)
+    assert b.spent_exact == cost(3, NUM_OUTPUT)
+
+
+def test_bound_handler(server: FakeInferenceServer, prices: dict[str, float]) -> None:
+    b = budget(max_usd=1, price_per_1k_tokens=prices)
+    llm = ServerLLM(url=server.url, callback_manager=CallbackManager([BudgetCallbackHandler(budget=b)]))
+    llm.complete(PROMPT)
+    assert b.spent_exact == PROMPT_COST
+
+
+def test_outside_any_budget_nothing_is_counted(llm: ServerLLM, server: FakeInferenceServer) -> None:
+    assert llm.complete(PROMPT).text == "Transformers are neural networks that"
+    assert server.request_count == 1
