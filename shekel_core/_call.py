@@ -19,6 +19,12 @@ from ._usage import Usage, read_usage
 #: adapter patch under an integration's handler) do not count the same call again.
 call_in_progress: ContextVar[bool] = ContextVar("shekel_call_in_progress", default=False)
 
+#: Set by an integration around a framework run it charges (a LangChain LLM run): each call counted below
+#: it is reported here as it starts, so the integration charges the run itself only when nothing below did.
+call_observer: ContextVar[Callable[[CallAccounting], None] | None] = ContextVar(
+    "shekel_call_observer", default=None
+)
+
 
 class _Skip:
     __slots__ = ()
@@ -66,6 +72,9 @@ class CallAccounting:
         self.output_chars = 0
         self.output_chunks = 0
         self._done = False
+        observer = call_observer.get()
+        if observer is not None:
+            observer(self)
 
     # ---- feeding what the server sent
     def saw_usage(self, usage: Usage | None) -> None:

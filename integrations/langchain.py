@@ -1,0 +1,505 @@
+"""Budgets for LangChain: :class:`BudgetCallbackHandler`, for ``ChatHuggingFace`` and ``HuggingFaceEndpoint``.
+
+>>> from shekel import budget
+>>> from shekel.integrations.langchain import BudgetCallbackHandler
+>>> with budget(max_usd=0.50, price_per_1k_tokens={"input": 0.5, "output": 1.5}):
+...     chain.invoke({"topic": "tides"})  # picked up automatically: no callbacks=[...] needed
+>>> chain.invoke(..., config={"callbacks": [BudgetCallbackHandler(budget=service_budget)]})
+
+Count-once rule. Every Hugging Face call made by a LangChain run is charged by exactly one layer:
+
+* The Hugging Face adapter owns every HTTP call it sees. It reserves the worst case before the request and
+  raises ``BudgetExceededError`` from inside the model (LangChain lets it out of ``invoke``), asks the server
+  for usage (``stream_options``, ``details``), sets ``max_tokens``, switches to a fallback model, settles.
+* This handler owns the *run*. When a run starts it picks the budget (the one it is bound to, else the one
+  active at that moment), checks the budget can pay for a call of the model's ``max_tokens`` and raises
+  ``BudgetExceededError`` if not (``raise_error`` is set, so LangChain does not swallow it), and makes that
+  budget the active one for the run, so the adapter charges it in whatever thread or task LangChain makes
+  the call. The adapter reports each call it counts under the run (``shekel._call.call_observer``).
+* When a run ends with no call reported (the adapter is uninstalled, or the call took a way it does not
+  see), the handler charges the run itself at the usage LangChain returns, or an estimate marked as such.
+  While a run streams, the handler cuts it off with ``BudgetExceededError`` once one more token would pass
+  the cap.
+* Several handlers may see one run (the automatic one and one passed in ``callbacks``, or one per chain
+  level): the first to see the run owns it, the others stand aside.
+
+Inside ``with budget(...)`` LangChain adds a handler by itself (a configure hook registered when this module
+is imported), unless the run already has a ``BudgetCallbackHandler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from contextvars import ContextVar, Token
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+try:
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
+    from langchain_core.tracers.context import register_configure_hook
+    from langchain_huggingface import ChatHuggingFace  # noqa: F401  # the extra must be installed
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
+    raise ImportError(
+        "shekel.integrations.langchain needs langchain-core and langchain-huggingface: "
+        'pip install "shekel[langchain]"'
+    ) from exc
+
+from shekel import _context, _patching
+from shekel._budget import OUTPUT_MARGIN_TOKENS, Budget, Reservation
+from shekel._call import CallAccounting, call_observer
+from shekel._context import current_budget
+from shekel._patching import ensure_installed
+from shekel._usage import (
+    Usage,
+    prompt_tokens_fair,
+    prompt_tokens_high,
+    text_tokens_fair,
+    text_tokens_high,
+)
+from shekel.errors import BudgetExceededError, PricingError
+
+__all__ = ["BudgetCallbackHandler"]
+
+#: ``source`` of the call records the handler writes itself (the adapter writes its own).
+SOURCE = "langchain"
+
+
+class _Run:
+    """One LLM run owned by a handler: its budget, what it streamed, and the call the adapter counted."""
+
+    __slots__ = (
+        "budget",
+        "call",
+        "covered",
+        "frame",
+        "max_tokens",
+        "model",
+        "observer_token",
+        "output_chars",
+        "output_chunks",
+        "owns_queue",
+        "prompt_fair",
+        "queue",
+        "queue_token",
+        "started_in_copy",
+        "streamed_usage",
+    )
+
+    def __init__(self, budget: Budget, model: str | None, prompt_fair: int, max_tokens: int | None) -> None:
+        self.budget = budget
+        self.model = model
+        self.prompt_fair = prompt_fair
+        self.max_tokens = max_tokens
+        self.started_in_copy = False
+        self.call: CallAccounting | None = None
+        self.output_chars = 0
+        self.output_chunks = 0
+        self.streamed_usage: Usage | None = None
+        self.frame: _context._Frame | None = None
+        self.covered: _context._Frame | None = None
+        self.owns_queue = False
+        self.queue: _Waiting | None = None
+        self.queue_token: Token[_Waiting | None] | None = None
+        self.observer_token: Token[Any] | None = None
+
+    def output_tokens(self, *, clamp: bool = True) -> int:
+        return _estimate_output(self.output_chunks, self.output_chars, self.max_tokens if clamp else None)
+
+
+class _Waiting:
+    """Runs started in one context and not yet matched to a call, oldest first.
+
+    ``generate`` with several prompts starts every run before making the calls one by one, in order; the
+    adapter reports each call it counts here, and the oldest waiting run takes it.
+    """
+
+    __slots__ = ("_lock", "_runs", "closed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: deque[_Run] = deque()
+        self.closed = False  # its first run ended: later runs in this context start a queue of their own
+
+    def add(self, run: _Run) -> None:
+        with self._lock:
+            self._runs.append(run)
+
+    def discard(self, run: _Run) -> None:
+        with self._lock:
+            if run in self._runs:
+                self._runs.remove(run)
+
+    def __call__(self, call: CallAccounting) -> None:
+        with self._lock:
+            run = self._runs.popleft() if self._runs else None
+        if run is not None:
+            run.call = call
+
+
+_waiting: ContextVar[_Waiting | None] = ContextVar("shekel_langchain_waiting", default=None)
+
+# Run id -> its owner's state. Module-wide, so that two handlers on one run (automatic and explicit) agree.
+_runs: dict[UUID, _Run] = {}
+_runs_lock = threading.Lock()
+
+
+class BudgetCallbackHandler(BaseCallbackHandler):
+    """Charges the Hugging Face calls of LangChain runs to a shekel budget, once, and stops runs it cannot pay.
+
+    Args:
+        budget: The budget to charge. Without it, each run is charged to the budget active when the run
+            starts (the innermost ``with budget(...)``), and runs outside any budget are not counted. With
+            it, runs are charged to ``budget`` with no ``with`` block needed: pass the handler in a chain's
+            ``config={"callbacks": [...]}`` in a long-lived service.
+
+    Works for ``ChatHuggingFace`` and ``HuggingFaceEndpoint`` (and any LangChain model whose calls go through
+    ``huggingface_hub``), with ``invoke``, ``batch``, ``stream`` and their async twins, alone or in chains.
+    A run the budget cannot pay for raises :class:`~shekel.BudgetExceededError` before any request is sent.
+    """
+
+    raise_error = True  # LangChain swallows handler errors unless this is set: a cap must stop the chain.
+    run_inline = True  # In async runs, run in the event loop's task: the budget is made active right there.
+    ignore_chain = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
+
+    def __init__(self, budget: Budget | None = None) -> None:
+        if budget is not None and not isinstance(budget, Budget):
+            raise TypeError(
+                "BudgetCallbackHandler(budget=...) takes a shekel budget, e.g. "
+                f"BudgetCallbackHandler(budget=shekel.budget(max_usd=1.0)), got {budget!r}."
+            )
+        super().__init__()
+        self.budget = budget
+        if budget is not None:
+            ensure_installed()
+
+    def __repr__(self) -> str:
+        bound = "the active budget" if self.budget is None else repr(self.budget)
+        return f"<BudgetCallbackHandler for {bound}>"
+
+    # ------------------------------------------------------------------------------ run start
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Check the budget can pay for the call and make it the active budget for the run."""
+        chat = messages[0] if messages else []
+        params = invocation_params or {}
+        meta = metadata or {}
+        self._start(
+            run_id,
+            model=_model_name(params, meta),
+            prompt_high=prompt_tokens_high(chat, params.get("tools")),
+            prompt_fair=prompt_tokens_fair(chat, params.get("tools")),
+            max_tokens=_int_or_none(params.get("max_tokens", meta.get("ls_max_tokens"))),
+        )
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        invocation_params: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """The text-LLM twin of :meth:`on_chat_model_start` (``HuggingFaceEndpoint``)."""
+        prompt = prompts[0] if prompts else ""
+        params = invocation_params or {}
+        meta = metadata or {}
+        self._start(
+            run_id,
+            model=_model_name(params, meta),
+            prompt_high=text_tokens_high(prompt),
+            prompt_fair=text_tokens_fair(prompt),
+            max_tokens=_int_or_none(params.get("max_new_tokens", meta.get("ls_max_tokens"))),
+            started_in_copy=_in_event_loop(),
+        )
+
+    def _start(
+        self,
+        run_id: UUID,
+        *,
+        model: str | None,
+        prompt_high: int,
+        prompt_fair: int,
+        max_tokens: int | None,
+        started_in_copy: bool = False,
+    ) -> None:
+        active = current_budget()
+        budget = self.budget if self.budget is not None else active
+        if budget is None:
+            return
+        run = _Run(budget, model, prompt_fair, max_tokens)
+        # LangChain starts async text-LLM runs (``BaseLLM.agenerate``) in tasks of their own, so what this
+        # handler makes active there never reaches the request; the adapter counts it for the budget that
+        # was active already, if any, and reports nothing here.
+        run.started_in_copy = started_in_copy and active is not None and _patching._installed
+        with _runs_lock:
+            if run_id in _runs:
+                return  # another BudgetCallbackHandler owns this run
+            _runs[run_id] = run
+        queue = _waiting.get()
+        try:
+            if queue is None or not queue._runs:
+                # The first run of a start group: runs started after it in the same group (``generate`` with
+                # several prompts) are checked by the adapter call by call, as earlier calls settle.
+                _check(budget, model, prompt_high, max_tokens)
+        except BaseException:
+            with _runs_lock:
+                del _runs[run_id]
+            raise
+        _route(run)
+
+    # ------------------------------------------------------------------------------ streaming
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        """Count streamed output and cut the stream off once one more token would pass the cap."""
+        run = _runs.get(run_id)
+        if run is None:
+            return
+        text = token if isinstance(token, str) else (chunk.text if chunk is not None else "")
+        usage = _message_usage(getattr(chunk, "message", None))
+        if usage is not None:
+            run.streamed_usage = usage
+        if text:
+            run.output_chars += len(text)
+            run.output_chunks += 1
+            _check_stream(run)
+
+    # ------------------------------------------------------------------------------ run end
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        """Charge the run here if no call was counted under it (else the adapter already did)."""
+        run = self._finish(run_id)
+        if run is not None and run.call is None and not run.started_in_copy:
+            _settle_here(run, _result_usage(run, response), _result_model(response))
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """Charge what a stream delivered before it failed, if no call was counted under the run."""
+        run = self._finish(run_id)
+        if run is None or run.call is not None or run.started_in_copy:
+            return
+        if run.output_chunks or run.streamed_usage is not None:
+            usage = run.streamed_usage or Usage(run.prompt_fair, run.output_tokens(), estimated=True)
+            _settle_here(run, usage, None)
+
+    def _finish(self, run_id: UUID) -> _Run | None:
+        with _runs_lock:
+            run = _runs.pop(run_id, None)
+        if run is not None:
+            _unroute(run)
+        return run
+
+
+# ---------------------------------------------------------------------------------- routing
+def _route(run: _Run) -> None:
+    """Make the run's budget active and listen for the calls the adapter counts, in this context."""
+    if current_budget() is not run.budget:
+        run.covered = _context._active.get()
+        run.frame = _context.push(run.budget)
+    queue = _waiting.get()
+    if queue is None or queue.closed:
+        queue = _Waiting()
+        run.owns_queue = True
+        run.queue_token = _waiting.set(queue)
+        run.observer_token = call_observer.set(queue)
+    run.queue = queue
+    queue.add(run)
+
+
+def _unroute(run: _Run) -> None:
+    queue = run.queue
+    if queue is not None:
+        queue.discard(run)
+        if run.owns_queue:
+            queue.closed = True
+    for var, token in ((call_observer, run.observer_token), (_waiting, run.queue_token)):
+        if token is not None:
+            with suppress(ValueError):  # set in another context: see below
+                var.reset(token)  # type: ignore[arg-type]
+    frame = run.frame
+    if frame is None:
+        return
+    if _context._active.get() is frame and frame.token is not None:
+        with suppress(ValueError):
+            _context._active.reset(frame.token)
+            return
+    # LangChain ends async runs in a copy of the context they started in (``@shielded`` callbacks), so the
+    # frame pushed at the start cannot be popped there: it becomes a stand-in for the frame it covered.
+    covered = run.covered
+    frame.budget = covered.budget if covered is not None else None  # type: ignore[assignment]
+    frame.token = covered.token if covered is not None else None
+
+
+# ---------------------------------------------------------------------------------- enforcement
+def _check(budget: Budget, model: str | None, prompt_tokens: int, max_tokens: int | None) -> None:
+    """Raise ``BudgetExceededError`` now if the budget could not pay for the call. Holds nothing."""
+    try:
+        reservation = budget.reserve(model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    except PricingError:
+        return  # the model id is not known yet (chat models): the adapter prices it when it sees it
+    budget.release(reservation)
+
+
+def _room(chain: Sequence[Budget]) -> tuple[Budget, Decimal] | None:
+    """The tightest capped budget of ``chain`` and what it has neither spent nor promised, or None."""
+    tightest: tuple[Budget, Decimal] | None = None
+    for budget in chain:
+        limit = budget._limit
+        if limit is None:
+            continue
+        room = limit - budget._spent - budget._reserved
+        if tightest is None or room < tightest[1]:
+            tightest = (budget, room)
+    return tightest
+
+
+def _check_stream(run: _Run) -> None:
+    call = run.call
+    reservation: Reservation | None = call.reservation if call is not None else None
+    chain = reservation.chain if reservation is not None else run.budget._chain
+    price = reservation.price if reservation is not None else run.budget.price_for(run.model)
+    if price is None:
+        return
+    allowed = None if reservation is None else reservation.max_tokens
+    streamed = run.output_tokens(clamp=False)
+    if allowed is not None and streamed < allowed + OUTPUT_MARGIN_TOKENS:
+        return  # still inside what was reserved for the call
+    tightest = _room(chain)
+    if tightest is None:
+        return
+    budget, room = tightest
+    held = reservation.cost if reservation is not None else Decimal(0)
+    next_cost = price.cost(run.prompt_fair, streamed + 1)
+    if next_cost > held + room:
+        raise BudgetExceededError(
+            budget_name=budget.path,
+            spent=budget._spent,
+            limit=budget._limit,
+            model=run.model if reservation is None else reservation.model,
+            needed=next_cost,
+        )
+
+
+# ---------------------------------------------------------------------------------- charging here
+def _settle_here(run: _Run, usage: Usage, label: str | None) -> None:
+    """Charge a run no lower layer counted. The request was made, so this is recorded even past the cap."""
+    budget = run.budget
+    chain = budget._chain
+    with budget._lock:
+        for member in chain:
+            member._inflight += 1  # settle() gives back one call slot per call
+    reservation = Reservation(chain, Decimal(0), run.model, budget.price_for(run.model), None, None)
+    budget.settle(reservation, usage, streamed=bool(run.output_chunks), source=SOURCE, label=label)
+
+
+def _result_usage(run: _Run, response: LLMResult) -> Usage:
+    """Usage LangChain returned for the run (message usage, then ``token_usage``), else an estimate."""
+    input_tokens = output_tokens = 0
+    found = False
+    text = ""
+    for generations in response.generations:
+        for generation in generations:
+            text += generation.text
+            usage = _message_usage(getattr(generation, "message", None))
+            if usage is not None:
+                input_tokens, output_tokens, found = usage.input_tokens, usage.output_tokens, True
+    if not found:
+        token_usage = (response.llm_output or {}).get("token_usage")
+        prompt = _int_or_none(_get(token_usage, "prompt_tokens"))
+        completion = _int_or_none(_get(token_usage, "completion_tokens"))
+        if prompt is not None and completion is not None:
+            return Usage(prompt, completion)
+        if run.streamed_usage is not None:
+            return run.streamed_usage
+        estimate = max(run.output_tokens(), _estimate_output(0, len(text), run.max_tokens))
+        return Usage(run.prompt_fair, estimate, estimated=True)
+    return Usage(input_tokens, output_tokens)
+
+
+def _result_model(response: LLMResult) -> str | None:
+    candidates: list[object] = [(response.llm_output or {}).get("model_name")]
+    for generations in response.generations:
+        for generation in generations:
+            candidates.append((generation.generation_info or {}).get("model_name"))
+            metadata = getattr(getattr(generation, "message", None), "response_metadata", None)
+            candidates.append(_get(metadata, "model_name"))
+    return next((m for m in candidates if isinstance(m, str) and m), None)
+
+
+def _estimate_output(chunks: int, chars: int, max_tokens: int | None) -> int:
+    # About one token per stream chunk, about four characters per token: the larger errs high; a server
+    # cannot have generated more than it was allowed to.
+    estimate = max(chunks, math.ceil(chars / 4))
+    return estimate if max_tokens is None else min(estimate, max_tokens)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _message_usage(message: object) -> Usage | None:
+    usage = getattr(message, "usage_metadata", None)
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = _int_or_none(usage.get("input_tokens"))
+    completion = _int_or_none(usage.get("output_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion)
+
+
+# ---------------------------------------------------------------------------------- small readers
+def _get(container: object, name: str) -> object:
+    if isinstance(container, Mapping):
+        return container.get(name)
+    return getattr(container, name, None)
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _model_name(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:
+    for value in (params.get("model"), params.get("model_id"), metadata.get("ls_model_name")):
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+# Inside ``with budget(...)`` every LangChain run gets a handler without ``callbacks=[...]``: LangChain adds the
+# value of this variable to each run that has no BudgetCallbackHandler yet. With no budget active it does nothing.
+_automatic: ContextVar[BudgetCallbackHandler | None] = ContextVar(
+    "shekel_langchain_handler",
+    default=BudgetCallbackHandler(),  # noqa: B039  # shared on purpose: runs' state lives in _runs, not here
+)
+register_configure_hook(_automatic, True, BudgetCallbackHandler)
