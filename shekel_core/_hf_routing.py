@@ -9,6 +9,7 @@ provider sends it, overrides all of this at settlement.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from ._pricing import AUTO, ROUTING_POLICIES
@@ -24,6 +25,7 @@ def is_url(value: object) -> bool:
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
+@lru_cache(maxsize=256)  # a client calls the same address again and again; parsing it costs ~20 calls
 def provider_from_url(url: str) -> str | None:
     """The provider a URL reaches: a router provider name, AUTO for the bare router, None otherwise."""
     parts = urlsplit(url)

@@ -42,6 +42,8 @@ def _field(obj: object, name: str) -> object:
 
 def _token_count(value: object) -> int | None:
     """A count as servers should send it: a non-negative whole number of sane size; anything else is None."""
+    if type(value) is int:  # the usual case, without the isinstance calls (bool is a subclass, not int)
+        return value if 0 <= value <= _MAX_SANE_TOKENS else None
     if isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():
@@ -77,7 +79,8 @@ def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:
     text_bytes = messages_count = images = 0
     for message in messages:
         messages_count += 1
-        content = _field(message, "content")
+        plain = type(message) is dict  # the usual case: read it directly, not through _field
+        content = message.get("content") if plain else _field(message, "content")  # type: ignore[attr-defined]
         if isinstance(content, str):
             text_bytes += len(content.encode())
         elif isinstance(content, Iterable):
@@ -87,7 +90,7 @@ def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:
                     text_bytes += len(text.encode())
                 elif _field(part, "image_url") is not None:
                     images += 1
-        tool_calls = _field(message, "tool_calls")
+        tool_calls = message.get("tool_calls") if plain else _field(message, "tool_calls")  # type: ignore[attr-defined]
         if tool_calls:
             text_bytes += len(_dump(tool_calls))
     return text_bytes, messages_count, images

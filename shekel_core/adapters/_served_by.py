@@ -30,17 +30,32 @@ async def _record_async(response: Any) -> None:
     _record(response)
 
 
+#: ``huggingface_hub.get_session``, looked up once: the package resolves it lazily on every access, which
+#: costs some 30 function calls a time.
+_get_session: Callable[[], Any] | None = None
+#: The HTTP client the hook was last attached to: the shared client rarely changes, so skip the lookups.
+_last_attached: Any = None
+
+
 def _attach(http_client: Any, hook: Callable[[Any], Any]) -> None:
+    global _last_attached
+    if http_client is _last_attached:
+        return
     hooks = getattr(http_client, "event_hooks", None)
-    if isinstance(hooks, dict) and hook not in hooks.setdefault("response", []):
-        hooks["response"].append(hook)
+    if isinstance(hooks, dict):
+        if hook not in hooks.setdefault("response", []):
+            hooks["response"].append(hook)
+        _last_attached = http_client
 
 
 def call_sync(call: CallAccounting, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``original``, noting on ``call`` the provider the answer names (streams: from the headers)."""
-    from huggingface_hub import get_session
+    global _get_session
+    if _get_session is None:
+        from huggingface_hub import get_session
 
-    _attach(get_session(), _record)
+        _get_session = get_session
+    _attach(_get_session(), _record)
     seen: list[str] = []
     token = _seen.set(seen)
     try:

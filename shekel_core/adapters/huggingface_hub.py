@@ -46,7 +46,11 @@ def _model_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
 
 def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     """The Inference Provider to price the call for (see ``shekel._hf_routing``)."""
-    address = next((a for a in (getattr(client, "model", None), kwargs.get("model")) if is_url(a)), None)
+    address = getattr(client, "model", None)
+    if not is_url(address):
+        address = kwargs.get("model")
+        if not is_url(address):
+            address = None
     return call_provider(getattr(client, "provider", None), address)
 
 
