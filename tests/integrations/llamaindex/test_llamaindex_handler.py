@@ -339,3 +339,54 @@ def test_import_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "llama_index.core.callbacks", None)
     with pytest.raises(ImportError, match=r'pip install "shekel\[llamaindex\]"'):
         import shekel.integrations.llamaindex  # noqa: F401
+
+
+# ------------------------------------------------------------------ chat engines and agents
+def test_chat_engine(make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]) -> None:
+    Settings.callback_manager = CallbackManager([BudgetCallbackHandler()])
+    documents = [Document(text="A budget stops LLM spending at a hard cap.")]
+    index = VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
+    engine = index.as_chat_engine(chat_mode="context", llm=make_llm())
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        assert str(engine.chat("What does a budget do?")) == REPLY
+        assert "".join(engine.stream_chat("And then?").response_gen) == REPLY
+    first, second = chat_requests(server)
+    assert b.spent_exact == server_cost(first) + server_cost(second) and b.calls == 2
+
+
+def react_agent(llm: HuggingFaceInferenceAPI) -> Any:
+    from llama_index.core.agent.workflow import ReActAgent
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    return ReActAgent(tools=[add], llm=llm)
+
+
+AGENT_REPLY = "Thought: I can answer without using any tools. Answer: 42 (spoken)"
+
+
+async def test_agent_step(make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]) -> None:
+    server.reply, server.stream_usage = AGENT_REPLY, "final"
+    Settings.callback_manager = CallbackManager([BudgetCallbackHandler()])
+    agent = react_agent(make_llm(num_output=50))
+    async with budget(max_usd=10, price_per_1k_tokens=prices) as b:
+        # astream_chat drops the text of the chunk with finish_reason, with or without shekel.
+        assert str(await agent.run("What is 40 plus 2?")) == "42"
+    (body,) = chat_requests(server)
+    assert body["stream"] and body["max_tokens"] == 50
+    assert b.spent_exact == cost(prompt_tokens_of(body["messages"]), len(AGENT_REPLY.split()))
+    assert b.calls == 1 and b.estimated_calls == 0
+
+
+async def test_agent_stopped_before_its_request(
+    make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    server.reply = AGENT_REPLY
+    Settings.callback_manager = CallbackManager([BudgetCallbackHandler()])
+    agent = react_agent(make_llm(num_output=50))
+    async with budget(max_usd=0.05, price_per_1k_tokens=prices) as b:
+        with pytest.raises(BudgetExceededError):
+            await agent.run("What is 40 plus 2?")
+    assert server.request_count == 0 and b.calls == 0 and b.reserved == 0
