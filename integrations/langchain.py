@@ -248,24 +248,28 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if budget is None:
             return
         run = _Run(budget, model, prompt_fair, max_tokens)
+        adapter = _patching._installed
         # LangChain starts async text-LLM runs (``BaseLLM.agenerate``) in tasks of their own, so what this
         # handler makes active there never reaches the request; the adapter counts it for the budget that
         # was active already, if any, and reports nothing here.
-        run.started_in_copy = started_in_copy and active is not None and _patching._installed
+        run.started_in_copy = started_in_copy and active is not None and adapter
         with _runs_lock:
             if run_id in _runs:
                 return  # another BudgetCallbackHandler owns this run
             _runs[run_id] = run
         queue = _waiting.get()
-        try:
-            if queue is None or not queue._runs:
-                # The first run of a start group: runs started after it in the same group (``generate`` with
-                # several prompts) are checked by the adapter call by call, as earlier calls settle.
+        # The adapter refuses a call it cannot pay for from inside the model, before the request, priced by
+        # its real model id. The handler refuses up front only where the adapter will not see the call:
+        # LangChain logs every error a handler raises, so refusing twice would only add noise. In a start
+        # group (``generate`` with several prompts) only the first run is checked here: the later ones are
+        # checked call by call, as the earlier calls settle.
+        if (not adapter or started_in_copy) and (queue is None or not queue._runs):
+            try:
                 _check(budget, model, prompt_high, max_tokens)
-        except BaseException:
-            with _runs_lock:
-                del _runs[run_id]
-            raise
+            except BaseException:
+                with _runs_lock:
+                    del _runs[run_id]
+                raise
         _route(run)
 
     # ------------------------------------------------------------------------------ streaming

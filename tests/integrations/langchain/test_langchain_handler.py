@@ -464,3 +464,22 @@ def test_importing_shekel_imports_no_langchain() -> None:
     code = "import sys, shekel; shekel.budget(max_usd=1).__enter__(); print('langchain_core' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_refusals_are_raised_inside_the_model_without_handler_error_logs(
+    chat: ChatHuggingFace, server: FakeInferenceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = budget(max_usd=0.01, price_per_1k_tokens=PRICES)
+    with pytest.raises(BudgetExceededError):
+        chat.invoke("hello there", config={"callbacks": [BudgetCallbackHandler(budget=b)]})
+    assert not [r for r in caplog.records if "BudgetCallbackHandler" in r.getMessage()]
+    assert server.request_count == 0
+
+
+async def test_async_text_llm_bound_outside_a_budget_is_stopped_by_the_handler(
+    llm: HuggingFaceEndpoint, server: FakeInferenceServer
+) -> None:
+    b = budget(max_usd=0.001, price_per_1k_tokens=PRICES)
+    with pytest.raises(BudgetExceededError):
+        await llm.ainvoke("hello there", config={"callbacks": [BudgetCallbackHandler(budget=b)]})
+    assert server.request_count == 0 and b.calls == 0 and b.reserved == 0
