@@ -86,6 +86,8 @@ class FakeInferenceServer:
         chunk_delay: Seconds between stream chunks.
         model: The model id reported in answers when the request names none.
         default_max_tokens: Output tokens when the request gives no limit.
+        headers: Extra headers on every unscripted answer, e.g. ``{"x-inference-provider": "together"}``
+            as the router sends; change ``server.headers`` between calls to vary them.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class FakeInferenceServer:
         chunk_delay: float = 0.0,
         model: str = "fake/model",
         default_max_tokens: int = 1000,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.reply = reply
         self.usage = usage
@@ -110,6 +113,7 @@ class FakeInferenceServer:
         self.chunk_delay = chunk_delay
         self.model = model
         self.default_max_tokens = default_max_tokens
+        self.headers: dict[str, str] = dict(headers or {})
         self.requests: list[RecordedRequest] = []
         self._script: deque[_Scripted] = deque()
         self._drop_after: deque[int] = deque()
@@ -374,7 +378,8 @@ class _Handler(BaseHTTPRequestHandler):
             events = self.fake.chat_events(body) if chat else self.fake.text_events(body)
             self._send_stream(events, drop, space=chat, done=self.fake.send_done and chat)
         else:
-            self._send_json(200, self.fake.chat_answer(body) if chat else self.fake.text_answer(body))
+            answer = self.fake.chat_answer(body) if chat else self.fake.text_answer(body)
+            self._send_raw(200, json.dumps(answer).encode(), "application/json", self.fake.headers)
 
     # ---- writing
     def _send_json(self, status: int, payload: Any) -> None:
@@ -406,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_stream(
         self, events: Iterator[dict[str, Any]], drop: int | None, *, space: bool, done: bool
     ) -> None:
-        self._start_stream(200, "text/event-stream")
+        self._start_stream(200, "text/event-stream", self.fake.headers)
         prefix = b"data: " if space else b"data:"
         try:
             for sent, event in enumerate(events):
