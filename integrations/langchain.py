@@ -1,10 +1,12 @@
 """Budgets for LangChain: :class:`BudgetCallbackHandler`, for ``ChatHuggingFace`` and ``HuggingFaceEndpoint``.
 
->>> from shekel import budget
->>> from shekel.integrations.langchain import BudgetCallbackHandler
->>> with budget(max_usd=0.50, price_per_1k_tokens={"input": 0.5, "output": 1.5}):
-...     chain.invoke({"topic": "tides"})  # picked up automatically: no callbacks=[...] needed
->>> chain.invoke(..., config={"callbacks": [BudgetCallbackHandler(budget=service_budget)]})
+    from shekel import budget
+    from shekel.integrations.langchain import BudgetCallbackHandler
+
+    with budget(max_usd=0.50, price_per_1k_tokens={"input": 0.5, "output": 1.5}):
+        chain.invoke({"topic": "tides"})  # picked up automatically: no callbacks=[...] needed
+
+    chain.invoke({"topic": "tides"}, config={"callbacks": [BudgetCallbackHandler(budget=tenant_budget)]})
 
 Count-once rule. Every Hugging Face call made by a LangChain run is charged by exactly one layer:
 
