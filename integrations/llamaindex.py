@@ -27,6 +27,7 @@ even for the smallest call, before retrieval or embedding runs.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
@@ -46,6 +47,7 @@ from shekel._call import CallAccounting, call_in_progress
 from shekel._context import current_budget
 from shekel._usage import Usage, prompt_tokens_fair, prompt_tokens_high, read_usage, text_tokens_fair
 from shekel._usage import text_tokens_high as _text_tokens_high
+from shekel.errors import BudgetExceededError
 
 __all__ = ["COUNTED_BY_ADAPTER", "BudgetCallbackHandler", "install", "uninstall"]
 
@@ -219,20 +221,25 @@ def _charge_target(bound: Budget | None) -> Budget | None:
 
 def _refuse_if_spent(target: Budget, text: str) -> None:
     """Raise ``BudgetExceededError`` when no call with this text as its prompt could be paid for."""
-    if target.price_for(None) is None and _has_usd_limit(target):
-        # Without a default price, a call to a model not known yet cannot be priced: each call checks itself.
+    if target.price_for(None) is None:
+        # The model is not known before the call, and without a default price it cannot be priced here:
+        # only the call limits are checked now; each call checks its money itself.
+        node: Budget | None = target
+        while node is not None:
+            if node.max_llm_calls is not None and node.calls >= node.max_llm_calls:
+                raise BudgetExceededError(
+                    budget_name=node.path,
+                    spent=node.spent_exact,
+                    limit=None,
+                    model=None,
+                    reason="calls",
+                    calls=node.calls,
+                    max_calls=node.max_llm_calls,
+                )
+            node = node.parent
         return
     reservation = target.reserve(model=None, prompt_tokens=_text_tokens_high(text), max_tokens=1)
     target.release(reservation)
-
-
-def _has_usd_limit(budget: Budget) -> bool:
-    node: Budget | None = budget
-    while node is not None:
-        if node.limit is not None:
-            return True
-        node = node.parent
-    return False
 
 
 def _query_text(payload: Mapping[Any, Any]) -> str:
@@ -278,12 +285,8 @@ def _response_text(response: Any) -> str | None:
 
 
 # -------------------------------------------------------------------- binding HuggingFaceInferenceAPI calls
-_SYNC = ("chat", "complete")
-_SYNC_STREAMS = ("stream_chat", "stream_complete")
-_ASYNC = ("achat", "acomplete")
-_ASYNC_STREAMS = ("astream_chat", "astream_complete")
-
 _originals: dict[tuple[type, str], Any] = {}
+_install_lock = threading.Lock()
 
 
 def _bound_budget(llm: Any) -> Budget | None:
@@ -325,38 +328,62 @@ async def _asteps(stream: AsyncIterator[Any], bound: Budget) -> AsyncIterator[An
             await aclose()
 
 
-def _wrap(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
-    if kind == "sync":
+def _bind_call(original: Callable[..., Any]) -> Callable[..., Any]:
+    def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = _bound_budget(self)
+        if bound is None:
+            return original(self, *args, **kwargs)
+        with _activate(bound):
+            return original(self, *args, **kwargs)
 
-        def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with _activate(_bound_budget(self)):
-                return original(self, *args, **kwargs)
+    return bound_call
 
-    elif kind == "stream":
 
-        def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            bound = _bound_budget(self)
-            with _activate(bound):
-                stream = original(self, *args, **kwargs)
-            return stream if bound is None else _steps(stream, bound)
+def _bind_stream(original: Callable[..., Any]) -> Callable[..., Any]:
+    def bound_stream(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = _bound_budget(self)
+        if bound is None:
+            return original(self, *args, **kwargs)
+        with _activate(bound):
+            stream = original(self, *args, **kwargs)
+        return _steps(stream, bound)
 
-    elif kind == "async":
+    return bound_stream
 
-        async def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            with _activate(_bound_budget(self)):
-                return await original(self, *args, **kwargs)
 
-    else:
+def _bind_acall(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def bound_acall(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = _bound_budget(self)
+        if bound is None:
+            return await original(self, *args, **kwargs)
+        with _activate(bound):
+            return await original(self, *args, **kwargs)
 
-        async def bound_call(self: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            bound = _bound_budget(self)
-            with _activate(bound):
-                stream = await original(self, *args, **kwargs)
-            return stream if bound is None else _asteps(stream, bound)
+    return bound_acall
 
-    wrapped = functools.wraps(original)(bound_call)
-    wrapped.__shekel_original__ = original  # type: ignore[attr-defined]
-    return wrapped
+
+def _bind_astream(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def bound_astream(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = _bound_budget(self)
+        if bound is None:
+            return await original(self, *args, **kwargs)
+        with _activate(bound):
+            stream = await original(self, *args, **kwargs)
+        return _asteps(stream, bound)
+
+    return bound_astream
+
+
+_BINDERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "chat": _bind_call,
+    "complete": _bind_call,
+    "stream_chat": _bind_stream,
+    "stream_complete": _bind_stream,
+    "achat": _bind_acall,
+    "acomplete": _bind_acall,
+    "astream_chat": _bind_astream,
+    "astream_complete": _bind_astream,
+}
 
 
 def install() -> bool:
@@ -370,24 +397,22 @@ def install() -> bool:
     except ImportError:
         return False
     cls: type = HuggingFaceInferenceAPI
-    for names, kind in (
-        (_SYNC, "sync"),
-        (_SYNC_STREAMS, "stream"),
-        (_ASYNC, "async"),
-        (_ASYNC_STREAMS, "astream"),
-    ):
-        for name in names:
+    with _install_lock:
+        for name, bind in _BINDERS.items():
             current = cls.__dict__.get(name)
             if current is None or (cls, name) in _originals or hasattr(current, "__shekel_original__"):
                 continue
+            wrapper = functools.wraps(current)(bind(current))
+            wrapper.__shekel_original__ = current  # type: ignore[attr-defined]
             _originals[(cls, name)] = current
-            setattr(cls, name, _wrap(current, kind))
+            setattr(cls, name, wrapper)
     return True
 
 
 def uninstall() -> None:
     """Put back the exact original ``HuggingFaceInferenceAPI`` methods where our wrapper is on top. Idempotent."""
-    for (cls, name), original in list(_originals.items()):
-        if getattr(cls.__dict__.get(name), "__shekel_original__", None) is original:
-            setattr(cls, name, original)
-            del _originals[(cls, name)]
+    with _install_lock:
+        for (cls, name), original in list(_originals.items()):
+            if getattr(cls.__dict__.get(name), "__shekel_original__", None) is original:
+                setattr(cls, name, original)
+                del _originals[(cls, name)]

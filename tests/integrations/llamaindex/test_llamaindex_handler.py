@@ -217,13 +217,14 @@ def test_budget_runs_out_between_two_queries(
     assert refused.value.reason == "usd" and refused.value.spent_exact == spent_by_one
 
 
+@pytest.mark.parametrize("priced", [True, False], ids=["priced", "unpriced"])
 def test_query_refused_before_retrieval_when_calls_are_used_up(
-    make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
+    make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float], priced: bool
 ) -> None:
     events = LlamaDebugHandler()
     Settings.callback_manager = CallbackManager([BudgetCallbackHandler(), events])
     engine = query_engine(make_llm())
-    with budget(max_llm_calls=1, price_per_1k_tokens=prices) as b:
+    with budget(max_llm_calls=1, price_per_1k_tokens=prices if priced else None) as b:
         engine.query("What are transformers?")
         events.flush_event_logs()
         with pytest.raises(BudgetExceededError) as refused:
