@@ -18,13 +18,16 @@ class Spread:
     median: float
     low: float
     high: float
+    #: For time ratios: fastest repeat over fastest repeat, the figure least disturbed by other load.
+    best: float | None = None
 
     @classmethod
-    def of(cls, values: list[float]) -> Spread:
-        return cls(statistics.median(values), min(values), max(values))
+    def of(cls, values: list[float], best: float | None = None) -> Spread:
+        return cls(statistics.median(values), min(values), max(values), best)
 
     def ratio_text(self) -> str:
-        return f"{self.median:.3f} [{self.low:.3f}-{self.high:.3f}]"
+        best = "" if self.best is None else f", best {self.best:.3f}"
+        return f"{self.median:.3f} [{self.low:.3f}-{self.high:.3f}]{best}"
 
 
 @dataclass
@@ -71,8 +74,13 @@ def time_batches(
 
 
 def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> Spread:
-    """Ratio ``num/den`` of the same repeat (measured back to back), summarised over repeats."""
-    return Spread.of([a / b for a, b in zip(times[num], times[den], strict=True)])
+    """Ratio ``num/den`` of the same repeat (measured back to back), summarised over repeats.
+
+    ``best`` is the ratio of the two fastest repeats: on a shared machine, other load only ever adds time,
+    so it is the closest to the undisturbed cost.
+    """
+    ratios = [a / b for a, b in zip(times[num], times[den], strict=True)]
+    return Spread.of(ratios, best=min(times[num]) / min(times[den]))
 
 
 def count_calls(fn: Callable[[int], object], number: int) -> float:

@@ -1,7 +1,8 @@
 """1. Per-call overhead: the real ``InferenceClient.chat_completion`` inside a budget vs. unpatched.
 
 In-process (canned answers through an ``httpx.MockTransport``) and over loopback HTTP to
-``shekel.testing.FakeInferenceServer``. The request is the same in every variant (``max_tokens`` given, so
+``shekel.testing.FakeInferenceServer``. A last row gives shekel's own work per call in microseconds: the
+adapter's wrapper (as installed on ``InferenceClient``) around a stub that returns a parsed answer. The request is the same in every variant (``max_tokens`` given, so
 shekel adds nothing to it); the budget is entered once per batch and is far from its limit.
 """
 
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from huggingface_hub import ChatCompletionOutput
+
 import shekel
+from shekel.adapters import huggingface_hub as hf_adapter
 
 from . import _transport
 from ._harness import Row, count_calls, median, paired_ratio, time_batches, us
@@ -66,12 +70,48 @@ def _rows(where: str, variants: dict[str, Callable[[int], object]], number: int,
     return rows
 
 
+def _own_work(number: int, repeats: int) -> Row:
+    """shekel's own work per counted call, in absolute terms: its wrapper around a stub ``original``."""
+    response = ChatCompletionOutput.parse_obj_as_instance(_transport.chat_body())
+
+    def original(self: object, *args: object, **kwargs: object) -> ChatCompletionOutput:
+        return response
+
+    counted = hf_adapter._wrap_sync(original, hf_adapter._plan_chat)
+    client = _transport.client()
+    messages = _transport.MESSAGES
+
+    def stub(n: int) -> None:
+        for _ in range(n):
+            original(client, messages, max_tokens=100)
+
+    def wrapped(n: int) -> None:
+        with shekel.budget(max_usd=1_000_000, price_per_1k_tokens=_transport.PRICES) as b:
+            for _ in range(n):
+                counted(client, messages, max_tokens=100)
+        assert b.calls == n
+
+    shekel.install()
+    times = time_batches({"stub": stub, "wrapped": wrapped}, number=number, repeats=repeats)
+    calls = {"stub": count_calls(stub, 50), "wrapped": count_calls(wrapped, 50)}
+    extra_s = [w - s for w, s in zip(times["wrapped"], times["stub"], strict=True)]
+    return Row(
+        group="1. per call",
+        name="shekel's own work per counted call",
+        baseline="the stubbed call",
+        time_text=f"{us(median(extra_s))} [{us(min(extra_s))}-{us(max(extra_s))}] per call",
+        calls_text=f"+{calls['wrapped'] - calls['stub']:,.0f} calls",
+        extra={"us": median(extra_s) * 1e6, "calls": calls["wrapped"] - calls["stub"]},
+    )
+
+
 def run(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
     with _transport.in_process():
         client = _transport.client()
-        rows += _rows("in-process", _variants(client), 100 if quick else 300, 5 if quick else 11)
+        rows += _rows("in-process", _variants(client), 50 if quick else 100, 5 if quick else 25)
+        rows.append(_own_work(500 if quick else 2000, 5 if quick else 11))
     with _transport.loopback() as url:
         client = _transport.client(url)
-        rows += _rows("loopback HTTP", _variants(client), 30 if quick else 100, 3 if quick else 7)
+        rows += _rows("loopback HTTP", _variants(client), 20 if quick else 50, 3 if quick else 11)
     return rows

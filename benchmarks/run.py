@@ -38,6 +38,13 @@ BENCHMARKS = {
 }
 
 
+def _load() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def _verdict(row: Row) -> str:
     return "" if row.ok is None else ("yes" if row.ok else "NO")
 
@@ -47,7 +54,7 @@ def render(rows: list[Row]) -> str:
         "benchmark",
         "vs",
         "time (shekel vs baseline)",
-        "time ratio median [min-max]",
+        "time ratio median [min-max], best-of",
         "function calls",
         "calls ratio",
         "target",
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"shekel {shekel.__version__}, huggingface_hub {huggingface_hub.__version__}, Python "
         f"{platform.python_version()} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
-        f"{' (quick run)' if args.quick else ''}",
+        f"{' (quick run)' if args.quick else ''}; load average {_load()}",
         flush=True,
     )
     rows: list[Row] = []
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += BENCHMARKS[name].run(quick=args.quick)
         print(f"  {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     print(render(rows))
-    print(f"total {time.perf_counter() - started:.0f} s")
+    print(f"total {time.perf_counter() - started:.0f} s; load average now {_load()}")
     if args.json:
         payload = [
             {
