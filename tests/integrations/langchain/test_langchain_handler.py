@@ -169,11 +169,36 @@ def test_prompt_model_parser_chain(chat: ChatHuggingFace, server: FakeInferenceS
     assert_charged(b, server, 1, TOPIC)
 
 
-async def test_chain_astream_inside_budget(chat: ChatHuggingFace, server: FakeInferenceServer) -> None:
-    async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
-        parts = [part async for part in chain_of(chat).astream({"topic": "tides"})]
+@pytest.mark.parametrize("how", ["with", "bound"])
+async def test_chain_astream(how: str, chat: ChatHuggingFace, server: FakeInferenceServer) -> None:
+    b = budget(max_usd=1, price_per_1k_tokens=PRICES)
+    chain = chain_of(chat)
+    if how == "with":
+        async with b:
+            parts = [part async for part in chain.astream({"topic": "tides"})]
+    else:
+        config: RunnableConfig = {"callbacks": [BudgetCallbackHandler(budget=b)]}
+        parts = [part async for part in chain.astream({"topic": "tides"}, config=config)]
     assert "".join(parts) == "Transformers are neural networks that"
     assert_charged(b, server, 1, TOPIC)
+    assert current_budget() is None
+
+
+@pytest.mark.parametrize("how", ["with", "bound"])
+async def test_chain_abatch_and_parallel(
+    how: str, chat: ChatHuggingFace, server: FakeInferenceServer
+) -> None:
+    b = budget(max_usd=1, price_per_1k_tokens=PRICES)
+    both = RunnableParallel(first=chain_of(chat), second=chain_of(chat))
+    config: RunnableConfig | None = (
+        {"callbacks": [BudgetCallbackHandler(budget=b)]} if how == "bound" else None
+    )
+    if how == "with":
+        async with b:
+            await both.abatch([{"topic": "tides"}] * 2, config=config)
+    else:
+        await both.abatch([{"topic": "tides"}] * 2, config=config)
+    assert_charged(b, server, 4, TOPIC)
 
 
 def test_runnable_parallel_branches_are_each_charged(
@@ -483,3 +508,18 @@ async def test_async_text_llm_bound_outside_a_budget_is_stopped_by_the_handler(
     with pytest.raises(BudgetExceededError):
         await llm.ainvoke("hello there", config={"callbacks": [BudgetCallbackHandler(budget=b)]})
     assert server.request_count == 0 and b.calls == 0 and b.reserved == 0
+
+
+@pytest.mark.parametrize("how", ["with", "bound"])
+def test_a_stream_abandoned_part_way_is_charged_and_leaves_nothing_active(
+    how: str, chat: ChatHuggingFace, server: FakeInferenceServer
+) -> None:
+    b = budget(max_usd=1, price_per_1k_tokens=PRICES)
+    config: RunnableConfig = {"callbacks": [BudgetCallbackHandler(budget=b)] if how == "bound" else []}
+    with b if how == "with" else budget(name="unrelated"):
+        for _chunk in chat.stream("hello there", config=config):
+            break
+        assert current_budget() is not b or how == "with"
+    assert current_budget() is None
+    assert b.calls == server.request_count == 1 and b.reserved == 0
+    assert 0 < b.spent_exact <= HELLO
