@@ -136,6 +136,7 @@ class Budget:
         self._warn_at = _validate_warn_at(warn_at, self._limit)
         if on_warn is not None and not callable(on_warn):
             raise BudgetConfigError(f"on_warn must be callable as on_warn(spent, limit), got {on_warn!r}.")
+        _check_on_warn_signature(on_warn)
         self._on_warn = on_warn
         self._fallback_at, self._fallback_model = _validate_fallback(fallback, self._limit)
         self._max_calls = _validate_max_calls(max_llm_calls)
@@ -680,6 +681,23 @@ class Budget:
         from ._report import render_summary
 
         return render_summary(self.to_dict())
+
+
+def _check_on_warn_signature(on_warn: object) -> None:
+    """Refuse a callback that cannot take ``(spent, limit)`` now, not with a TypeError inside a later call."""
+    if on_warn is None:
+        return
+    try:
+        signature = inspect.signature(on_warn)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # no introspectable signature (some builtins): trust it
+        return
+    try:
+        signature.bind(0.0, 0.0)
+    except TypeError:
+        raise BudgetConfigError(
+            f"on_warn must accept two positional arguments, on_warn(spent, limit); {on_warn!r} takes "
+            f"{signature}."
+        ) from None
 
 
 def _validate_limit(max_usd: object) -> Decimal | None:

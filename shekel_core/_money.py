@@ -9,6 +9,7 @@ from numbers import Real
 ZERO = Decimal(0)
 THOUSAND = Decimal(1000)
 MILLION = Decimal(1_000_000)
+_TOO_LARGE = Decimal("1e15")
 
 
 def to_decimal(value: object, *, what: str, fix: str) -> Decimal:
@@ -32,4 +33,7 @@ def to_decimal(value: object, *, what: str, fix: str) -> Decimal:
         raise BudgetConfigError(f"{what} must be a number, got {value!r}. {fix}") from exc
     if not amount.is_finite():
         raise BudgetConfigError(f"{what} must be a finite number, got {value!r}. {fix}")
+    if amount.copy_abs() >= _TOO_LARGE:
+        # Far past any real amount, and large enough to overflow Decimal arithmetic inside a later call.
+        raise BudgetConfigError(f"{what} must be below 1e15, got {value!r}. {fix}")
     return amount

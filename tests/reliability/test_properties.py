@@ -11,6 +11,7 @@ the exact total, with no float drift.
 from __future__ import annotations
 
 import asyncio
+import decimal
 import inspect
 import threading
 import warnings
@@ -437,3 +438,20 @@ def test_every_charge_is_exactly_tokens_times_the_price_as_written(
     assert b.spent_exact == expected
     assert_ledger_consistent(b)
     assert all(x.spent_exact >= 0 for x in walk(b))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="shekel's money arithmetic runs in the caller's ambient decimal context: an application that lowers "
+    "decimal.getcontext().prec gets rounded charges. Fix: a private decimal.Context (high precision) around "
+    "price parsing, reserve() and settle().",
+)
+def test_money_is_exact_whatever_the_callers_decimal_context() -> None:
+    with decimal.localcontext() as ctx:
+        ctx.prec = 6
+        b = budget(price_per_1k_tokens={"input": "0.0001234567", "output": "0"})
+        with b:
+            reservation = b.reserve(model="m", prompt_tokens=1_234_567, max_tokens=1)
+            b.settle(reservation, Usage(1_234_567, 0), streamed=False, source="t")
+    with decimal.localcontext(decimal.Context(prec=50)):
+        assert b.spent_exact == Decimal("0.0001234567") / 1000 * 1_234_567
