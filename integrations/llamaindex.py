@@ -80,8 +80,6 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             )
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
         self.budget = budget
-        # LLM events this handler counts: event id -> the call and its nesting marker.
-        self._llm_events: dict[str, tuple[CallAccounting, _OpenLLMEvent]] = {}
         if budget is not None:
             install()
 
@@ -116,7 +114,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """Settle an LLM event at its reported (or estimated) usage, or release it when it failed."""
         if event_type is not CBEventType.LLM:
             return
-        counted = self._llm_events.pop(event_id, None)
+        counted = _counted_events.pop(event_id, None)
         if counted is None:
             return
         call, marker = counted
@@ -146,7 +144,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         traces = tuple(global_stack_trace_ids.get())
         outer = _open_llm_event.get()
         if (
-            (outer is not None and outer.open and outer.encloses(traces))
+            event_id in _counted_events  # a second handler in the same callback manager
+            or (outer is not None and outer.open and outer.encloses(traces))
             or serialized.get("class_name") in COUNTED_BY_ADAPTER
             or call_in_progress.get()
         ):
@@ -172,7 +171,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         call = CallAccounting(
             reservation, prompt_fair=fair, source="llamaindex.llm_event", streamed=False, model_label=model
         )
-        self._llm_events[event_id] = (call, marker)
+        _counted_events[event_id] = (call, marker)
 
 
 class _OpenLLMEvent:
@@ -194,6 +193,9 @@ class _OpenLLMEvent:
 # trace while it runs, so an event started below an open counted event's traces, in the same context, is
 # part of that call. A later call in that context (beside a stream still being read) is not below them.
 _open_llm_event: ContextVar[_OpenLLMEvent | None] = ContextVar("shekel_llamaindex_llm_event", default=None)
+
+#: LLM events being counted, by event id, shared by every handler so that each event is counted once.
+_counted_events: dict[str, tuple[CallAccounting, _OpenLLMEvent]] = {}
 
 
 # -------------------------------------------------------------------- which budget, and may it start

@@ -170,3 +170,12 @@ def test_bound_handler(server: FakeInferenceServer, prices: dict[str, float]) ->
 def test_outside_any_budget_nothing_is_counted(llm: ServerLLM, server: FakeInferenceServer) -> None:
     assert llm.complete(PROMPT).text == "Transformers are neural networks that"
     assert server.request_count == 1
+
+
+def test_two_handlers_in_one_manager_count_once(
+    server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    manager = CallbackManager([BudgetCallbackHandler(), BudgetCallbackHandler()])
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        ServerLLM(url=server.url, callback_manager=manager).complete(PROMPT)
+    assert b.calls == 1 and b.spent_exact == PROMPT_COST
