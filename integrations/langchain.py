@@ -159,7 +159,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         budget: The budget to charge. Without it, each run is charged to the budget active when the run
             starts (the innermost ``with budget(...)``), and runs outside any budget are not counted. With
             it, runs are charged to ``budget`` with no ``with`` block needed: pass the handler in a chain's
-            ``config={"callbacks": [...]}`` in a long-lived service.
+            ``config={"callbacks": [...]}`` in a long-lived service. A run made inside a budget nested in
+            ``budget`` is charged to that inner budget, which passes it on to ``budget``; inside any other
+            budget, it is charged to ``budget`` alone.
 
     Works for ``ChatHuggingFace`` and ``HuggingFaceEndpoint`` (and any LangChain model whose calls go through
     ``huggingface_hub``), with ``invoke``, ``batch``, ``stream`` and their async twins, alone or in chains.
@@ -246,7 +248,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         started_in_copy: bool = False,
     ) -> None:
         active = current_budget()
-        budget = self.budget if self.budget is not None else active
+        budget = self.budget
+        if budget is None or (active is not None and budget in active._chain):
+            budget = active  # a budget nested in the bound one is charged, and passes it on
         if budget is None:
             return
         run = _Run(budget, model, prompt_fair, max_tokens)

@@ -523,3 +523,16 @@ def test_a_stream_abandoned_part_way_is_charged_and_leaves_nothing_active(
     assert current_budget() is None
     assert b.calls == server.request_count == 1 and b.reserved == 0
     assert 0 < b.spent_exact <= HELLO
+
+
+def test_bound_handler_inside_a_budget_nested_in_it_charges_the_inner_one(
+    chat: ChatHuggingFace, server: FakeInferenceServer
+) -> None:
+    service = budget(max_usd=1, price_per_1k_tokens=PRICES, name="service")
+    handler = BudgetCallbackHandler(budget=service)
+    with service, budget(max_usd=0.5, name="request") as request:
+        chat.invoke("hello there", config={"callbacks": [handler]})
+    chat.invoke("hello there", config={"callbacks": [handler]})
+    assert request.calls == 1 and request.spent_exact == HELLO
+    assert service.calls == 2 and service.spent_exact == 2 * HELLO
+    assert server.request_count == 2
