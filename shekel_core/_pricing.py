@@ -76,7 +76,8 @@ class Price:
 
 
 def _plain(amount: Decimal) -> str:
-    return f"{amount.normalize():f}"
+    # Display only: some published prices carry float noise (1.0399999999999998); the Price stays exact.
+    return f"{amount.quantize(Decimal('0.000001')).normalize():f}"
 
 
 def highest(prices: Iterable[Price], source: str) -> Price | None:
