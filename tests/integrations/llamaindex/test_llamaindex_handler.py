@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.base.response.schema import StreamingResponse
@@ -85,6 +86,23 @@ def test_stream_chat_yields_every_chunk(
     assert body["stream_options"] == {"include_usage": True}
 
 
+def test_abandoned_and_broken_streams_are_charged_for_what_was_received(
+    make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    llm = make_llm(BudgetCallbackHandler())
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        stream = llm.stream_chat(HELLO)
+        next(stream), next(stream)
+        stream.close()
+        server.drop_stream_after(2)
+        with pytest.raises(httpx.RemoteProtocolError):
+            list(llm.stream_chat(HELLO))
+    # No usage arrived: prompt estimate 7 (11 bytes / 4 + 4 per message), output "Transformers are" = 16 / 4.
+    assert [(r.input_tokens, r.output_tokens, r.estimated) for r in b.records] == [(7, 4, True)] * 2
+    assert b.spent_exact == 2 * cost(7, 4) and b.reserved == 0
+    assert len(chat_requests(server)) == 2
+
+
 def test_stream_complete(make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]) -> None:
     llm = make_llm(BudgetCallbackHandler())
     with budget(max_usd=1, price_per_1k_tokens=prices) as b:
@@ -141,6 +159,20 @@ async def test_astream_chat_exact_when_usage_rides_on_the_last_chunk(
         await settled(b, 1)
     assert len(chunks) == NUM_OUTPUT - 1
     assert b.spent_exact == HELLO_COST and b.estimated_calls == 0
+
+
+async def test_llm_reused_after_an_async_stream_fails_and_costs_nothing(
+    make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    llm = make_llm(BudgetCallbackHandler())
+    async with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        [r async for r in await llm.astream_chat(HELLO)]
+        await settled(b, 1)
+        # LlamaIndex closed the LLM's async client at the end of the stream.
+        with pytest.raises(RuntimeError, match="client has been closed"):
+            await llm.achat(HELLO)
+    assert (b.calls, b.reserved) == (1, 0)
+    assert len(chat_requests(server)) == 1
 
 
 async def test_astream_complete(
