@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -536,3 +537,57 @@ def test_bound_handler_inside_a_budget_nested_in_it_charges_the_inner_one(
     assert request.calls == 1 and request.spent_exact == HELLO
     assert service.calls == 2 and service.spent_exact == 2 * HELLO
     assert server.request_count == 2
+
+
+# ------------------------------------------------------------------------------------------ real recorded answers
+RECORDED = Path(__file__).resolve().parents[2] / "data" / "recorded"
+SYSTEM_AND_QUESTION = [("system", "You are a helpful assistant."), ("human", "What is deep learning?")]
+
+
+@pytest.mark.parametrize(
+    ("recording", "tokens"),
+    [
+        ("router_together_chat_stream.json", (26, 20)),  # usage on the last content chunk
+        ("router_cerebras_chat_stream_final_chunk.json", (46, 20)),  # usage on an empty last chunk, no [DONE]
+    ],
+)
+def test_recorded_provider_streams_are_charged_at_their_usage(
+    recording: str, tokens: tuple[int, int], server: FakeInferenceServer
+) -> None:
+    chat = ChatHuggingFace(llm=HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=20))
+    server.replay_next(RECORDED / recording)
+    b = budget(max_usd=1, price_per_1k_tokens=PRICES)
+    text = "".join(
+        str(c.content)
+        for c in chat.stream(SYSTEM_AND_QUESTION, config={"callbacks": [BudgetCallbackHandler(budget=b)]})
+    )
+    assert text.startswith("Deep learning")
+    (record,) = b.records
+    assert (record.input_tokens, record.output_tokens) == tokens and not record.estimated
+    assert b.spent_exact == Decimal(tokens[0]) / 1000 + Decimal(tokens[1]) * 2 / 1000
+    assert server.request_count == 1
+
+
+def test_a_failed_request_costs_nothing_and_stops_the_chain(
+    chat: ChatHuggingFace, server: FakeInferenceServer
+) -> None:
+    server.replay_next(RECORDED / "error_503_model_loading.json")
+    b = budget(max_usd=1, price_per_1k_tokens=PRICES)
+    with pytest.raises(Exception, match="currently loading"):
+        chain_of(chat).invoke({"topic": "tides"}, config={"callbacks": [BudgetCallbackHandler(budget=b)]})
+    assert b.calls == 0 and b.spent_exact == 0 and b.reserved == 0
+    assert current_budget() is None
+
+
+@pytest.mark.parametrize("stream_usage", [True, False])
+def test_stream_usage_set_by_the_user_and_streaming_invoke(
+    stream_usage: bool, llm: HuggingFaceEndpoint, server: FakeInferenceServer
+) -> None:
+    chat = ChatHuggingFace(llm=llm, stream_usage=stream_usage, streaming=True)
+    b = budget(max_usd=1, price_per_1k_tokens=PRICES)
+    config: RunnableConfig = {"callbacks": [BudgetCallbackHandler(budget=b)]}
+    chunks = list(chat.stream("hello there", config=config))
+    assert any(c.usage_metadata for c in chunks) is stream_usage, "the user sees usage only if asked for"
+    message = chat.invoke("hello there", config=config)  # streaming=True: invoke streams under the hood
+    assert message.content == "Transformers are neural networks that"
+    assert_charged(b, server, 2)
