@@ -29,7 +29,9 @@ PROMPT_COST = cost(5, NUM_OUTPUT)
 
 class ServerLLM(CustomLLM):
     url: str
-    report_usage: bool = True
+    #: Where the response reports usage: "raw" (OpenAI names), "anthropic" (raw, Anthropic names),
+    #: "additional_kwargs", or "none".
+    usage_in: str = "raw"
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -43,9 +45,18 @@ class ServerLLM(CustomLLM):
         answer = (
             httpx.post(f"{self.url}/v1/chat/completions", json=self._body(prompt)).raise_for_status().json()
         )
-        if not self.report_usage:
-            answer.pop("usage", None)
-        return CompletionResponse(text=answer["choices"][0]["message"]["content"], raw=answer)
+        text = answer["choices"][0]["message"]["content"]
+        usage = answer.pop("usage")
+        if self.usage_in == "raw":
+            answer["usage"] = usage
+        elif self.usage_in == "anthropic":
+            answer["usage"] = {
+                "input_tokens": usage["prompt_tokens"],
+                "output_tokens": usage["completion_tokens"],
+            }
+        elif self.usage_in == "additional_kwargs":
+            return CompletionResponse(text=text, raw=answer, additional_kwargs=usage)
+        return CompletionResponse(text=text, raw=answer)
 
     @llm_completion_callback()
     def stream_complete(
@@ -72,9 +83,11 @@ def llm(server: FakeInferenceServer) -> ServerLLM:
     return ServerLLM(url=server.url, callback_manager=CallbackManager([BudgetCallbackHandler()]))
 
 
+@pytest.mark.parametrize("usage_in", ["raw", "anthropic", "additional_kwargs"])
 def test_complete_is_charged_at_the_reported_usage(
-    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float], usage_in: str
 ) -> None:
+    llm.usage_in = usage_in
     with budget(max_usd=1, price_per_1k_tokens=prices) as b:
         llm.complete(PROMPT)
     assert b.spent_exact == PROMPT_COST and b.calls == 1 and b.estimated_calls == 0
@@ -150,7 +163,7 @@ def test_failed_call_costs_nothing(
 
 def test_no_reported_usage_is_estimated(server: FakeInferenceServer, prices: dict[str, float]) -> None:
     llm = ServerLLM(
-        url=server.url, report_usage=False, callback_manager=CallbackManager([BudgetCallbackHandler()])
+        url=server.url, usage_in="none", callback_manager=CallbackManager([BudgetCallbackHandler()])
     )
     with budget(max_usd=1, price_per_1k_tokens=prices) as b:
         llm.complete(PROMPT)
