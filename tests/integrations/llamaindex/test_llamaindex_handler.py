@@ -111,6 +111,22 @@ def test_stream_complete(make_llm: MakeLLM, server: FakeInferenceServer, prices:
     assert b.spent_exact == HELLO_COST and b.calls == 1 and len(chat_requests(server)) == 1
 
 
+async def test_text_generation_task(
+    make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    llm = make_llm(BudgetCallbackHandler(), task="text-generation")
+    async with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        assert llm.complete("hello there").text == REPLY
+        assert [c.delta for c in llm.stream_complete("hello there")] == REPLY.replace(" ", "| ").split("|")
+        assert (await make_llm(task="text-generation").acomplete("hello there")).text == REPLY
+    assert [(r.path, r.body["parameters"]["max_new_tokens"]) for r in server.requests] == [
+        ("/", NUM_OUTPUT)
+    ] * 3
+    # TGI reports the exact output tokens (details) but not the prompt's: 11 bytes / 4, rounded up, is 3.
+    assert [(r.input_tokens, r.output_tokens, r.estimated) for r in b.records] == [(3, NUM_OUTPUT, True)] * 3
+    assert b.spent_exact == 3 * cost(3, NUM_OUTPUT)
+
+
 async def test_achat_and_acomplete(
     make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
 ) -> None:
