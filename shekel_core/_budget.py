@@ -406,8 +406,8 @@ class Budget:
                 notices.append(reservation.model)
         for model_name in notices:
             warnings.warn(
-                "shekel: its calls are counted in tokens but cost $0, so max_usd cannot stop them: "
-                + unknown_price_message(model_name, reservation.provider, self.path),
+                f"shekel: {unknown_price_message(model_name, reservation.provider, self.path)} Until then its "
+                "calls are counted in tokens but cost $0, so max_usd cannot stop them.",
                 UserWarning,
                 stacklevel=3,
             )

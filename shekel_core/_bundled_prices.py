@@ -31,12 +31,19 @@ def _version() -> str | None:
         return None
 
 
-def _snapshot() -> Any | None:
+@functools.cache
+def _data_snapshot_module() -> Any | None:
+    # Cached, failure included: a failing import searches sys.path again on every call.
     try:
         from genai_prices import data_snapshot
     except ImportError:
         return None
-    return data_snapshot.get_snapshot()
+    return data_snapshot
+
+
+def _snapshot() -> Any | None:
+    module = _data_snapshot_module()
+    return None if module is None else module.get_snapshot()
 
 
 def available() -> bool:
