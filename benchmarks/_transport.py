@@ -9,6 +9,8 @@ the socket, so the cost of shekel is not hidden behind the network.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -130,16 +132,39 @@ def async_client(base_url: str = BASE_URL) -> AsyncInferenceClient:
     return AsyncInferenceClient(base_url=base_url, api_key="hf_benchmark_not_a_token")
 
 
+_SERVER_SCRIPT = f"""
+import sys
+from shekel.testing import FakeInferenceServer
+
+with FakeInferenceServer(model={MODEL!r}) as server:
+    server._httpd.RequestHandlerClass.disable_nagle_algorithm = True
+    print(server.url, flush=True)
+    sys.stdin.read()  # serve until the benchmark closes our stdin
+"""
+
+
 @contextmanager
 def loopback() -> Iterator[str]:
-    """A ``FakeInferenceServer`` on 127.0.0.1; yields its URL.
+    """A ``FakeInferenceServer`` on 127.0.0.1, in its own process (so it does not share our GIL); yields its URL.
 
     Its handler writes the headers and the body separately; with Nagle's algorithm on, the second write waits
     for the client's delayed ACK (about 40 ms on Linux), which would drown every figure. TCP_NODELAY is set on
-    this server's own handler class to measure the client, not that stall.
+    that server's own handler class to measure the client, not that stall.
     """
-    from shekel.testing import FakeInferenceServer
-
-    with FakeInferenceServer(model=MODEL) as server:
-        server._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[union-attr]
-        yield server.url
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"the loopback server did not start (said {url!r})")
+        yield url
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
