@@ -17,6 +17,7 @@ import functools
 from collections.abc import Callable, Mapping
 from importlib.util import find_spec
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from .._call import SKIP, CallAccounting, call_in_progress, iterate_async, iterate_sync
@@ -41,7 +42,19 @@ _originals: dict[tuple[type, str], Any] = {}
 # ------------------------------------------------------------------------------------------ planning
 def _model_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     model = kwargs.get("model") or getattr(client, "model", None)
-    return model if isinstance(model, str) else None
+    if not isinstance(model, str):
+        return None
+    return _without_credentials(model) if "@" in model else model
+
+
+def _without_credentials(model: str) -> str:
+    """An endpoint URL without its ``user:password@`` part: the model id reaches records, reports and errors."""
+    parts = urlsplit(model)
+    if not parts.scheme or (parts.username is None and parts.password is None):
+        return model
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(parts._replace(netloc=host if parts.port is None else f"{host}:{parts.port}"))
 
 
 def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
