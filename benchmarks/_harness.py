@@ -6,7 +6,7 @@ import gc
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ class Row:
     baseline: str
     time_text: str = ""
     time_ratio: Spread | None = None
+    wall_ratio: Spread | None = None
     calls_text: str = ""
     calls_ratio: float | None = None
     target: str = ""
@@ -46,9 +47,19 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def time_batches(
-    variants: dict[str, Callable[[int], object]], *, number: int, repeats: int
-) -> dict[str, list[float]]:
+class Times(dict[str, list[float]]):
+    """Seconds per operation of each variant and repeat, in CPU time of this process; ``wall`` in wall-clock.
+
+    CPU time is the main figure: on a shared machine, other processes stretch wall-clock time by whatever
+    they happen to run, while the CPU this process spends is what shekel adds.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__({name: [] for name in names})
+        self.wall: dict[str, list[float]] = {name: [] for name in names}
+
+
+def time_batches(variants: dict[str, Callable[[int], object]], *, number: int, repeats: int) -> Times:
     """Seconds per operation of each variant, ``repeats`` times, interleaved so drift hits all alike.
 
     Each variant is called as ``fn(number)`` and must perform ``number`` operations. The order of the
@@ -57,23 +68,24 @@ def time_batches(
     for fn in variants.values():  # warm-up: imports, caches, connection pools, the patch itself
         fn(max(1, number // 10))
     names = list(variants)
-    results: dict[str, list[float]] = {name: [] for name in names}
+    results = Times(names)
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             gc.collect()
             gc.disable()
             try:
-                start = time.perf_counter()
+                cpu, wall = time.process_time(), time.perf_counter()
                 variants[name](number)
-                elapsed = time.perf_counter() - start
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             finally:
                 gc.enable()
-            results[name].append(elapsed / number)
+            results[name].append(cpu / number)
+            results.wall[name].append(wall / number)
     return results
 
 
-def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> Spread:
+def paired_ratio(times: Mapping[str, list[float]], num: str, den: str) -> Spread:
     """Ratio ``num/den`` of the same repeat (measured back to back), summarised over repeats.
 
     ``best`` is the ratio of the two fastest repeats: on a shared machine, other load only ever adds time,

@@ -102,14 +102,16 @@ def _throughput_row(
 
     times = time_batches({"no budget": none, "one shared budget": shared}, number=1, repeats=repeats)
     shekel.uninstall()
-    base, with_b = median(times["no budget"]), median(times["one shared budget"])
+    base, with_b = median(times.wall["no budget"]), median(times.wall["one shared budget"])
     ratio = paired_ratio(times, "one shared budget", "no budget")
+    wall = paired_ratio(times.wall, "one shared budget", "no budget")
     return Row(
         group="4. concurrency",
         name=f"{name}: throughput",
         baseline="no budget",
         time_text=f"{total / with_b:,.0f} vs {total / base:,.0f} calls/s",
         time_ratio=ratio,
+        wall_ratio=wall,
         extra={"throughput": total / with_b, "baseline_throughput": total / base},
     )
 

@@ -84,6 +84,7 @@ def run(quick: bool = False) -> list[Row]:
                 baseline=base_label,
                 time_text=f"{us(t)} vs {us(median(times[base]))}",
                 time_ratio=paired_ratio(times, name, base),
+                wall_ratio=paired_ratio(times.wall, name, base),
                 calls_text=f"{calls[name]:,.0f} vs {calls[base]:,.0f}",
                 calls_ratio=calls[name] / calls[base],
                 target=f"< {TARGET_CALLS} calls, < {TARGET_US:.0f} µs" if targeted else "",

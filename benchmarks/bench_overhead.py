@@ -52,6 +52,7 @@ def _rows(where: str, variants: dict[str, Callable[[int], object]], number: int,
     rows = []
     for name in ("inside a budget", "patched, no budget"):
         ratio = paired_ratio(times, name, "unpatched")
+        wall = paired_ratio(times.wall, name, "unpatched")
         calls_ratio = calls[name] / calls["unpatched"]
         targeted = where == "in-process" and name == "inside a budget"
         rows.append(
@@ -61,6 +62,7 @@ def _rows(where: str, variants: dict[str, Callable[[int], object]], number: int,
                 baseline="unpatched client",
                 time_text=f"{us(median(times[name]))} vs {us(base_t)}",
                 time_ratio=ratio,
+                wall_ratio=wall,
                 calls_text=f"{calls[name]:,.0f} vs {calls['unpatched']:,.0f}",
                 calls_ratio=calls_ratio,
                 target=f"≤ {TARGET_TIME} / ≤ {TARGET_CALLS}" if targeted else "",

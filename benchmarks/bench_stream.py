@@ -56,6 +56,7 @@ def run(quick: bool = False) -> list[Row]:
             calls = {name: count_calls(fn, 4) for name, fn in variants.items()}
             shekel.uninstall()
             ratio = paired_ratio(times, "wrapped stream", "raw stream")
+            wall = paired_ratio(times.wall, "wrapped stream", "raw stream")
             calls_ratio = calls["wrapped stream"] / calls["raw stream"]
             per_chunk_s = (median(times["wrapped stream"]) - median(times["raw stream"])) / CHUNKS
             per_chunk_calls = (calls["wrapped stream"] - calls["raw stream"]) / CHUNKS
@@ -70,6 +71,7 @@ def run(quick: bool = False) -> list[Row]:
                     time_text=f"{us(median(times['wrapped stream']))} vs {us(median(times['raw stream']))}"
                     f" ({per_chunk_s * 1e6:+.2f} µs/chunk)",
                     time_ratio=ratio,
+                    wall_ratio=wall,
                     calls_text=f"{calls['wrapped stream']:,.0f} vs {calls['raw stream']:,.0f}"
                     f" ({per_chunk_calls:+.2f}/chunk)",
                     calls_ratio=calls_ratio,
