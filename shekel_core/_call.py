@@ -6,6 +6,7 @@ response (or each stream chunk) to it. The sync and async stream drivers below d
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -164,35 +165,50 @@ def iterate_async(
 def _iterate_sync(
     call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]
 ) -> Iterator[Any]:
+    completed = False
     try:
         for chunk in stream:
             item = observe(chunk)
             if item is not SKIP:
                 yield item
+        completed = True
     finally:
         try:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
         finally:
-            call.finish()
+            _finish(call, completed)
 
 
 async def _iterate_async(
     call: CallAccounting, stream: AsyncIterator[Any], observe: Callable[[Any], Any]
 ) -> AsyncIterator[Any]:
+    completed = False
     try:
         async for chunk in stream:
             item = observe(chunk)
             if item is not SKIP:
                 yield item
+        completed = True
     finally:
         try:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
         finally:
-            call.finish()
+            _finish(call, completed)
+
+
+def _finish(call: CallAccounting, completed: bool) -> None:
+    if completed:
+        call.finish()
+        return
+    # The stream raised (the provider's error) or was abandoned. Settle it, but nothing that a ``warn_at``
+    # warning turned error or a failing ``on_warn`` raises may replace the provider's error: the ledger is
+    # already updated when warnings fire.
+    with contextlib.suppress(Exception):
+        call.finish()
 
 
 __all__ = ["SKIP", "CallAccounting", "call_in_progress", "iterate_async", "iterate_sync", "read_usage"]

@@ -8,10 +8,12 @@ fair charge (within what was reserved) for what a broken stream delivered, and n
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import socket
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -161,6 +163,7 @@ FAULTS: list[Fault] = [
     # transport failures
     Fault("timeout", _set(latency=2.0), timeout=0.2),
     Fault("timeout_stream", _set(latency=2.0), stream=True, timeout=0.2),
+    Fault("timeout_mid_stream", _set(chunk_delay=2.0), stream=True, timeout=0.3, estimated=True),
     Fault("connection_refused", dead_server=True),
     Fault("connection_refused_stream", dead_server=True, stream=True),
     Fault("dropped_mid_stream", lambda s: s.drop_stream_after(3), stream=True, estimated=True),
@@ -248,6 +251,7 @@ def dead_url() -> str:
 def _reset(server: FakeInferenceServer) -> None:
     server.reset()
     server.latency = 0.0
+    server.chunk_delay = 0.0
     server.send_done = True
     server.stream_usage = "requested"
 
@@ -557,3 +561,92 @@ def test_a_stream_collected_while_the_ledger_lock_is_held_does_not_deadlock(
         assert done.is_set(), "settling a collected stream deadlocked on the budget's lock"
         assert_ledger_consistent(b)
         assert b.calls == 1
+
+
+# ------------------------------------------------------------------------------------------ warn_at during a fault
+def _raising_on_warn(spent: float, limit: float) -> None:
+    raise RuntimeError("the application's on_warn failed")
+
+
+@pytest.mark.parametrize("mode", ["warnings_are_errors", "on_warn_raises"])
+def test_a_warning_fired_by_a_broken_stream_does_not_replace_the_provider_error(
+    mode: str, server: FakeInferenceServer
+) -> None:
+    """A stream that breaks settles what it delivered; if that crosses ``warn_at`` and the warning raises
+    (``-W error``, as many test suites run, or an ``on_warn`` that fails), the caller still sees the provider's
+    error, not the warning."""
+    client = InferenceClient(base_url=server.url)
+    fault = Fault("dropped", lambda s: s.drop_stream_after(3), stream=True)
+    shekel.uninstall()
+    baseline = run_sync(fault, server, "")
+    extra: dict[str, Any] = {"on_warn": _raising_on_warn} if mode == "on_warn_raises" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error" if mode == "warnings_are_errors" else "ignore")
+        with budget(max_usd=LIMIT, price_per_1k_tokens=PRICES, warn_at=1e-6, **extra) as b:
+            counted = run_sync(fault, server, "")
+    assert baseline[0] == "broken"
+    assert counted == baseline
+    assert_ledger_consistent(b)
+    assert b.calls == 1 and b.spent_exact > 0
+    del client
+
+
+@pytest.mark.parametrize("mode", ["warnings_are_errors", "on_warn_raises"])
+async def test_a_warning_fired_by_a_broken_async_stream_does_not_replace_the_provider_error(
+    mode: str, server: FakeInferenceServer
+) -> None:
+    fault = Fault("dropped", lambda s: s.drop_stream_after(3), stream=True)
+    shekel.uninstall()
+    baseline = await run_async(fault, server, "")
+    extra: dict[str, Any] = {"on_warn": _raising_on_warn} if mode == "on_warn_raises" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error" if mode == "warnings_are_errors" else "ignore")
+        async with budget(max_usd=LIMIT, price_per_1k_tokens=PRICES, warn_at=1e-6, **extra) as b:
+            counted = await run_async(fault, server, "")
+    assert baseline[0] == "broken"
+    assert counted == baseline
+    assert_ledger_consistent(b)
+    assert b.calls == 1 and b.spent_exact > 0
+
+
+# ------------------------------------------------------------------------------------------ cancellation
+async def test_a_cancelled_request_releases_its_reservation(server: FakeInferenceServer) -> None:
+    client = AsyncInferenceClient(base_url=server.url)
+    server.latency = 2.0
+    async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        task = asyncio.ensure_future(client.chat_completion(MESSAGES, max_tokens=MAX_TOKENS))
+        while server.request_count == 0:  # wait until the request is on the wire
+            await asyncio.sleep(0.01)
+        assert b.reserved > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert_ledger_consistent(b)
+        assert b.calls == 0 and b.spent_exact == 0
+    server.latency = 0.0
+    await client.close()
+
+
+async def test_a_stream_cancelled_half_way_is_charged_for_what_it_delivered(
+    server: FakeInferenceServer,
+) -> None:
+    client = AsyncInferenceClient(base_url=server.url)
+    server.chunk_delay = 0.5
+    got: list[Any] = []
+
+    async def consume() -> None:
+        async for c in await client.chat_completion(MESSAGES, max_tokens=MAX_TOKENS, stream=True):
+            got.append(c)
+
+    async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        task = asyncio.ensure_future(consume())
+        while not got:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert_ledger_consistent(b)
+        (record,) = b.records
+        assert len(got) <= record.output_tokens <= MAX_TOKENS + MARGIN
+    server.chunk_delay = 0.0
+    await client.close()
