@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 
 _lock = threading.Lock()
@@ -19,6 +21,10 @@ def install() -> None:
     with _lock:
         huggingface_hub.install()
         _installed = True
+    if "langchain_core" in sys.modules and "langchain_huggingface" in sys.modules:
+        # LangChain is in use: importing the integration registers its configure hook, so that LangChain
+        # runs inside a budget pick up shekel's callback handler by themselves.
+        importlib.import_module("shekel.integrations.langchain")
 
 
 def uninstall() -> None:

@@ -591,3 +591,16 @@ def test_stream_usage_set_by_the_user_and_streaming_invoke(
     message = chat.invoke("hello there", config=config)  # streaming=True: invoke streams under the hood
     assert message.content == "Transformers are neural networks that"
     assert_charged(b, server, 2)
+
+
+def test_entering_a_budget_registers_the_handler_when_langchain_is_in_use() -> None:
+    code = (
+        "import sys\n"
+        "import langchain_huggingface\n"
+        "import shekel\n"
+        "assert 'shekel.integrations.langchain' not in sys.modules\n"
+        "with shekel.budget(max_usd=1):\n"
+        "    print('shekel.integrations.langchain' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
