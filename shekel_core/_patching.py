@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import threading
+import warnings
 
 _lock = threading.Lock()
 _installed = False
@@ -24,7 +25,10 @@ def install() -> None:
     if "langchain_core" in sys.modules and "langchain_huggingface" in sys.modules:
         # LangChain is in use: importing the integration registers its configure hook, so that LangChain
         # runs inside a budget pick up shekel's callback handler by themselves.
-        importlib.import_module("shekel.integrations.langchain")
+        try:
+            importlib.import_module("shekel.integrations.langchain")
+        except ImportError as exc:  # a LangChain it cannot work with: budgets still count through the adapter
+            warnings.warn(f"shekel: LangChain runs will not pick up shekel's handler: {exc}", stacklevel=2)
 
 
 def uninstall() -> None:
