@@ -126,6 +126,7 @@ class Watch:
 
     def __init__(self, budgets: list[Budget]) -> None:
         self.budgets = budgets
+        self.last_spent = {id(b): Decimal(0) for b in budgets}
 
     def check(self) -> None:
         with self.budgets[0]._lock:
@@ -133,6 +134,8 @@ class Watch:
                 if b._limit is not None:
                     assert b._spent + b._reserved <= b._limit, f"{b.path} holds more than its limit"
                 assert b._reserved >= 0 and b._inflight >= 0
+                assert b._spent >= self.last_spent[id(b)], f"{b.path}: spend went down"
+                self.last_spent[id(b)] = b._spent
 
 
 # ------------------------------------------------------------------------------------------ ledger, threads
@@ -208,7 +211,7 @@ def test_ledger_invariants_hold_under_concurrent_calls(
 
 
 # ------------------------------------------------------------------------------------------ real HTTP
-CALL_KINDS = ["ok", "stream", "fail", "broken_stream", "abandoned_stream"]
+CALL_KINDS = ["ok", "ok_auto", "stream", "stream_auto", "fail", "broken_stream", "abandoned_stream"]
 
 calls = st.lists(
     st.tuples(
@@ -228,10 +231,12 @@ class Servers:
     failing: FakeInferenceServer
     dropping: FakeInferenceServer
 
-    def arm(self, plan: list[tuple[Any, ...]], stream_usage: str) -> None:
+    def arm(self, plan: list[tuple[Any, ...]], stream_usage: str, extra: int = 0, usage: bool = True) -> None:
         for server in (self.ok, self.failing, self.dropping):
             server.reset()
         self.ok.stream_usage = stream_usage  # type: ignore[assignment]
+        self.ok.extra_completion_tokens = extra  # providers that report one or two tokens past max_tokens
+        self.ok.usage = usage
         self.failing.fail_next(503, times=len(plan))
         for _ in plan:
             self.dropping.drop_stream_after(3)
@@ -282,10 +287,11 @@ def _check_run(budgets: list[Budget], tally: Tally, servers: Servers) -> None:
 
 def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Servers, tally: Tally) -> None:
     client = InferenceClient(base_url=servers.url(kind))
-    stream = kind in ("stream", "broken_stream", "abandoned_stream")
+    stream = kind in ("stream", "stream_auto", "broken_stream", "abandoned_stream")
+    limit = {} if kind.endswith("_auto") else {"max_tokens": max_tokens}  # _auto: shekel picks max_tokens
     with b:
         try:
-            result = client.chat_completion(_messages(words), max_tokens=max_tokens, stream=stream)
+            result = client.chat_completion(_messages(words), stream=stream, **limit)
         except BudgetExceededError:
             tally.add("refused")
             return
@@ -312,13 +318,21 @@ def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Serve
     plan=calls,
     threads=st.integers(1, 4),
     stream_usage=st.sampled_from(["requested", "never", "final", "cumulative", "always"]),
+    extra=st.integers(0, 2),
+    usage=st.booleans(),
 )
 def test_real_calls_from_threads_keep_every_invariant(
-    servers: Servers, tree: Node, plan: list[tuple[Any, ...]], threads: int, stream_usage: str
+    servers: Servers,
+    tree: Node,
+    plan: list[tuple[Any, ...]],
+    threads: int,
+    stream_usage: str,
+    extra: int,
+    usage: bool,
 ) -> None:
     budgets: list[Budget] = []
     build(tree, budgets)
-    servers.arm(plan, stream_usage)
+    servers.arm(plan, stream_usage, extra, usage)
     tally = Tally()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -336,11 +350,12 @@ async def _async_call(
     b: Budget, kind: str, max_tokens: int, words: int, servers: Servers, tally: Tally
 ) -> None:
     client = AsyncInferenceClient(base_url=servers.url(kind))
-    stream = kind in ("stream", "broken_stream", "abandoned_stream")
+    stream = kind in ("stream", "stream_auto", "broken_stream", "abandoned_stream")
+    limit = {} if kind.endswith("_auto") else {"max_tokens": max_tokens}
     try:
         async with b:
             try:
-                result = await client.chat_completion(_messages(words), max_tokens=max_tokens, stream=stream)
+                result = await client.chat_completion(_messages(words), stream=stream, **limit)
             except BudgetExceededError:
                 tally.add("refused")
                 return
@@ -368,13 +383,15 @@ async def _async_call(
     tree=trees(),
     plan=calls,
     stream_usage=st.sampled_from(["requested", "never", "final", "cumulative", "always"]),
+    extra=st.integers(0, 2),
+    usage=st.booleans(),
 )
 def test_real_calls_from_asyncio_tasks_keep_every_invariant(
-    servers: Servers, tree: Node, plan: list[tuple[Any, ...]], stream_usage: str
+    servers: Servers, tree: Node, plan: list[tuple[Any, ...]], stream_usage: str, extra: int, usage: bool
 ) -> None:
     budgets: list[Budget] = []
     build(tree, budgets)
-    servers.arm(plan, stream_usage)
+    servers.arm(plan, stream_usage, extra, usage)
     tally = Tally()
 
     async def main() -> None:
