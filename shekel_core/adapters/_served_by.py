@@ -48,6 +48,20 @@ def _attach(http_client: Any, hook: Callable[[Any], Any]) -> None:
         _last_attached = http_client
 
 
+def detach() -> None:
+    """Take the hook off huggingface_hub's shared HTTP client, if it was put there (``shekel.uninstall()``).
+
+    Per-client async HTTP clients keep theirs until they close; without a call in flight it does nothing.
+    """
+    global _last_attached
+    _last_attached = None
+    if _get_session is None:
+        return
+    hooks = getattr(_get_session(), "event_hooks", None)
+    if isinstance(hooks, dict) and _record in hooks.get("response", []):
+        hooks["response"].remove(_record)
+
+
 def call_sync(call: CallAccounting, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``original``, noting on ``call`` the provider the answer names (streams: from the headers)."""
     global _get_session

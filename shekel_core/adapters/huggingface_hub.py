@@ -301,3 +301,4 @@ def uninstall() -> None:
         if getattr(current, "__shekel_original__", None) is original:
             setattr(cls, name, original)
             del _originals[(cls, name)]
+    served_by.detach()
