@@ -24,6 +24,7 @@ from .._call import SKIP, CallAccounting, call_in_progress, iterate_async, itera
 from .._context import current_budget
 from .._hf_routing import call_provider, is_url
 from .._usage import (
+    _token_count,
     prompt_tokens_estimates,
     read_usage,
     text_tokens_fair,
@@ -191,8 +192,9 @@ class _TextCall:
             call.saw_output(response)
             call.finish()
             return response
-        tokens = getattr(getattr(response, "details", None), "generated_tokens", None)
-        if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+        # Malformed counts (negative, absurd, not whole) are ignored, as in ``usage``: the text is estimated.
+        tokens = _token_count(getattr(getattr(response, "details", None), "generated_tokens", None))
+        if tokens is not None:
             call.saw_output_tokens(tokens)
         else:
             call.saw_output(getattr(response, "generated_text", None))
@@ -207,8 +209,8 @@ class _TextCall:
         call.output_chunks += 1
         details = chunk.details
         if details is not None:
-            tokens = details.generated_tokens
-            if isinstance(tokens, int) and tokens >= 0:
+            tokens = _token_count(details.generated_tokens)
+            if tokens is not None:
                 call.output_chunks = tokens
         return chunk.token.text if self.added_details else chunk
 

@@ -650,3 +650,32 @@ async def test_a_stream_cancelled_half_way_is_charged_for_what_it_delivered(
         assert len(got) <= record.output_tokens <= MAX_TOKENS + MARGIN
     server.chunk_delay = 0.0
     await client.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["response", "stream"])
+def test_text_generation_ignores_an_absurd_token_count_without_a_cap(
+    stream: bool, server: FakeInferenceServer
+) -> None:
+    """With no max_usd anywhere there is no reservation to bound a count, so an absurd ``generated_tokens``
+    must be treated as malformed (as ``usage`` counts are), not charged: 10**15 tokens is $2 billion here."""
+    details = {"finish_reason": "length", "generated_tokens": 10**15, "seed": None}
+    if stream:
+        event = {
+            "index": 1,
+            "token": {"id": 1, "text": "one", "logprob": -0.1, "special": False},
+            "generated_text": "one",
+            "details": details,
+        }
+        server.respond_next(f"data:{json.dumps(event)}\n\n", content_type="text/event-stream")
+    else:
+        server.respond_next(json.dumps([{"generated_text": "one", "details": details}]))
+    client = InferenceClient(model=server.url)
+    with budget(price_per_1k_tokens=PRICES) as b:
+        result = client.text_generation(
+            "hello world", stream=stream
+        )  # no max_new_tokens: nothing to clamp to
+        got = list(result) if stream else result
+    assert got == (["one"] if stream else "one")
+    assert_ledger_consistent(b)
+    (record,) = b.records
+    assert record.output_tokens <= 100, record  # TGI's default max_new_tokens
