@@ -62,7 +62,8 @@ def read_usage(container: object) -> Usage | None:
     completion = _token_count(_field(usage, "completion_tokens"))
     if prompt is None or completion is None:
         return None
-    cached = _token_count(_field(_prompt_details(container, usage), "cached_tokens"))
+    details = _prompt_details(container, usage)
+    cached = None if details is None else _token_count(_field(details, "cached_tokens"))
     return Usage(prompt, completion, cached_input_tokens=min(cached or 0, prompt))
 
 
