@@ -8,9 +8,12 @@ the socket, so the cost of shekel is not hidden behind the network.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -38,8 +41,8 @@ def _usage(completion: int) -> dict[str, int]:
     }
 
 
-def chat_body() -> bytes:
-    content = " ".join(f"word{i}" for i in range(REPLY_WORDS))
+def chat_body(words: int = REPLY_WORDS) -> bytes:
+    content = " ".join(f"word{i}" for i in range(words))
     return json.dumps(
         {
             "object": "chat.completion",
@@ -55,7 +58,7 @@ def chat_body() -> bytes:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": _usage(REPLY_WORDS),
+            "usage": _usage(words),
         }
     ).encode()
 
@@ -93,14 +96,64 @@ def _handler() -> Callable[[httpx.Request], httpx.Response]:
     return handle
 
 
+class InFlight:
+    """Counts requests the in-process server is answering at once (to show that calls really overlap)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+def _worst_case_handler() -> Callable[[httpx.Request], httpx.Response]:
+    """Chat answers that use every output token the request allows (``max_tokens``): the costliest answer."""
+    bodies: dict[int, bytes] = {}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        limit = json.loads(request.content).get("max_tokens") or REPLY_WORDS
+        body = bodies.get(limit) or bodies.setdefault(limit, chat_body(limit))
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    return handle
+
+
 @contextmanager
-def in_process() -> Iterator[None]:
-    """Route huggingface_hub's HTTP through canned answers in this process (sync and async clients)."""
-    handler = _handler()
-    transport = httpx.MockTransport(handler)
+def in_process(latency: float = 0.0, *, worst_case: bool = False) -> Iterator[InFlight]:
+    """Route huggingface_hub's HTTP through canned answers in this process (sync and async clients).
+
+    With ``latency``, each answer waits that many seconds first (``time.sleep`` for the sync client,
+    ``asyncio.sleep`` for the async one), so that concurrent calls overlap as they would over a network.
+    With ``worst_case``, chat answers use all the ``max_tokens`` the request allows.
+    """
+    handler = _worst_case_handler() if worst_case else _handler()
+    in_flight = InFlight()
+
+    def handle_sync(request: httpx.Request) -> httpx.Response:
+        with in_flight:
+            if latency:
+                time.sleep(latency)
+            return handler(request)
+
+    async def handle_async(request: httpx.Request) -> httpx.Response:
+        with in_flight:
+            if latency:
+                await asyncio.sleep(latency)
+            return handler(request)
+
+    sync_transport = httpx.MockTransport(handle_sync if latency else handler)
+    async_transport = httpx.MockTransport(handle_async if latency else handler)
     _http.set_client_factory(
         lambda: httpx.Client(
-            transport=transport,
+            transport=sync_transport,
             event_hooks={"request": [_http.hf_request_event_hook]},
             follow_redirects=True,
             timeout=None,
@@ -108,7 +161,7 @@ def in_process() -> Iterator[None]:
     )
     _http.set_async_client_factory(
         lambda: httpx.AsyncClient(
-            transport=transport,
+            transport=async_transport,
             event_hooks={
                 "request": [_http.async_hf_request_event_hook],
                 "response": [_http.async_hf_response_event_hook],
@@ -118,7 +171,7 @@ def in_process() -> Iterator[None]:
         )
     )
     try:
-        yield
+        yield in_flight
     finally:
         _http.set_client_factory(_http.default_client_factory)
         _http.set_async_client_factory(_http.default_async_client_factory)

@@ -22,8 +22,10 @@ from ._harness import Row, Spread, median, paired_ratio, time_batches
 TASKS = 1000
 THREADS = 32
 CALLS_PER_THREAD = 20
-#: Room for about 40% of the demand at the mock's real usage (31 input + 60 output tokens a call).
-CALL_COST = Decimal(31) * Decimal("0.0002") / 1000 + Decimal(60) * Decimal("0.0006") / 1000
+#: Room for about 40% of the demand at the costliest answer (31 input + 100 output tokens a call).
+CALL_COST = Decimal(31) * Decimal("0.0002") / 1000 + Decimal(100) * Decimal("0.0006") / 1000
+#: Each answer of the overshoot runs waits this long, so that calls overlap as over a network.
+OVERSHOOT_LATENCY = 0.002
 
 
 def _async_work(tasks: int, budget_kwargs: dict[str, object] | None) -> tuple[int, int, shekel.Budget | None]:
@@ -119,8 +121,10 @@ def _throughput_row(
 def _overshoot_row(
     name: str, run: Callable[[dict[str, object] | None], tuple[int, int, shekel.Budget | None]], total: int
 ) -> Row:
+    """The crowd against a budget for about 40% of its demand, every answer as costly as allowed."""
     kwargs = _tight(total)
-    done, refused, b = run(kwargs)
+    with _transport.in_process(OVERSHOOT_LATENCY, worst_case=True) as in_flight:
+        done, refused, b = run(kwargs)
     assert b is not None
     limit = Decimal(kwargs["max_usd"])  # type: ignore[arg-type]
     spent = b.spent_exact
@@ -130,7 +134,8 @@ def _overshoot_row(
         group="4. concurrency",
         name=f"{name}: overshoot",
         baseline=f"limit ${limit.normalize()}",
-        time_text=f"{done} paid, {refused} refused; spent ${spent.normalize()}",
+        time_text=f"{done} paid, {refused} refused, up to {in_flight.peak} in flight; "
+        f"spent ${spent.normalize()} ({spent / limit:.1%})",
         target="exactly $0",
         ok=overshoot == 0 and consistent,
         calls_text=f"overshoot ${overshoot}",
@@ -139,6 +144,7 @@ def _overshoot_row(
             "spent": str(spent),
             "limit": str(limit),
             "reserved_after": b.reserved,
+            "peak_in_flight": in_flight.peak,
         },
     )
 
@@ -162,10 +168,8 @@ def run(quick: bool = False) -> list[Row]:
                 f"{THREADS} threads x {CALLS_PER_THREAD} calls", thread_run, threads_total, repeats
             )
         )
-        rows.append(_overshoot_row(f"{tasks:,} asyncio tasks", async_run, tasks))
-        rows.append(
-            _overshoot_row(f"{THREADS} threads x {CALLS_PER_THREAD} calls", thread_run, threads_total)
-        )
+    rows.append(_overshoot_row(f"{tasks:,} asyncio tasks", async_run, tasks))
+    rows.append(_overshoot_row(f"{THREADS} threads x {CALLS_PER_THREAD} calls", thread_run, threads_total))
     shekel.uninstall()
     return rows
 
