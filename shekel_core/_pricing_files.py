@@ -31,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from ._money import MILLION, THOUSAND
+from ._money import _TOO_LARGE, MILLION, THOUSAND
 from ._pricing import Price, PriceTable
 from .errors import PricingError
 
@@ -191,6 +191,8 @@ def _amount(where: str, at: str, value: object) -> Decimal:
                 problem = "must be a finite number"
             elif amount < 0:
                 problem = "must not be negative"
+            elif amount >= _TOO_LARGE:  # it would overflow Decimal arithmetic inside a later call
+                problem = "must be below 1e15"
             else:
                 return amount
     raise PricingError(f"{where}: {at} {problem}, got {value!r}. Give USD in the file's 'unit'.")

@@ -261,3 +261,15 @@ def test_a_budget_that_builds_runs_real_calls() -> None:
                 with contextlib.suppress(BudgetExceededError):
                     client.chat_completion([{"role": "user", "content": "hi"}], max_tokens=3)
                 b.summary()
+
+
+@pytest.mark.parametrize(
+    "amount", ["NaN", "-1", '"abc"', "true", "null", "[1]", '"1e999999"', "1e999", "1e20"], ids=str
+)
+def test_bad_amounts_in_a_pricing_file_fail_at_construction(amount: str, tmp_path: Any) -> None:
+    if "pricing" not in PARAMETERS:
+        pytest.skip("no pricing files in this version")
+    path = tmp_path / "prices.json"
+    path.write_text('{"unit": "per_1m_tokens", "models": {"m": {"input": ' + amount + ', "output": 1}}}')
+    with pytest.raises(ValueError, match="input"):
+        budget(pricing=str(path))
