@@ -168,6 +168,12 @@ FAULTS: list[Fault] = [
     Fault("connection_refused_stream", dead_server=True, stream=True),
     Fault("dropped_mid_stream", lambda s: s.drop_stream_after(3), stream=True, estimated=True),
     Fault("dropped_before_first_chunk", lambda s: s.drop_stream_after(0), stream=True),
+    Fault(
+        "dropped_after_cumulative_usage",  # hyperbolic/novita style: the last running total is a fair charge
+        lambda s: (_set(stream_usage="cumulative")(s), s.drop_stream_after(3)),
+        stream=True,
+        estimated=False,
+    ),
     # streams that end oddly but deliver
     Fault("stream_without_done", _set(send_done=False), stream=True, estimated=False),
     Fault(
@@ -186,6 +192,11 @@ FAULTS: list[Fault] = [
     Fault("json_array_body", _respond("[1, 2, 3]")),
     Fault("json_null_body", _respond("null")),
     Fault("html_body_with_200", _respond("<html>gateway</html>", content_type="text/html")),
+    Fault("error_object_with_200", _respond('{"error": "Model is overloaded", "error_type": "overloaded"}')),
+    Fault("json_answer_to_a_stream_request", _respond(chat_body()), stream=True),
+    Fault(
+        "sse_answer_to_a_plain_request", _respond(sse(chunk("one"), chunk(" two")), content_type="text/event-stream")
+    ),
     Fault(
         "malformed_event_mid_stream",
         _stream(sse(chunk("one"), chunk(" two"), "{not json", chunk(" three", finish="stop"))),
