@@ -14,14 +14,16 @@ Count-once rule. Every Hugging Face call made by a LangChain run is charged by e
   raises ``BudgetExceededError`` from inside the model (LangChain lets it out of ``invoke``), asks the server
   for usage (``stream_options``, ``details``), sets ``max_tokens``, switches to a fallback model, settles.
 * This handler owns the *run*. When a run starts it picks the budget (the one it is bound to, else the one
-  active at that moment), checks the budget can pay for a call of the model's ``max_tokens`` and raises
-  ``BudgetExceededError`` if not (``raise_error`` is set, so LangChain does not swallow it), and makes that
-  budget the active one for the run, so the adapter charges it in whatever thread or task LangChain makes
-  the call. The adapter reports each call it counts under the run (``shekel._call.call_observer``).
-* When a run ends with no call reported (the adapter is uninstalled, or the call took a way it does not
-  see), the handler charges the run itself at the usage LangChain returns, or an estimate marked as such.
-  While a run streams, the handler cuts it off with ``BudgetExceededError`` once one more token would pass
-  the cap.
+  active at that moment) and makes it the active one for the run, so that the adapter charges it in
+  whatever thread or task LangChain makes the call. The adapter reports each call it counts under the run
+  (``shekel._call.call_observer``).
+* Where the adapter will not see the call (it is uninstalled, the model does not call Hugging Face through
+  ``huggingface_hub``, or LangChain starts the run where the handler cannot reach the request), the handler
+  checks before the run that the budget can pay for a call of the model's ``max_tokens`` and raises
+  ``BudgetExceededError`` if not (``raise_error`` is set, so LangChain does not swallow it). A run that ends
+  with no call reported is charged by the handler, at the usage LangChain returns or an estimate marked as
+  such. While a run streams, the handler cuts it off with ``BudgetExceededError`` once one more token would
+  pass the cap.
 * Several handlers may see one run (the automatic one and one passed in ``callbacks``, or one per chain
   level): the first to see the run owns it, the others stand aside.
 
@@ -208,6 +210,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         meta = metadata or {}
         self._start(
             run_id,
+            serialized,
             model=_model_name(params, meta),
             prompt_high=prompt_tokens_high(chat, params.get("tools")),
             prompt_fair=prompt_tokens_fair(chat, params.get("tools")),
@@ -230,6 +233,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         meta = metadata or {}
         self._start(
             run_id,
+            serialized,
             model=_model_name(params, meta),
             prompt_high=text_tokens_high(prompt),
             prompt_fair=text_tokens_fair(prompt),
@@ -240,6 +244,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     def _start(
         self,
         run_id: UUID,
+        serialized: Mapping[str, Any] | None,
         *,
         model: str | None,
         prompt_high: int,
@@ -254,7 +259,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if budget is None:
             return
         run = _Run(budget, model, prompt_fair, max_tokens)
-        adapter = _patching._installed
+        adapter = _patching._installed and _made_through_huggingface_hub(serialized)
         # LangChain starts async text-LLM runs (``BaseLLM.agenerate``) in tasks of their own, so what this
         # handler makes active there never reaches the request; the adapter counts it for the budget that
         # was active already, if any, and reports nothing here.
@@ -265,7 +270,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             _runs[run_id] = run
         queue = _waiting.get()
         # The adapter refuses a call it cannot pay for from inside the model, before the request, priced by
-        # its real model id. The handler refuses up front only where the adapter will not see the call:
+        # its real model id. The handler refuses up front only where the adapter will not see the call (or
+        # a model that does not call Hugging Face through huggingface_hub):
         # LangChain logs every error a handler raises, so refusing twice would only add noise. In a start
         # group (``generate`` with several prompts) only the first run is checked here: the later ones are
         # checked call by call, as the earlier calls settle.
@@ -497,6 +503,12 @@ def _int_or_none(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
+
+
+def _made_through_huggingface_hub(serialized: Mapping[str, Any] | None) -> bool:
+    """Whether the model is one of langchain-huggingface's, whose calls go through ``huggingface_hub``."""
+    path = (serialized or {}).get("id")
+    return isinstance(path, list) and bool(path) and path[0] == "langchain_huggingface"
 
 
 def _model_name(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:

@@ -604,3 +604,19 @@ def test_entering_a_budget_registers_the_handler_when_langchain_is_in_use() -> N
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+def test_other_langchain_models_are_counted_and_checked_by_the_handler() -> None:
+    # LangChain's own fake chat model makes no HTTP call: the adapter never sees it, the handler does.
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    model = FakeListChatModel(responses=["one two three four"] * 10)
+    with budget(max_usd=0.2, price_per_1k_tokens=PRICES) as b:
+        answered = 0
+        with pytest.raises(BudgetExceededError):
+            for _ in range(10):
+                model.invoke("hello there")
+                answered += 1
+    assert 0 < answered < 10 and b.calls == answered
+    assert all(r.source == "langchain" and r.estimated for r in b.records)
+    assert b.spent_exact <= Decimal("0.2")
