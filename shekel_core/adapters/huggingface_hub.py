@@ -68,13 +68,35 @@ def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     return call_provider(getattr(client, "provider", None), address)
 
 
+_EXTRA_BODY_LIMITS = ("max_tokens", "n", "max_completion_tokens")
+
+
+def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
+    """huggingface_hub merges ``extra_body`` into the request last, so its limits are the ones the provider
+    applies. Move ``max_tokens`` and ``n`` from (a copy of) it to the arguments shekel reserves for, which
+    sends the same request; return ``max_completion_tokens``, which has no argument of its own."""
+    extra = kwargs["extra_body"]
+    if not isinstance(extra, Mapping) or not any(k in extra for k in _EXTRA_BODY_LIMITS):
+        return None
+    extra = dict(extra)
+    for key in ("max_tokens", "n"):
+        if key in extra:
+            kwargs[key] = extra.pop(key)
+    kwargs["extra_body"] = extra
+    cap = extra.get("max_completion_tokens")
+    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+
+
 def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
     """Reserve for a chat completion and adjust its arguments (model, max_tokens, stream_options)."""
     messages = args[0] if args else kwargs.get("messages") or ()
     model = _model_of(client, kwargs)
     streamed = bool(kwargs.get("stream"))
+    completion_cap = _limits_from_extra_body(kwargs) if kwargs.get("extra_body") else None
     n = kwargs.get("n") or 1
     max_tokens = kwargs.get("max_tokens")
+    if completion_cap is not None:
+        max_tokens = completion_cap if max_tokens is None else max(max_tokens, completion_cap)
     prompt_high, prompt_fair = prompt_tokens_estimates(messages, kwargs.get("tools"))
     reservation = budget.reserve(
         model=model,

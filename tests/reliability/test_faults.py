@@ -195,7 +195,8 @@ FAULTS: list[Fault] = [
     Fault("error_object_with_200", _respond('{"error": "Model is overloaded", "error_type": "overloaded"}')),
     Fault("json_answer_to_a_stream_request", _respond(chat_body()), stream=True),
     Fault(
-        "sse_answer_to_a_plain_request", _respond(sse(chunk("one"), chunk(" two")), content_type="text/event-stream")
+        "sse_answer_to_a_plain_request",
+        _respond(sse(chunk("one"), chunk(" two")), content_type="text/event-stream"),
     ),
     Fault(
         "malformed_event_mid_stream",
@@ -690,3 +691,53 @@ def test_text_generation_ignores_an_absurd_token_count_without_a_cap(
     assert_ledger_consistent(b)
     (record,) = b.records
     assert record.output_tokens <= 100, record  # TGI's default max_new_tokens
+
+
+# ------------------------------------------------------------------------------------------ extra_body
+LONG_REPLY = " ".join(["word"] * 3000)
+
+
+@pytest.mark.parametrize(
+    "extra_body",
+    [{"max_tokens": 2000}, {"max_completion_tokens": 2000}, {"max_tokens": 2000, "temperature": 0.1}],
+    ids=repr,
+)
+def test_limits_passed_in_extra_body_are_the_ones_reserved_for(extra_body: dict[str, Any]) -> None:
+    """huggingface_hub merges ``extra_body`` into the request last, so a ``max_tokens`` there overrides the
+    one shekel reserved for: 2,000 tokens at $0.002 must not be sent from a $1 budget."""
+    with FakeInferenceServer(reply=LONG_REPLY) as server:
+        client = InferenceClient(base_url=server.url)
+        with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+            with pytest.raises(shekel.BudgetExceededError):
+                client.chat_completion(MESSAGES, max_tokens=10, extra_body=extra_body)
+            with pytest.raises(shekel.BudgetExceededError):
+                client.chat_completion(MESSAGES, extra_body=extra_body)
+        assert server.request_count == 0
+        assert_ledger_consistent(b)
+
+
+def test_n_passed_in_extra_body_is_reserved_for() -> None:
+    """Three choices of up to 100 tokens cost three times one: a budget that pays for one must refuse."""
+    with FakeInferenceServer(reply=LONG_REPLY) as server:
+        client = InferenceClient(base_url=server.url)
+        with budget(max_usd=0.35, price_per_1k_tokens=PRICES) as b:
+            client.chat_completion(MESSAGES, max_tokens=100)  # one choice fits
+            with pytest.raises(shekel.BudgetExceededError):
+                client.chat_completion(MESSAGES, max_tokens=100, extra_body={"n": 3})
+        assert server.request_count == 1
+        assert_ledger_consistent(b)
+
+
+def test_affordable_limits_in_extra_body_reach_the_server_unchanged(server: FakeInferenceServer) -> None:
+    client = InferenceClient(base_url=server.url)
+    extra = {"max_tokens": 4, "temperature": 0.5}
+    shekel.uninstall()
+    baseline = plain(client.chat_completion(MESSAGES, extra_body=dict(extra)))
+    sent = {k: server.requests[-1].body.get(k) for k in ("max_tokens", "temperature", "n")}
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        counted = plain(client.chat_completion(MESSAGES, extra_body=extra))
+    assert counted == baseline
+    assert {k: server.requests[-1].body.get(k) for k in ("max_tokens", "temperature", "n")} == sent
+    assert extra == {"max_tokens": 4, "temperature": 0.5}, "the caller's dict is not modified"
+    assert_ledger_consistent(b)
+    assert b.output_tokens == 4
