@@ -270,8 +270,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             _runs[run_id] = run
         queue = _waiting.get()
         # The adapter refuses a call it cannot pay for from inside the model, before the request, priced by
-        # its real model id. The handler refuses up front only where the adapter will not see the call (or
-        # a model that does not call Hugging Face through huggingface_hub):
+        # its real model id. The handler refuses up front only where the adapter will not see the call:
         # LangChain logs every error a handler raises, so refusing twice would only add noise. In a start
         # group (``generate`` with several prompts) only the first run is checked here: the later ones are
         # checked call by call, as the earlier calls settle.
