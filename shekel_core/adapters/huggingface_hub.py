@@ -71,6 +71,11 @@ def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
 _EXTRA_BODY_LIMITS = ("max_tokens", "n", "max_completion_tokens")
 
 
+def _count(value: object) -> int | None:
+    """A limit a provider surely applies (a positive whole number), or None: reserve for the worst case."""
+    return value if type(value) is int and value > 0 else None
+
+
 def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
     """huggingface_hub merges ``extra_body`` into the request last, so its limits are the ones the provider
     applies. Move ``max_tokens`` and ``n`` from (a copy of) it to the arguments shekel reserves for, which
@@ -93,21 +98,22 @@ def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
     model = _model_of(client, kwargs)
     streamed = bool(kwargs.get("stream"))
     completion_cap = _limits_from_extra_body(kwargs) if kwargs.get("extra_body") else None
-    n = kwargs.get("n") or 1
+    n = _count(kwargs.get("n")) or 1
     max_tokens = kwargs.get("max_tokens")
+    limit = _count(max_tokens)  # an odd value goes to the provider as given; shekel reserves the worst case
     if completion_cap is not None:
-        max_tokens = completion_cap if max_tokens is None else max(max_tokens, completion_cap)
+        limit = completion_cap if limit is None else max(limit, completion_cap)
     prompt_high, prompt_fair = prompt_tokens_estimates(messages, kwargs.get("tools"))
     reservation = budget.reserve(
         model=model,
         prompt_tokens=prompt_high,
-        max_tokens=None if max_tokens is None else max_tokens * n,
+        max_tokens=None if limit is None else limit * n,
         max_tokens_ceiling=DEFAULT_MAX_TOKENS_CEILING * n,
         provider=_provider_of(client, kwargs),
     )
     if reservation.fallback_from is not None:
         kwargs["model"] = reservation.model
-    if max_tokens is None and reservation.max_tokens is not None:
+    if max_tokens is None and limit is None and reservation.max_tokens is not None:
         kwargs["max_tokens"] = max(1, reservation.max_tokens // n)
     strip = False
     if streamed and kwargs.get("stream_options") is None:
@@ -176,7 +182,7 @@ def _plan_text(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
     reservation = budget.reserve(
         model=model,
         prompt_tokens=text_tokens_high(prompt),
-        max_tokens=max_new,
+        max_tokens=_count(max_new),
         max_tokens_ceiling=TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS,
         provider=_provider_of(client, kwargs),
     )

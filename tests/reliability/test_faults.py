@@ -741,3 +741,69 @@ def test_affordable_limits_in_extra_body_reach_the_server_unchanged(server: Fake
     assert extra == {"max_tokens": 4, "temperature": 0.5}, "the caller's dict is not modified"
     assert_ledger_consistent(b)
     assert b.output_tokens == 4
+
+
+# ------------------------------------------------------------------------------------------ odd arguments
+ODD_LIMITS = {"negative": -1000, "zero": 0, "string": "10", "float": 1.5, "bool": True, "none": None}
+
+
+@pytest.mark.parametrize("value", ODD_LIMITS.values(), ids=ODD_LIMITS.keys())
+@pytest.mark.parametrize("argument", ["max_tokens", "n"])
+def test_odd_limits_reach_the_provider_as_given_and_never_shrink_a_reservation(
+    argument: str, value: Any, server: FakeInferenceServer
+) -> None:
+    """shekel passes odd ``max_tokens``/``n`` values on to the provider unchanged (it decides what they mean)
+    and reserves for the worst case: it neither fails on them itself nor holds less (or less than nothing)."""
+    client = InferenceClient(base_url=server.url)
+    kwargs: dict[str, Any] = {argument: value}
+    if argument == "n":
+        kwargs["max_tokens"] = MAX_TOKENS
+
+    def call() -> tuple[Any, ...]:
+        try:
+            return ("result", plain(client.chat_completion(MESSAGES, **kwargs)))
+        except Exception as exc:
+            return ("error", error_form(exc))
+
+    shekel.uninstall()
+    baseline = call()
+    sent = server.requests[-1].body.get(argument)
+    with budget(max_usd=LIMIT, price_per_1k_tokens=PRICES) as b:
+        held: list[Decimal] = []
+        original_reserve = b.reserve
+
+        def spy(**kw: Any) -> Any:
+            reservation = original_reserve(**kw)
+            held.append(reservation.cost)
+            return reservation
+
+        b.reserve = spy  # type: ignore[method-assign]
+        counted = call()
+    assert counted == baseline
+    if value is not None:  # with no max_tokens at all, shekel sends the largest the budget can pay for
+        assert server.requests[-1].body.get(argument) == sent
+    assert_ledger_consistent(b)
+    assert held and held[0] > 0
+    if counted[0] == "result":
+        (record,) = b.records
+        assert record.cost <= held[0]
+
+
+@pytest.mark.parametrize("value", [v for v in ODD_LIMITS.values() if v is not None], ids=repr)
+def test_odd_max_new_tokens_reach_the_provider_as_given(value: Any, server: FakeInferenceServer) -> None:
+    client = InferenceClient(model=server.url)
+
+    def call() -> tuple[Any, ...]:
+        try:
+            return ("result", client.text_generation("hello world", max_new_tokens=value))
+        except Exception as exc:
+            return ("error", error_form(exc))
+
+    shekel.uninstall()
+    baseline = call()
+    sent = server.requests[-1].body["parameters"].get("max_new_tokens")
+    with budget(max_usd=LIMIT, price_per_1k_tokens=PRICES) as b:
+        counted = call()
+    assert counted == baseline
+    assert server.requests[-1].body["parameters"].get("max_new_tokens") == sent
+    assert_ledger_consistent(b)
