@@ -51,6 +51,27 @@ prices = st.one_of(flat_prices, st.fixed_dictionaries({"*": flat_prices, "cheap"
 limits = st.one_of(st.none(), st.decimals(min_value=Decimal("0.0001"), max_value=20, places=4))
 
 
+class WarnCounter:
+    """An ``on_warn`` callback that counts its calls (from any thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[float, float]] = []
+
+    def __call__(self, spent: float, limit: float) -> None:
+        with self.lock:
+            self.calls.append((spent, limit))
+
+
+def assert_warned_once(budgets: list[Budget]) -> None:
+    """``on_warn`` fires exactly once for a budget whose spend reached ``warn_at``, never for the others."""
+    for b in budgets:
+        counter = b._config.get("on_warn")
+        if isinstance(counter, WarnCounter):
+            reached = b.spent_exact >= Decimal(repr(b._config["warn_at"])) * b._limit
+            assert len(counter.calls) == (1 if reached else 0), (b.path, counter.calls, b.spent_exact)
+
+
 @dataclass
 class Node:
     """A budget to build: its arguments and its children."""
@@ -74,6 +95,9 @@ def trees(draw: Any, depth: int = 0, root: bool = True) -> Node:
         kwargs["fallback"] = {"at_pct": draw(st.sampled_from([0.1, 0.5, 0.9, 1])), "model": "cheap"}
     if draw(st.integers(0, 4)) == 0:
         kwargs["max_llm_calls"] = draw(st.integers(1, 6))
+    if kwargs["max_usd"] is not None and draw(st.integers(0, 2)) == 0:
+        kwargs["warn_at"] = draw(st.sampled_from([0.01, 0.3, 0.8, 1]))
+        kwargs["on_warn"] = WarnCounter()
     if HAS_TOKEN_LIMIT and draw(st.integers(0, 4)) == 0:
         kwargs["max_total_tokens"] = draw(st.integers(1, 400))
     children = [] if depth >= 2 else draw(st.lists(trees(depth + 1, False), max_size=3))
@@ -205,6 +229,7 @@ def test_ledger_invariants_hold_under_concurrent_calls(
     assert_ledger_consistent(budgets[0])
     assert_records_exact(budgets)
     assert_token_limits(budgets)
+    assert_warned_once(budgets)
     assert budgets[0].calls == len(settled)
     for exc in refused:
         assert exc.reason in ("usd", "calls", "tokens")
@@ -280,6 +305,7 @@ def _check_run(budgets: list[Budget], tally: Tally, servers: Servers) -> None:
     assert_ledger_consistent(budgets[0])
     assert_records_exact(budgets)
     assert_token_limits(budgets)
+    assert_warned_once(budgets)
     # Every call that was sent and answered is counted once; refused calls never reach a server.
     assert budgets[0].calls == tally.delivered
     assert servers.requests() == tally.delivered + tally.failed
