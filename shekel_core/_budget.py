@@ -404,13 +404,17 @@ class Budget:
             ):
                 self._root._unpriced_warned.add(reservation.model)
                 notices.append(reservation.model)
-        for model_name in notices:
-            warnings.warn(
-                f"shekel: {unknown_price_message(model_name, reservation.provider, self.path)} Until then its "
-                "calls are counted in tokens but cost $0, so max_usd cannot stop them.",
-                UserWarning,
-                stacklevel=3,
-            )
+        try:
+            for model_name in notices:
+                warnings.warn(
+                    f"shekel: {unknown_price_message(model_name, reservation.provider, self.path)} Until then "
+                    "its calls are counted in tokens but cost $0, so max_usd cannot stop them.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        except BaseException:  # a warning turned error (-W error): the call is not sent, so it holds nothing
+            self.release(reservation)
+            raise
         return reservation
 
     def _has_limit(self) -> bool:

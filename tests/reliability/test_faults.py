@@ -825,3 +825,18 @@ def test_odd_max_new_tokens_reach_the_provider_as_given(value: Any, server: Fake
     assert counted == baseline
     assert server.requests[-1].body["parameters"].get("max_new_tokens") == sent
     assert_ledger_consistent(b)
+
+
+def test_an_unpriced_warning_raised_as_an_error_leaves_nothing_reserved(server: FakeInferenceServer) -> None:
+    """Under ``-W error`` the "no price" warning raises before the request is sent: the call must then hold
+    nothing, or its phantom slot blocks ``max_llm_calls`` forever."""
+    client = InferenceClient(base_url=server.url)
+    with budget(max_usd=1, max_llm_calls=1) as b:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(UserWarning, match="no price"):
+                client.chat_completion(MESSAGES, max_tokens=MAX_TOKENS)
+        assert server.request_count == 0
+        assert_ledger_consistent(b)
+        client.chat_completion(MESSAGES, max_tokens=MAX_TOKENS)  # the one allowed call is still available
+    assert b.calls == 1
