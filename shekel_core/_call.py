@@ -34,6 +34,21 @@ class _Skip:
 #: Returned by an ``observe`` function for a chunk the caller must not see (the usage-only chunk that
 #: shekel itself asked for).
 SKIP: Final = _Skip()
+_END: Final = object()
+
+
+class Hold:
+    """Returned by an ``observe`` function for a chunk to hand on only after the next one has been read.
+
+    The finish chunk of a stream whose usage shekel asked for is held until the usage-only chunk behind it
+    has been observed, so a caller that stops reading at ``finish_reason`` (llama-index's ``astream_chat``
+    does) still leaves exact usage behind.
+    """
+
+    __slots__ = ("chunk",)
+
+    def __init__(self, chunk: Any) -> None:
+        self.chunk = chunk
 
 
 class CallAccounting:
@@ -167,10 +182,23 @@ def _iterate_sync(
 ) -> Iterator[Any]:
     completed = False
     try:
-        for chunk in stream:
+        chunks = iter(stream)
+        for chunk in chunks:
             item = observe(chunk)
-            if item is not SKIP:
-                yield item
+            if item is SKIP:
+                continue
+            if item.__class__ is Hold:
+                try:
+                    after = next(chunks, _END)
+                except BaseException:
+                    yield item.chunk  # the caller gets what it would have got before the error
+                    raise
+                after = after if after is _END else observe(after)
+                yield item.chunk
+                if after is not _END and after is not SKIP:
+                    yield after.chunk if after.__class__ is Hold else after
+                continue
+            yield item
         completed = True
     finally:
         try:
@@ -186,10 +214,25 @@ async def _iterate_async(
 ) -> AsyncIterator[Any]:
     completed = False
     try:
-        async for chunk in stream:
+        chunks = stream.__aiter__()
+        async for chunk in chunks:
             item = observe(chunk)
-            if item is not SKIP:
-                yield item
+            if item is SKIP:
+                continue
+            if item.__class__ is Hold:
+                try:
+                    after = await chunks.__anext__()
+                except StopAsyncIteration:
+                    after = _END
+                except BaseException:
+                    yield item.chunk
+                    raise
+                after = after if after is _END else observe(after)
+                yield item.chunk
+                if after is not _END and after is not SKIP:
+                    yield after.chunk if after.__class__ is Hold else after
+                continue
+            yield item
         completed = True
     finally:
         try:
@@ -211,4 +254,12 @@ def _finish(call: CallAccounting, completed: bool) -> None:
         call.finish()
 
 
-__all__ = ["SKIP", "CallAccounting", "call_in_progress", "iterate_async", "iterate_sync", "read_usage"]
+__all__ = [
+    "SKIP",
+    "CallAccounting",
+    "Hold",
+    "call_in_progress",
+    "iterate_async",
+    "iterate_sync",
+    "read_usage",
+]

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
-from .._call import SKIP, CallAccounting, call_in_progress, iterate_async, iterate_sync
+from .._call import SKIP, CallAccounting, Hold, call_in_progress, iterate_async, iterate_sync
 from .._context import current_budget
 from .._hf_routing import call_provider, is_url
 from .._usage import (
@@ -156,12 +156,18 @@ class _ChatCall:
         if not choices:
             # The usage-only chunk that shekel asked for: the caller would not have received it.
             return SKIP if self.strip and usage is not None else chunk
+        finished = False
         for choice in choices:
             delta = choice.delta
             content = delta.content if delta is not None else None
             if content:
                 call.output_chars += len(content)
                 call.output_chunks += 1
+            if choice.finish_reason is not None:
+                finished = True
+        if finished and self.strip and usage is None:
+            # Read the usage chunk we asked for before handing on the last one: callers may stop here.
+            return Hold(chunk)
         return chunk
 
 

@@ -268,3 +268,40 @@ def test_unpriced_calls_are_counted_and_warned_once_per_model(server: FakeInfere
     messages = [str(w.message) for w in caught if "no price" in str(w.message)]
     assert len(messages) == 1 and "test/model" in messages[0]
     assert "UNPRICED" in b.summary()
+
+
+def test_a_caller_stopping_at_finish_reason_still_leaves_exact_usage(server: FakeInferenceServer) -> None:
+    client = InferenceClient(base_url=server.url)
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        seen = []
+        for chunk in chat(client, max_tokens=4, stream=True):
+            seen.append(chunk.choices[0].delta.content)
+            if chunk.choices[0].finish_reason is not None:
+                break  # as llama-index's astream_chat does
+    assert len(seen) == 4
+    assert b.spent_exact == cost(5, 4) and b.estimated_calls == 0
+
+
+async def test_async_caller_stopping_at_finish_reason_still_leaves_exact_usage(
+    server: FakeInferenceServer,
+) -> None:
+    client = AsyncInferenceClient(base_url=server.url)
+    async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        stream = await client.chat_completion(MESSAGES, model="test/model", max_tokens=4, stream=True)
+        async for chunk in stream:
+            if chunk.choices[0].finish_reason is not None:
+                break
+        await stream.aclose()
+    assert b.spent_exact == cost(5, 4) and b.estimated_calls == 0
+
+
+def test_a_stream_broken_after_the_finish_chunk_still_delivers_it(server: FakeInferenceServer) -> None:
+    server.drop_stream_after(4)  # 4 content chunks, the last with finish_reason; then the connection drops
+    client = InferenceClient(base_url=server.url)
+    received = []
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        with pytest.raises(Exception):  # noqa: B017 - httpx's error, unchanged
+            for chunk in chat(client, max_tokens=4, stream=True):
+                received.append(chunk.choices[0].finish_reason)
+    assert received == [None, None, None, "length"]
+    assert b.calls == 1 and b.reserved == 0
