@@ -498,3 +498,80 @@ def test_money_is_exact_whatever_the_callers_decimal_context() -> None:
             b.settle(reservation, Usage(1_234_567, 0), streamed=False, source="t")
     with decimal.localcontext(decimal.Context(prec=50)):
         assert b.spent_exact == Decimal("0.0001234567") / 1000 * 1_234_567
+
+
+# ------------------------------------------------------------------------------------------ usage and estimates
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=5),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+counts_json = st.one_of(json_values, st.integers(0, 20_000_000))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    prompt=counts_json,
+    completion=counts_json,
+    extra=st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+    usage_itself=st.one_of(st.none(), json_values),
+)
+def test_read_usage_returns_sane_counts_or_nothing(
+    prompt: Any, completion: Any, extra: dict[str, Any], usage_itself: Any
+) -> None:
+    from shekel._usage import read_usage
+
+    for container in (
+        {"usage": {**extra, "prompt_tokens": prompt, "completion_tokens": completion}},
+        {"usage": usage_itself},
+    ):
+        usage = read_usage(container)
+        if usage is not None:
+            assert type(usage.input_tokens) is int and type(usage.output_tokens) is int
+            assert 0 <= usage.input_tokens <= 10_000_000 and 0 <= usage.output_tokens <= 10_000_000
+
+
+message_text = st.text(max_size=200)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["system", "user", "assistant"]),
+            "content": st.one_of(
+                message_text,
+                st.lists(
+                    st.one_of(
+                        st.fixed_dictionaries({"type": st.just("text"), "text": message_text}),
+                        st.fixed_dictionaries(
+                            {
+                                "type": st.just("image_url"),
+                                "image_url": st.fixed_dictionaries({"url": st.text()}),
+                            }
+                        ),
+                    ),
+                    max_size=3,
+                ),
+            ),
+        }
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=messages)
+def test_the_prompt_reserved_for_is_never_below_the_prompt_charged_on_an_estimate(
+    messages: list[dict[str, Any]],
+) -> None:
+    """When the server reports no usage shekel charges its fair estimate; the high estimate it reserved must
+    cover it, or an estimated charge could pass the cap."""
+    from shekel._usage import prompt_tokens_fair, prompt_tokens_high
+
+    assert prompt_tokens_high(messages) >= prompt_tokens_fair(messages) >= 0
