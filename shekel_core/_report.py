@@ -34,7 +34,7 @@ def render_summary(snapshot: dict[str, Any], indent: str = "") -> str:
         lines.append(
             f"{indent}  ! {snapshot['unpriced_calls']} unpriced call(s) "
             f"({snapshot['unpriced_input_tokens']} input / {snapshot['unpriced_output_tokens']} output tokens) "
-            "cost $0 here: max_usd cannot stop them. Give price_per_1k_tokens."
+            "cost $0 here: max_usd cannot stop them. Give price_per_1k_tokens or budget(pricing='prices.toml')."
         )
     if snapshot["children"]:
         lines.append(f"{indent}  children:")
