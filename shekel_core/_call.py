@@ -193,10 +193,7 @@ def _iterate_sync(
                 except BaseException:
                     yield item.chunk  # the caller gets what it would have got before the error
                     raise
-                after = after if after is _END else observe(after)
-                yield item.chunk
-                if after is not _END and after is not SKIP:
-                    yield after.chunk if after.__class__ is Hold else after
+                yield from _release(item, after, observe)
                 continue
             yield item
         completed = True
@@ -227,10 +224,8 @@ async def _iterate_async(
                 except BaseException:
                     yield item.chunk
                     raise
-                after = after if after is _END else observe(after)
-                yield item.chunk
-                if after is not _END and after is not SKIP:
-                    yield after.chunk if after.__class__ is Hold else after
+                for released in _release(item, after, observe):
+                    yield released
                 continue
             yield item
         completed = True
@@ -241,6 +236,17 @@ async def _iterate_async(
                 await aclose()
         finally:
             _finish(call, completed)
+
+
+def _release(held: Hold, after: Any, observe: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """What to hand on once the chunk behind a held one was read: the held chunk, then that one unless it
+    was the usage chunk shekel asked for."""
+    if after is _END:
+        return (held.chunk,)
+    after = observe(after)
+    if after is SKIP:
+        return (held.chunk,)
+    return (held.chunk, after.chunk if after.__class__ is Hold else after)
 
 
 def _finish(call: CallAccounting, completed: bool) -> None:
