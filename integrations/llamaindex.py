@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 from shekel._budget import Budget
 from shekel._call import CallAccounting, call_in_progress
-from shekel._context import current_budget
+from shekel._context import activated, current_budget
 from shekel._usage import Usage, prompt_tokens_fair, prompt_tokens_high, read_usage, text_tokens_fair
 from shekel._usage import text_tokens_high as _text_tokens_high
 from shekel.errors import BudgetExceededError
@@ -65,8 +65,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         budget: The budget to charge. Without it, each call is charged to the budget active where it runs
             (the innermost ``with budget(...)``), and nothing is counted outside a budget. With it, calls
             are charged to ``budget`` even outside any ``with`` block; inside a budget nested in ``budget``
-            they go to that inner budget (which passes them on to ``budget``). The first time a bound
-            budget is used inside another active budget it becomes its child, as ``with budget:`` would.
+            they go to that inner budget (which passes them on to ``budget``). Inside an unrelated budget
+            they go to ``budget`` (and its own parents) only: a bound budget is never attached to whichever
+            budget happens to be active, so one service-wide budget can serve many request budgets.
 
     Add it to ``Settings.callback_manager`` (or to the ``callback_manager`` of an engine or an LLM).
     ``HuggingFaceInferenceAPI`` calls are counted by shekel's Hugging Face adapter; LLMs that report usage
@@ -213,7 +214,7 @@ def _activate(bound: Budget | None) -> AbstractContextManager[object]:
     active = current_budget()
     if bound is None or (active is not None and _within(active, bound)):
         return nullcontext()
-    return bound
+    return activated(bound)
 
 
 def _charge_target(bound: Budget | None) -> Budget | None:

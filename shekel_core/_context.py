@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -47,6 +48,24 @@ def pop(budget: Budget) -> None:
             "budgets must be exited in the reverse order they were entered, in the same thread or task."
         )
     _active.reset(frame.token)
+
+
+@contextmanager
+def activated(budget: Budget) -> Iterator[Budget]:
+    """Make ``budget`` the active one for a block *without entering it*: its parent stays what it was.
+
+    For handlers bound to a budget object (``BudgetCallbackHandler(budget=b)``): a long-lived budget used under
+    one request's budget and then another's must not be attached to the first, as ``with b:`` would do.
+    """
+    from ._patching import ensure_installed
+
+    ensure_installed()
+    frame = push(budget)
+    try:
+        yield budget
+    finally:
+        assert frame.token is not None
+        _active.reset(frame.token)
 
 
 def carry(fn: Callable[P, R]) -> Callable[P, R]:

@@ -340,15 +340,19 @@ def test_bound_handler_charges_a_budget_nested_in_its_own(
     assert task.spent_exact == b.spent_exact == HELLO_COST
 
 
-def test_bound_budget_first_used_inside_another_becomes_its_child(
+def test_bound_budget_used_inside_other_budgets_stays_where_it_is(
     make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
 ) -> None:
     b = budget(max_usd=1, name="llm", price_per_1k_tokens=prices)
     llm = make_llm(BudgetCallbackHandler(budget=b))
-    with budget(name="app") as app:
+    with budget(name="request-1") as first:
         llm.chat(HELLO)
-    assert b.parent is app
-    assert b.spent_exact == app.spent_exact == HELLO_COST and app.calls == 1
+    with budget(name="request-2") as second:
+        llm.chat(HELLO)  # a second request: no "re-entered under another budget" error
+    assert b.parent is None
+    assert b.spent_exact == 2 * HELLO_COST and b.calls == 2
+    assert first.calls == second.calls == 0
+    assert len(chat_requests(server)) == 2
 
 
 def test_bound_handler_rejects_what_is_not_a_budget() -> None:
