@@ -17,7 +17,14 @@ from typing import Any, ParamSpec, TypeVar
 
 from . import _context
 from ._money import ZERO, to_decimal
-from ._pricing import Price, PriceTable, parse_price_table, resolve, unknown_price_message
+from ._pricing import (
+    Price,
+    PriceTable,
+    parse_price_table,
+    resolve_bundled,
+    resolve_in_tables,
+    unknown_price_message,
+)
 from ._pricing_files import env_pricing, load_pricing_file
 from ._usage import Usage
 from .errors import BudgetConfigError, BudgetExceededError, PricingError
@@ -33,6 +40,8 @@ OUTPUT_MARGIN_TOKENS = 2
 MAX_RECORDS = 1000
 #: Direct children remembered by each budget for ``summary()``; their spend always reaches the parent.
 MAX_CHILDREN = 256
+#: (model, provider) pairs whose price from the chain's tables each budget caches.
+_PRICE_CACHE_SIZE = 256
 
 _FALLBACK_KEYS = frozenset({"at_pct", "model"})
 _UNKNOWN_PRICE_POLICIES = ("warn", "raise", "zero")
@@ -149,6 +158,12 @@ class Budget:
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
         self._root: Budget = self
+        # Derived from the chain, which is fixed when the budget is first entered (``_attach``): the budgets
+        # of the chain with a token cap, whether any has a fallback, and prices found in the chain's tables
+        # (which never change once built) by (model, provider).
+        self._token_capped: tuple[Budget, ...] = () if self._max_total_tokens is None else (self,)
+        self._chain_fallback = self._fallback_model is not None
+        self._table_prices: dict[tuple[str | None, str | None], Price | None] = {}
         # Reentrant: garbage collection may settle a dropped stream inside this thread's locked section.
         self._lock = threading.RLock()
         self._attached = False
@@ -295,6 +310,9 @@ class Budget:
         with parent._lock:
             self.parent = parent
             self._chain = (self, *parent._chain)
+            self._token_capped = tuple(b for b in self._chain if b._max_total_tokens is not None)
+            self._chain_fallback = any(b._fallback_model is not None for b in self._chain)
+            self._table_prices = {}
             self._root = parent._root
             self._lock = parent._lock
             parent._children.append(self)
@@ -330,11 +348,21 @@ class Budget:
         name, ``"auto"`` (the highest price among the providers known for the model), or None for a
         self-hosted endpoint, which the bundled data cannot price.
         """
-        tables = [b._prices for b in self._chain if b._prices is not None]
-        tables += [b._file_prices for b in self._chain if b._file_prices is not None]
-        if self._env_prices is not None:
-            tables.append(self._env_prices)
-        return resolve(tables, model, provider)
+        key = (model, provider)
+        cache = self._table_prices
+        if key in cache:
+            price = cache[key]
+        else:
+            tables = [b._prices for b in self._chain if b._prices is not None]
+            tables += [b._file_prices for b in self._chain if b._file_prices is not None]
+            if self._env_prices is not None:
+                tables.append(self._env_prices)
+            price = resolve_in_tables(tables, model, provider)
+            if len(cache) >= _PRICE_CACHE_SIZE:
+                cache.clear()
+            cache[key] = price
+        # The bundled data is looked up every time: it changes with the date and genai-prices updates.
+        return price if price is not None else resolve_bundled(model, provider)
 
     def _unknown_policy(self) -> str:
         for budget in self._chain:
@@ -379,7 +407,7 @@ class Budget:
         """
         notices: list[str | None] = []
         with self._lock:
-            fallback = self._fallback_due()
+            fallback = self._fallback_due() if self._chain_fallback else None
             if fallback is not None and fallback != model:
                 reservation = self._reserve_locked(
                     fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model, provider
@@ -390,7 +418,7 @@ class Budget:
                         model, prompt_tokens, max_tokens, max_tokens_ceiling, None, provider
                     )
                 except BudgetExceededError as exc:
-                    fallback = self._any_fallback()
+                    fallback = self._any_fallback() if self._chain_fallback else None
                     if exc.reason != "usd" or fallback is None or fallback == model:
                         raise
                     reservation = self._reserve_locked(
@@ -462,7 +490,9 @@ class Budget:
                 max_tokens = max(min(ceiling, affordable), 1)
             output_bound = 0 if max_tokens is None else max_tokens + OUTPUT_MARGIN_TOKENS
             cost = prompt_cost + price.output_per_token * output_bound
-        max_tokens, tokens = self._reserve_tokens_locked(model, prompt_tokens, max_tokens, ceiling)
+        tokens = 0
+        if self._token_capped:
+            max_tokens, tokens = self._reserve_tokens_locked(model, prompt_tokens, max_tokens, ceiling)
         if price is not None and max_tokens is not None:
             # The token cap may have set or lowered max_tokens: hold money for what will be asked.
             cost = price.input_per_token * prompt_tokens + price.output_per_token * (
@@ -486,7 +516,7 @@ class Budget:
         self, model: str | None, prompt_tokens: int, max_tokens: int | None, ceiling: int
     ) -> tuple[int | None, int]:
         """Fit the call under every ``max_total_tokens`` of the chain: (max_tokens to send, tokens to hold)."""
-        capped = [b for b in self._chain if b._max_total_tokens is not None]
+        capped = self._token_capped
         if not capped:
             return max_tokens, 0
         tightest = min(capped, key=lambda b: b._tokens_room())

@@ -205,13 +205,30 @@ def resolve(tables: Iterable[PriceTable], model: str | None, provider: str | Non
     ``provider`` is the Inference Provider (a name, AUTO, or None for a self-hosted or unknown endpoint,
     which the bundled data cannot price).
     """
-    base, suffix = split_model(model)
+    price = resolve_in_tables(tables, model, provider)
+    return price if price is not None else resolve_bundled(model, provider)
+
+
+def resolve_in_tables(tables: Iterable[PriceTable], model: str | None, provider: str | None) -> Price | None:
+    """The first of ``tables`` that prices the call, without the bundled data (see :func:`resolve`).
+
+    Tables never change once built, so the answer for a given list of tables can be cached.
+    """
+    _, suffix = split_model(model)
     if provider in ROUTING_POLICIES and suffix is not None:
         provider = suffix
     for table in tables:
         price = table.lookup(model, provider)
         if price is not None:
             return price
+    return None
+
+
+def resolve_bundled(model: str | None, provider: str | None) -> Price | None:
+    """The bundled price of the call (see :func:`resolve`). Not cacheable: the data may be updated."""
+    base, suffix = split_model(model)
+    if provider in ROUTING_POLICIES and suffix is not None:
+        provider = suffix
     if base is None or provider is None:
         return None
     from ._bundled_prices import bundled_price
