@@ -55,21 +55,33 @@ def _token_count(value: object) -> int | None:
 
 def read_usage(container: object) -> Usage | None:
     """Usage reported in a response or stream chunk (its ``usage`` field), or None when absent or malformed."""
-    usage = _field(container, "usage")
+    usage = container.get("usage") if isinstance(container, dict) else _field(container, "usage")
     if usage is None:
         return None
-    prompt = _token_count(_field(usage, "prompt_tokens"))
-    completion = _token_count(_field(usage, "completion_tokens"))
+    if type(usage) is dict:  # as huggingface_hub's types hold it: the fields read without function calls
+        prompt = usage["prompt_tokens"] if "prompt_tokens" in usage else None  # noqa: SIM401
+        completion = usage["completion_tokens"] if "completion_tokens" in usage else None  # noqa: SIM401
+        # Counts of the usual kind are taken as they are; anything else goes through _token_count.
+        if not (type(prompt) is int and 0 <= prompt <= _MAX_SANE_TOKENS):
+            prompt = _token_count(prompt)
+        if not (type(completion) is int and 0 <= completion <= _MAX_SANE_TOKENS):
+            completion = _token_count(completion)
+    else:
+        prompt = _token_count(_field(usage, "prompt_tokens"))
+        completion = _token_count(_field(usage, "completion_tokens"))
     if prompt is None or completion is None:
         return None
     details = _prompt_details(container, usage)
     cached = None if details is None else _token_count(_field(details, "cached_tokens"))
-    return Usage(prompt, completion, cached_input_tokens=min(cached or 0, prompt))
+    return Usage(prompt, completion, cached_input_tokens=min(cached, prompt) if cached else 0)
 
 
 def _prompt_details(container: object, usage: object) -> object:
     """``usage.prompt_tokens_details``; huggingface_hub keeps such extra keys only on its typed attribute."""
-    details = _field(usage, "prompt_tokens_details")
+    if type(usage) is dict:
+        details = usage["prompt_tokens_details"] if "prompt_tokens_details" in usage else None  # noqa: SIM401
+    else:
+        details = _field(usage, "prompt_tokens_details")
     if details is None and type(container) is not dict:
         details = getattr(getattr(container, "usage", None), "prompt_tokens_details", None)
     return details
@@ -80,9 +92,13 @@ def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:
     text_bytes = messages_count = images = 0
     for message in messages:
         messages_count += 1
-        plain = type(message) is dict  # the usual case: read it directly, not through _field
-        content = message.get("content") if plain else _field(message, "content")  # type: ignore[attr-defined]
-        if isinstance(content, str):
+        tool_calls: object = None
+        if type(message) is dict:  # the usual case: read it directly, without function calls
+            content = message["content"] if "content" in message else None  # noqa: SIM401
+            tool_calls = message["tool_calls"] if "tool_calls" in message else None  # noqa: SIM401
+        else:
+            content = _field(message, "content")
+        if type(content) is str or isinstance(content, str):
             text_bytes += len(content.encode())
         elif isinstance(content, Iterable):
             for part in content:
@@ -91,7 +107,8 @@ def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:
                     text_bytes += len(text.encode())
                 elif _field(part, "image_url") is not None:
                     images += 1
-        tool_calls = message.get("tool_calls") if plain else _field(message, "tool_calls")  # type: ignore[attr-defined]
+        if type(message) is not dict:
+            tool_calls = _field(message, "tool_calls")
         if tool_calls:
             text_bytes += len(_dump(tool_calls))
     return text_bytes, messages_count, images
@@ -109,13 +126,14 @@ def prompt_tokens_estimates(messages: Iterable[object], tools: object = None) ->
     text_bytes, count, images = _message_parts(messages)
     if tools:
         text_bytes += len(_dump(tools))
+    # Whole-number ceiling division: math.ceil(text_bytes / n), exact at any size.
     high = (
-        math.ceil(text_bytes / _BYTES_PER_TOKEN_HIGH)
+        -(-text_bytes // _BYTES_PER_TOKEN_HIGH)
         + count * _PER_MESSAGE_OVERHEAD
         + _TEMPLATE_OVERHEAD
         + images * _IMAGE_TOKENS_HIGH
     )
-    fair = math.ceil(text_bytes / _BYTES_PER_TOKEN_FAIR) + count * 4 + images * _IMAGE_TOKENS_FAIR
+    fair = -(-text_bytes // _BYTES_PER_TOKEN_FAIR) + count * 4 + images * _IMAGE_TOKENS_FAIR
     return high, fair
 
 
