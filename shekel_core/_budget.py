@@ -350,19 +350,24 @@ class Budget:
         """
         key = (model, provider)
         cache = self._table_prices
-        if key in cache:
+        try:
             price = cache[key]
-        else:
-            tables = [b._prices for b in self._chain if b._prices is not None]
-            tables += [b._file_prices for b in self._chain if b._file_prices is not None]
-            if self._env_prices is not None:
-                tables.append(self._env_prices)
-            price = resolve_in_tables(tables, model, provider)
+        except KeyError:
+            price = resolve_in_tables(self._price_tables(), model, provider)
             if len(cache) >= _PRICE_CACHE_SIZE:
                 cache.clear()
             cache[key] = price
+        except TypeError:  # an unhashable model id: nothing to cache
+            price = resolve_in_tables(self._price_tables(), model, provider)
         # The bundled data is looked up every time: it changes with the date and genai-prices updates.
         return price if price is not None else resolve_bundled(model, provider)
+
+    def _price_tables(self) -> list[PriceTable]:
+        tables = [b._prices for b in self._chain if b._prices is not None]
+        tables += [b._file_prices for b in self._chain if b._file_prices is not None]
+        if self._env_prices is not None:
+            tables.append(self._env_prices)
+        return tables
 
     def _unknown_policy(self) -> str:
         for budget in self._chain:
