@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from .._call import SKIP, CallAccounting, Hold, call_in_progress, iterate_async, iterate_sync
-from .._context import current_budget
+from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
 from .._usage import (
     _token_count,
@@ -68,6 +68,38 @@ def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     return call_provider(getattr(client, "provider", None), address)
 
 
+#: ``(_model_of, _provider_of)`` by (client's model, client's provider, ``model`` argument), all str or None:
+#: a client makes the same calls again and again, and working them out costs some 15 function calls.
+_targets_cache: dict[tuple[str | None, str | None, str | None], tuple[str | None, str | None]] = {}
+_TARGETS_CACHE_SIZE = 256
+
+
+def _target(client: Any, kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The model id to record and the Inference Provider to price for (``_model_of``, ``_provider_of``)."""
+    try:
+        address, setting = client.model, client.provider
+    except AttributeError:  # not an InferenceClient as huggingface_hub builds it
+        return _model_of(client, kwargs), _provider_of(client, kwargs)
+    argument = kwargs["model"] if "model" in kwargs else None  # noqa: SIM401
+    # Only plain strings are cached: the answer is a pure function of them.
+    if (
+        (address is None or type(address) is str)
+        and (setting is None or type(setting) is str)
+        and (argument is None or type(argument) is str)
+    ):
+        key = (address, setting, argument)
+        try:
+            return _targets_cache[key]
+        except KeyError:
+            pass
+        target = (_model_of(client, kwargs), _provider_of(client, kwargs))
+        if len(_targets_cache) >= _TARGETS_CACHE_SIZE:
+            _targets_cache.clear()
+        _targets_cache[key] = target
+        return target
+    return _model_of(client, kwargs), _provider_of(client, kwargs)
+
+
 _EXTRA_BODY_LIMITS = ("max_tokens", "n", "max_completion_tokens")
 
 
@@ -92,24 +124,33 @@ def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
     return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
 
 
+# The plain-dict reads below (``key in kwargs``) are ``kwargs.get(key)`` without a function call: this runs on
+# every counted call.
 def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
     """Reserve for a chat completion and adjust its arguments (model, max_tokens, stream_options)."""
     messages = args[0] if args else kwargs.get("messages") or ()
-    model = _model_of(client, kwargs)
-    streamed = bool(kwargs.get("stream"))
-    completion_cap = _limits_from_extra_body(kwargs) if kwargs.get("extra_body") else None
-    n = _count(kwargs.get("n")) or 1
-    max_tokens = kwargs.get("max_tokens")
-    limit = _count(max_tokens)  # an odd value goes to the provider as given; shekel reserves the worst case
+    model, provider = _target(client, kwargs)
+    streamed = "stream" in kwargs and bool(kwargs["stream"])
+    extra_body = kwargs["extra_body"] if "extra_body" in kwargs else None  # noqa: SIM401
+    completion_cap = _limits_from_extra_body(kwargs) if extra_body else None
+    n = kwargs["n"] if "n" in kwargs else None  # noqa: SIM401
+    if not (type(n) is int and n > 0):  # _count(n) or 1, inline
+        n = 1
+    max_tokens = kwargs["max_tokens"] if "max_tokens" in kwargs else None  # noqa: SIM401
+    # An odd value goes to the provider as given; shekel reserves the worst case (_count, inline).
+    limit = max_tokens if type(max_tokens) is int and max_tokens > 0 else None
     if completion_cap is not None:
         limit = completion_cap if limit is None else max(limit, completion_cap)
-    prompt_high, prompt_fair = prompt_tokens_estimates(messages, kwargs.get("tools"))
+    prompt_high, prompt_fair = prompt_tokens_estimates(
+        messages,
+        kwargs["tools"] if "tools" in kwargs else None,  # noqa: SIM401
+    )
     reservation = budget.reserve(
         model=model,
         prompt_tokens=prompt_high,
         max_tokens=None if limit is None else limit * n,
         max_tokens_ceiling=DEFAULT_MAX_TOKENS_CEILING * n,
-        provider=_provider_of(client, kwargs),
+        provider=provider,
     )
     if reservation.fallback_from is not None:
         kwargs["model"] = reservation.model
@@ -119,39 +160,51 @@ def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
     if streamed and kwargs.get("stream_options") is None:
         kwargs["stream_options"] = {"include_usage": True}
         strip = True
-    call = CallAccounting(
+    call = _ChatCall(
         reservation,
         prompt_fair=prompt_fair,
         source="huggingface_hub.chat_completion",
         streamed=streamed,
     )
-    return _ChatCall(call, strip)
+    call.strip = strip
+    return call
 
 
-class _ChatCall:
+class _ChatCall(CallAccounting):
     """A chat completion in flight: settles a response, or observes each stream chunk."""
 
-    __slots__ = ("call", "strip")
-
-    def __init__(self, call: CallAccounting, strip: bool) -> None:
-        self.call = call
-        self.strip = strip
+    __slots__ = ("strip",)
+    #: Whether shekel asked for the usage chunk (so it must hide it); set by ``_plan_chat``.
+    strip: bool
 
     def settle(self, response: Any) -> Any:
-        call = self.call
-        call.saw_usage(read_usage(response))
-        for choice in getattr(response, "choices", None) or ():
-            message = getattr(choice, "message", None)
-            call.saw_output(getattr(message, "content", None))
-        call.model_label = getattr(response, "model", None) or None
-        call.finish()
+        usage = read_usage(response)
+        if usage is not None:
+            self._usage = usage
+        # Attribute reads with try/except are getattr(obj, name, None) without the function calls.
+        try:
+            choices = response.choices
+        except AttributeError:
+            choices = None
+        for choice in choices or ():
+            try:
+                content = choice.message.content
+            except AttributeError:
+                content = None
+            if content:  # saw_output, inline
+                self.output_chars += len(content)
+                self.output_chunks += 1
+        try:
+            self.model_label = response.model or None
+        except AttributeError:
+            self.model_label = None
+        self.finish()
         return response
 
     def observe(self, chunk: Any) -> Any:
-        call = self.call
         usage = chunk.usage
         if usage is not None:
-            call.saw_usage(read_usage(chunk))
+            self.saw_usage(read_usage(chunk))
         choices = chunk.choices
         if not choices:
             # The usage-only chunk that shekel asked for: the caller would not have received it.
@@ -161,8 +214,8 @@ class _ChatCall:
             delta = choice.delta
             content = delta.content if delta is not None else None
             if content:
-                call.output_chars += len(content)
-                call.output_chunks += 1
+                self.output_chars += len(content)
+                self.output_chunks += 1
             if choice.finish_reason is not None:
                 finished = True
         if finished and self.strip and usage is None:
@@ -201,27 +254,26 @@ def _plan_text(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
         kwargs["details"] = True
         added_details = True
     streamed = bool(kwargs.get("stream"))
-    call = CallAccounting(
+    call = _TextCall(
         reservation,
         prompt_fair=text_tokens_fair(prompt),
         source="huggingface_hub.text_generation",
         streamed=streamed,
         model_label=model,
     )
-    return _TextCall(call, added_details)
+    call.added_details = added_details
+    return call
 
 
-class _TextCall:
+class _TextCall(CallAccounting):
     """A text generation in flight. Gives the caller exactly what it asked for (details or not)."""
 
-    __slots__ = ("added_details", "call")
-
-    def __init__(self, call: CallAccounting, added_details: bool) -> None:
-        self.call = call
-        self.added_details = added_details
+    __slots__ = ("added_details",)
+    #: Whether shekel asked for ``details`` (so it must hand back plain text); set by ``_plan_text``.
+    added_details: bool
 
     def settle(self, response: Any) -> Any:
-        call = self.call
+        call = self
         if isinstance(response, str):
             call.saw_output(response)
             call.finish()
@@ -236,7 +288,7 @@ class _TextCall:
         return response.generated_text if self.added_details else response
 
     def observe(self, chunk: Any) -> Any:
-        call = self.call
+        call = self
         if isinstance(chunk, str):
             call.output_chunks += 1
             return chunk
@@ -256,20 +308,20 @@ Planner = Callable[[Budget, Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | 
 def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
     @functools.wraps(original)
     def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-        budget = current_budget()
-        if budget is None or call_in_progress.get():
+        frame = active_frame.get()  # current_budget(), inline
+        if frame is None or call_in_progress.get():
             return original(self, *args, **kwargs)
-        pending = plan(budget, self, args, kwargs)
+        pending = plan(frame.budget, self, args, kwargs)
         token = call_in_progress.set(True)
         try:
-            result = served_by.call_sync(pending.call, original, self, *args, **kwargs)
+            result = served_by.call_sync(pending, original, self, *args, **kwargs)
         except BaseException:
-            pending.call.fail()
+            pending.fail()
             raise
         finally:
             call_in_progress.reset(token)
-        if pending.call.streamed:
-            return iterate_sync(pending.call, result, pending.observe)
+        if pending.streamed:
+            return iterate_sync(pending, result, pending.observe)
         return pending.settle(result)
 
     counted.__shekel_original__ = original  # type: ignore[attr-defined]
@@ -279,20 +331,20 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
 def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
     @functools.wraps(original)
     async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-        budget = current_budget()
-        if budget is None or call_in_progress.get():
+        frame = active_frame.get()  # current_budget(), inline
+        if frame is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
-        pending = plan(budget, self, args, kwargs)
+        pending = plan(frame.budget, self, args, kwargs)
         token = call_in_progress.set(True)
         try:
-            result = await served_by.call_async(pending.call, original, self, *args, **kwargs)
+            result = await served_by.call_async(pending, original, self, *args, **kwargs)
         except BaseException:
-            pending.call.fail()
+            pending.fail()
             raise
         finally:
             call_in_progress.reset(token)
-        if pending.call.streamed:
-            return iterate_async(pending.call, result, pending.observe)
+        if pending.streamed:
+            return iterate_async(pending, result, pending.observe)
         return pending.settle(result)
 
     counted.__shekel_original__ = original  # type: ignore[attr-defined]
