@@ -498,11 +498,11 @@ class Budget:
         tokens = 0
         if self._token_capped:
             max_tokens, tokens = self._reserve_tokens_locked(model, prompt_tokens, max_tokens, ceiling)
-        if price is not None and max_tokens is not None:
-            # The token cap may have set or lowered max_tokens: hold money for what will be asked.
-            cost = price.input_per_token * prompt_tokens + price.output_per_token * (
-                max_tokens + OUTPUT_MARGIN_TOKENS
-            )
+            if price is not None and max_tokens is not None:
+                # The token cap may have set or lowered max_tokens: hold money for what will be asked.
+                cost = price.input_per_token * prompt_tokens + price.output_per_token * (
+                    max_tokens + OUTPUT_MARGIN_TOKENS
+                )
         if tightest is not None and cost > room:
             raise BudgetExceededError(
                 budget_name=tightest.path,
@@ -568,8 +568,14 @@ class Budget:
         is the Inference Provider that served the call, when the answer said so: the call is charged at its
         price (an auto-routed call was reserved at the highest one).
         """
-        price, served, notes = self._settle_price(reservation, provider)
-        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        notes: list[str]
+        if provider is None or provider == reservation.provider:  # _settle_price's usual case, inline
+            price, served, notes = reservation.price, reservation.provider, []
+        else:
+            price, served, notes = self._settle_price(reservation, provider)
+        cached = usage.cached_input_tokens
+        if cached:
+            cached = min(cached, usage.input_tokens)
         if cached and price is not None and price.cached_input_per_token is None:
             notes.append(
                 f"{cached} cached input tokens were charged at the full input price: the price has no "
@@ -601,8 +607,9 @@ class Budget:
                 budget._calls += 1
                 budget._input_tokens += usage.input_tokens
                 budget._output_tokens += usage.output_tokens
-                totals = budget._models.get(model)
-                if totals is None:
+                try:
+                    totals = budget._models[model]
+                except KeyError:
                     totals = budget._models[model] = ModelTotals()
                 totals.calls += 1
                 totals.input_tokens += usage.input_tokens

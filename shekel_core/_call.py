@@ -128,9 +128,10 @@ class CallAccounting:
             return
         self._done = True
         reservation = self.reservation
+        usage = self._usage
         reservation.chain[0].settle(
             reservation,
-            self.usage(),
+            usage if usage is not None else self.usage(),
             streamed=self.streamed,
             source=self.source,
             label=self.model_label,

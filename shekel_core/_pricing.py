@@ -44,12 +44,18 @@ class Price:
 
     def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
         """The exact USD cost of a call; ``cached_input_tokens`` are part of ``input_tokens``."""
-        cached = min(max(cached_input_tokens, 0), input_tokens)
-        if not cached or self.cached_input_per_token is None:
+        cached_price = self.cached_input_per_token
+        # min/max only when there is something cached to charge apart (the usual call has nothing).
+        cached = (
+            0
+            if cached_price is None or not cached_input_tokens
+            else min(max(cached_input_tokens, 0), input_tokens)
+        )
+        if not cached or cached_price is None:
             return self.input_per_token * input_tokens + self.output_per_token * output_tokens
         return (
             self.input_per_token * (input_tokens - cached)
-            + self.cached_input_per_token * cached
+            + cached_price * cached
             + self.output_per_token * output_tokens
         )
 

@@ -71,27 +71,29 @@ def read_usage(container: object) -> Usage | None:
         completion = _token_count(_field(usage, "completion_tokens"))
     if prompt is None or completion is None:
         return None
-    details = _prompt_details(container, usage)
-    cached = None if details is None else _token_count(_field(details, "cached_tokens"))
-    return Usage(prompt, completion, cached_input_tokens=min(cached, prompt) if cached else 0)
-
-
-def _prompt_details(container: object, usage: object) -> object:
-    """``usage.prompt_tokens_details``; huggingface_hub keeps such extra keys only on its typed attribute."""
+    # ``usage.prompt_tokens_details``: huggingface_hub keeps such extra keys only on its typed attribute.
     if type(usage) is dict:
         details = usage["prompt_tokens_details"] if "prompt_tokens_details" in usage else None  # noqa: SIM401
     else:
         details = _field(usage, "prompt_tokens_details")
     if details is None and type(container) is not dict:
-        details = getattr(getattr(container, "usage", None), "prompt_tokens_details", None)
-    return details
+        try:  # getattr(container, "usage", None) without the function call
+            typed = container.usage  # type: ignore[attr-defined]
+        except AttributeError:
+            typed = None
+        details = getattr(typed, "prompt_tokens_details", None)
+    cached = None if details is None else _token_count(_field(details, "cached_tokens"))
+    return Usage(prompt, completion, cached_input_tokens=min(cached, prompt) if cached else 0)
 
 
-def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:
-    """(text bytes, message count, image count) of chat messages, dicts or huggingface_hub dataclasses."""
-    text_bytes = messages_count = images = 0
+def prompt_tokens_estimates(messages: Iterable[object], tools: object = None) -> tuple[int, int]:
+    """``(prompt_tokens_high, prompt_tokens_fair)`` of a chat prompt, reading the messages only once.
+
+    Messages are dicts or huggingface_hub dataclasses; text is counted in UTF-8 bytes, images by number.
+    """
+    text_bytes = count = images = 0
     for message in messages:
-        messages_count += 1
+        count += 1
         tool_calls: object = None
         if type(message) is dict:  # the usual case: read it directly, without function calls
             content = message["content"] if "content" in message else None  # noqa: SIM401
@@ -111,19 +113,6 @@ def _message_parts(messages: Iterable[object]) -> tuple[int, int, int]:
             tool_calls = _field(message, "tool_calls")
         if tool_calls:
             text_bytes += len(_dump(tool_calls))
-    return text_bytes, messages_count, images
-
-
-def _dump(value: object) -> bytes:
-    try:
-        return json.dumps(value, default=repr).encode()
-    except (TypeError, ValueError):
-        return repr(value).encode()
-
-
-def prompt_tokens_estimates(messages: Iterable[object], tools: object = None) -> tuple[int, int]:
-    """``(prompt_tokens_high, prompt_tokens_fair)`` of a chat prompt, reading the messages only once."""
-    text_bytes, count, images = _message_parts(messages)
     if tools:
         text_bytes += len(_dump(tools))
     # Whole-number ceiling division: math.ceil(text_bytes / n), exact at any size.
@@ -145,6 +134,13 @@ def prompt_tokens_high(messages: Iterable[object], tools: object = None) -> int:
 def prompt_tokens_fair(messages: Iterable[object], tools: object = None) -> int:
     """A best guess of a chat prompt's tokens, used to charge a call whose usage the server did not report."""
     return prompt_tokens_estimates(messages, tools)[1]
+
+
+def _dump(value: object) -> bytes:
+    try:
+        return json.dumps(value, default=repr).encode()
+    except (TypeError, ValueError):
+        return repr(value).encode()
 
 
 def text_tokens_high(text: str) -> int:

@@ -69,7 +69,9 @@ def call_sync(call: CallAccounting, original: Callable[..., Any], *args: Any, **
         from huggingface_hub import get_session
 
         _get_session = get_session
-    _attach(_get_session(), _record)
+    http_client = _get_session()
+    if http_client is not _last_attached:  # _attach's own first check, without the call
+        _attach(http_client, _record)
     seen: list[str] = []
     token = _seen.set(seen)
     try:
