@@ -81,6 +81,25 @@ class CallRecord:
     notes: tuple[str, ...] = ()
 
 
+#: A ``CallRecord``'s fields, in order, as a budget keeps them: building the frozen record (an
+#: ``object.__setattr__`` per field) is left to whoever reads ``records``, not done on every call.
+_RecordFields = tuple[
+    str | None,
+    int,
+    int,
+    Decimal,
+    bool,
+    bool,
+    bool,
+    str,
+    str | None,
+    float,
+    str | None,
+    str | None,
+    tuple[str, ...],
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """Money and a call slot held on every budget of ``chain`` for one call in flight.
@@ -182,7 +201,7 @@ class Budget:
         self._warned = False
         self._unpriced_warned: set[str | None] = set()
         self._models: dict[str | None, ModelTotals] = {}
-        self._records: deque[CallRecord] = deque(maxlen=MAX_RECORDS)
+        self._records: deque[_RecordFields] = deque(maxlen=MAX_RECORDS)
         self._children: deque[Budget] = deque(maxlen=MAX_CHILDREN)
 
     # ---------------------------------------------------------------- public read-only view
@@ -260,7 +279,7 @@ class Budget:
     def records(self) -> list[CallRecord]:
         """This budget's own calls, most recent last (at most ``MAX_RECORDS``)."""
         with self._lock:
-            return list(self._records)
+            return [CallRecord(*fields) for fields in self._records]
 
     @property
     def by_model(self) -> dict[str | None, ModelTotals]:
@@ -583,19 +602,20 @@ class Budget:
             )
         cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
         model = reservation.model if reservation.model is not None else label
-        record = CallRecord(
-            model=model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost=cost,
-            estimated=usage.estimated,
-            priced=price is not None,
-            streamed=streamed,
-            source=source,
-            fallback_from=reservation.fallback_from,
-            provider=served,
-            price_source=None if price is None else price.source,
-            notes=tuple(notes),
+        record: _RecordFields = (  # CallRecord's fields, in order
+            model,
+            usage.input_tokens,
+            usage.output_tokens,
+            cost,
+            usage.estimated,
+            price is not None,
+            streamed,
+            source,
+            reservation.fallback_from,
+            time.time(),
+            served,
+            None if price is None else price.source,
+            tuple(notes),
         )
         to_warn: list[Budget] = []
         with self._lock:
@@ -697,7 +717,7 @@ class Budget:
                     "price_source": r.price_source,
                     "notes": list(r.notes),
                 }
-                for r in self._records
+                for r in (CallRecord(*fields) for fields in self._records)
             ]
             children = list(self._children)
             snapshot: dict[str, Any] = {
