@@ -100,12 +100,15 @@ _RecordFields = tuple[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Reservation:
     """Money and a call slot held on every budget of ``chain`` for one call in flight.
 
     It keeps its own reference to the chain, so the call settles on the budgets that paid for it even when
     it finishes after the ``with`` block (an async stream finalised later by the event loop).
+
+    Never changed once made (it is not frozen only because a frozen dataclass sets each field through
+    ``object.__setattr__``, on every call); it compares and hashes by value, as a frozen one would.
     """
 
     chain: tuple[Budget, ...]
