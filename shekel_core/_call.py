@@ -16,9 +16,10 @@ from typing import Any, Final
 from ._budget import Reservation
 from ._usage import Usage, read_usage
 
-#: True while a counted call runs, so that layers below it (a recursive retry inside huggingface_hub, the
-#: adapter patch under an integration's handler) do not count the same call again.
-call_in_progress: ContextVar[bool] = ContextVar("shekel_call_in_progress", default=False)
+#: Truthy while a counted call runs, so that layers below it (a recursive retry inside huggingface_hub, the
+#: adapter patch under an integration's handler) do not count the same call again. Integrations set True;
+#: the huggingface_hub adapter sets the call it counts, where its answer-header hook notes who served it.
+call_in_progress: ContextVar[bool | CallAccounting] = ContextVar("shekel_call_in_progress", default=False)
 
 #: Set by an integration around a framework run it charges (a LangChain LLM run): each call counted below
 #: it is reported here as it starts, so the integration charges the run itself only when nothing below did.

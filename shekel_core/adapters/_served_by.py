@@ -1,29 +1,30 @@
 """Reading the ``x-inference-provider`` answer header, which huggingface_hub does not hand back.
 
 A response event hook on huggingface_hub's own HTTP client (the shared ``get_session()`` client for
-``InferenceClient``, the per-client one for ``AsyncInferenceClient``) records the header into a context
-variable that only the counted call in flight has set; other requests pass through untouched. When the hook
-cannot be attached (a future huggingface_hub), calls are priced by the client's setting instead.
+``InferenceClient``, the per-client one for ``AsyncInferenceClient``) notes the header on the call that
+``call_in_progress`` holds (the adapter sets it to the call it counts); other requests pass through
+untouched. When the hook cannot be attached (a future huggingface_hub), calls are priced by the client's
+setting instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any
 
-from .._call import CallAccounting
+from .._call import call_in_progress
 from .._hf_routing import PROVIDER_HEADER
-
-_seen: ContextVar[list[str] | None] = ContextVar("shekel_served_by", default=None)
 
 
 def _record(response: Any) -> None:
-    seen = _seen.get()
-    if seen is not None:
-        value = response.headers.get(PROVIDER_HEADER)
+    call = call_in_progress.get()
+    if type(call) is bool:  # no call counted here, or one an integration counts itself
+        return
+    headers = response.headers
+    if PROVIDER_HEADER in headers:  # checked first: ``get`` raises and catches a KeyError when it is absent
+        value = headers.get(PROVIDER_HEADER)
         if value:
-            seen.append(value.strip().lower())
+            call.served_by = value.strip().lower()  # the last answer wins (a retry's, say)
 
 
 async def _record_async(response: Any) -> None:
@@ -62,8 +63,8 @@ def detach() -> None:
         hooks["response"].remove(_record)
 
 
-def call_sync(call: CallAccounting, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``original``, noting on ``call`` the provider the answer names (streams: from the headers)."""
+def attach_sync() -> None:
+    """Put the hook on the HTTP client ``InferenceClient`` calls will use, once; run inside a counted call."""
     global _get_session
     if _get_session is None:
         from huggingface_hub import get_session
@@ -72,28 +73,10 @@ def call_sync(call: CallAccounting, original: Callable[..., Any], *args: Any, **
     http_client = _get_session()
     if http_client is not _last_attached:  # _attach's own first check, without the call
         _attach(http_client, _record)
-    seen: list[str] = []
-    token = _seen.set(seen)
-    try:
-        return original(*args, **kwargs)
-    finally:
-        _seen.reset(token)
-        if seen:
-            call.served_by = seen[-1]
 
 
-async def call_async(
-    call: CallAccounting, original: Callable[..., Awaitable[Any]], client: Any, *args: Any, **kwargs: Any
-) -> Any:
-    """The async twin of :func:`call_sync`; ``client`` is the ``AsyncInferenceClient``."""
+async def attach_async(client: Any) -> None:
+    """The async twin of :func:`attach_sync`; ``client`` is the ``AsyncInferenceClient``."""
     get_http_client = getattr(client, "_get_async_client", None)
     if get_http_client is not None:
         _attach(await get_http_client(), _record_async)
-    seen: list[str] = []
-    token = _seen.set(seen)
-    try:
-        return await original(client, *args, **kwargs)
-    finally:
-        _seen.reset(token)
-        if seen:
-            call.served_by = seen[-1]

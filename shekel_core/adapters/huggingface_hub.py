@@ -312,9 +312,10 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         if frame is None or call_in_progress.get():
             return original(self, *args, **kwargs)
         pending = plan(frame.budget, self, args, kwargs)
-        token = call_in_progress.set(True)
+        token = call_in_progress.set(pending)
         try:
-            result = served_by.call_sync(pending, original, self, *args, **kwargs)
+            served_by.attach_sync()
+            result = original(self, *args, **kwargs)
         except BaseException:
             pending.fail()
             raise
@@ -335,9 +336,10 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         if frame is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
         pending = plan(frame.budget, self, args, kwargs)
-        token = call_in_progress.set(True)
+        token = call_in_progress.set(pending)
         try:
-            result = await served_by.call_async(pending, original, self, *args, **kwargs)
+            await served_by.attach_async(self)
+            result = await original(self, *args, **kwargs)
         except BaseException:
             pending.fail()
             raise
