@@ -332,8 +332,8 @@ class Budget:
         with parent._lock:
             self.parent = parent
             self._chain = (self, *parent._chain)
-            self._token_capped = tuple(b for b in self._chain if b._max_total_tokens is not None)
-            self._chain_fallback = any(b._fallback_model is not None for b in self._chain)
+            self._token_capped += parent._token_capped
+            self._chain_fallback = self._chain_fallback or parent._chain_fallback
             self._table_prices = {}
             self._root = parent._root
             self._lock = parent._lock
