@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
 from . import _context
-from ._money import ZERO, to_decimal
+from ._money import ZERO, exact_money, to_decimal
 from ._pricing import (
     Price,
     PriceTable,
@@ -129,6 +129,7 @@ class Budget:
     of them before the request is sent, so that no budget can pass its ``max_usd`` or ``max_llm_calls``.
     """
 
+    @exact_money
     def __init__(
         self,
         max_usd: float | Decimal | int | None = None,
@@ -414,6 +415,7 @@ class Budget:
         return None
 
     # ---------------------------------------------------------------- the ledger
+    @exact_money
     def reserve(
         self,
         *,
@@ -565,6 +567,7 @@ class Budget:
         assert self._max_total_tokens is not None
         return self._max_total_tokens - self._input_tokens - self._output_tokens - self._reserved_tokens
 
+    @exact_money
     def release(self, reservation: Reservation) -> None:
         """Give back everything a call held: it failed, so it costs nothing."""
         with self._lock:
@@ -573,6 +576,7 @@ class Budget:
                 budget._inflight -= 1
                 budget._reserved_tokens -= reservation.tokens
 
+    @exact_money
     def settle(
         self,
         reservation: Reservation,

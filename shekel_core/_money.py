@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable
+from decimal import Context, Decimal, InvalidOperation, getcontext, localcontext
 from numbers import Real
+from typing import ParamSpec, TypeVar
 
 from .errors import BudgetConfigError
 
@@ -12,6 +15,31 @@ ZERO = Decimal(0)
 THOUSAND = Decimal(1000)
 MILLION = Decimal(1_000_000)
 _TOO_LARGE = Decimal("1e15")
+
+#: Digits money arithmetic needs to stay exact: Python's default, enough for amounts up to 1e15 USD at
+#: per-token prices down to 1e-12. A narrower context is replaced by ``_MONEY_CONTEXT``.
+MONEY_PRECISION = 28
+_MONEY_CONTEXT = Context(prec=40)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def exact_money(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` with enough decimal precision for exact money, whatever the caller's decimal context.
+
+    An application may lower ``decimal.getcontext().prec`` for its own work; shekel's charges must not be
+    rounded by it. The usual context is left alone (one check), a narrower one is swapped for shekel's own.
+    """
+
+    @functools.wraps(fn)
+    def exact(*args: P.args, **kwargs: P.kwargs) -> R:
+        if getcontext().prec >= MONEY_PRECISION:
+            return fn(*args, **kwargs)
+        with localcontext(_MONEY_CONTEXT):
+            return fn(*args, **kwargs)
+
+    return exact
 
 
 def to_decimal(value: object, *, what: str, fix: str) -> Decimal:

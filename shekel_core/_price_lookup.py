@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from ._context import current_budget
+from ._money import exact_money
 from ._pricing import AUTO, Price, resolve
 from ._pricing_files import env_pricing
 
 
+@exact_money
 def prices(model: str, provider: str | None = AUTO) -> Price | None:
     """The price shekel would charge a call to ``model`` right here, or None when it knows none.
 

@@ -483,12 +483,6 @@ def test_every_charge_is_exactly_tokens_times_the_price_as_written(
     assert all(x.spent_exact >= 0 for x in walk(b))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shekel's money arithmetic runs in the caller's ambient decimal context: an application that lowers "
-    "decimal.getcontext().prec gets rounded charges. Fix: a private decimal.Context (high precision) around "
-    "price parsing, reserve() and settle().",
-)
 def test_money_is_exact_whatever_the_callers_decimal_context() -> None:
     with decimal.localcontext() as ctx:
         ctx.prec = 6
