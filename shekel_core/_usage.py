@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 # Token counts above this are treated as malformed rather than trusted.
 _MAX_SANE_TOKENS = 10_000_000
 
-# Upper-bound prompt estimate: ordinary text runs 3.5-4.5 UTF-8 bytes per token, so one token per two bytes
-# errs high by about 2x, and chat templates add a few tokens per message plus a preamble.
+# Upper-bound prompt estimate: ordinary (ASCII) text runs 3.5-4.5 bytes per token, so one token per two bytes
+# errs high by about 2x. Other scripts and emoji are counted at one token per UTF-8 byte, the most a
+# byte-level tokenizer can spend on them (about 2-3x for CJK). Chat templates add a few tokens per message
+# plus a preamble.
 _BYTES_PER_TOKEN_HIGH = 2
 _BYTES_PER_TOKEN_FAIR = 4
+_OTHER_BYTES_PER_TOKEN_FAIR = 3
 _PER_MESSAGE_OVERHEAD = 8
 _TEMPLATE_OVERHEAD = 32
 # An image part in a message: providers bill from a few hundred to a few thousand tokens.
@@ -91,7 +93,7 @@ def prompt_tokens_estimates(messages: Iterable[object], tools: object = None) ->
 
     Messages are dicts or huggingface_hub dataclasses; text is counted in UTF-8 bytes, images by number.
     """
-    text_bytes = count = images = 0
+    text_bytes = other_bytes = count = images = 0  # ASCII bytes, non-ASCII bytes
     for message in messages:
         count += 1
         tool_calls: object = None
@@ -101,12 +103,19 @@ def prompt_tokens_estimates(messages: Iterable[object], tools: object = None) ->
         else:
             content = _field(message, "content")
         if type(content) is str or isinstance(content, str):
-            text_bytes += len(content.encode())
+            if content.isascii():
+                text_bytes += len(content)
+            else:
+                ascii_part, other_part = _byte_sizes(content)
+                text_bytes += ascii_part
+                other_bytes += other_part
         elif isinstance(content, Iterable):
             for part in content:
                 text = _field(part, "text")
                 if isinstance(text, str):
-                    text_bytes += len(text.encode())
+                    ascii_part, other_part = _byte_sizes(text)
+                    text_bytes += ascii_part
+                    other_bytes += other_part
                 elif _field(part, "image_url") is not None:
                     images += 1
         if type(message) is not dict:
@@ -118,12 +127,26 @@ def prompt_tokens_estimates(messages: Iterable[object], tools: object = None) ->
     # Whole-number ceiling division: math.ceil(text_bytes / n), exact at any size.
     high = (
         -(-text_bytes // _BYTES_PER_TOKEN_HIGH)
+        + other_bytes
         + count * _PER_MESSAGE_OVERHEAD
         + _TEMPLATE_OVERHEAD
         + images * _IMAGE_TOKENS_HIGH
     )
-    fair = -(-text_bytes // _BYTES_PER_TOKEN_FAIR) + count * 4 + images * _IMAGE_TOKENS_FAIR
+    fair = (
+        -(-text_bytes // _BYTES_PER_TOKEN_FAIR)
+        + -(-other_bytes // _OTHER_BYTES_PER_TOKEN_FAIR)
+        + count * 4
+        + images * _IMAGE_TOKENS_FAIR
+    )
     return high, fair
+
+
+def _byte_sizes(text: str) -> tuple[int, int]:
+    """(ASCII bytes, non-ASCII bytes) of ``text`` in UTF-8."""
+    if text.isascii():
+        return len(text), 0
+    ascii_bytes = len(text.encode("ascii", "ignore"))
+    return ascii_bytes, len(text.encode()) - ascii_bytes
 
 
 def prompt_tokens_high(messages: Iterable[object], tools: object = None) -> int:
@@ -145,9 +168,11 @@ def _dump(value: object) -> bytes:
 
 def text_tokens_high(text: str) -> int:
     """Upper-bound estimate for a plain text prompt (text generation)."""
-    return math.ceil(len(text.encode()) / _BYTES_PER_TOKEN_HIGH) + 4
+    ascii_bytes, other_bytes = _byte_sizes(text)
+    return -(-ascii_bytes // _BYTES_PER_TOKEN_HIGH) + other_bytes + 4
 
 
 def text_tokens_fair(text: str) -> int:
     """Best guess of the tokens in a piece of text."""
-    return math.ceil(len(text.encode()) / _BYTES_PER_TOKEN_FAIR)
+    ascii_bytes, other_bytes = _byte_sizes(text)
+    return -(-ascii_bytes // _BYTES_PER_TOKEN_FAIR) + -(-other_bytes // _OTHER_BYTES_PER_TOKEN_FAIR)

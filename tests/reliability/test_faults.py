@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import shekel
-from shekel import budget
+from shekel import BudgetExceededError, budget
 from shekel._budget import DEFAULT_MAX_TOKENS_CEILING
 from shekel._usage import prompt_tokens_high, text_tokens_high
 from shekel.testing import FakeInferenceServer
@@ -548,12 +548,6 @@ def test_a_server_reporting_more_than_the_request_allowed_cannot_pass_the_cap(
     assert b.spent_exact <= Decimal("0.1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prompt_tokens_high() assumes at most one token per 2 UTF-8 bytes, but byte-level BPE tokenizers "
-    "can spend up to one token per byte on rare scripts and emoji; an honest provider's prompt count then "
-    "exceeds the reservation and settle() pushes spend past max_usd. A true bound is 1 token per byte.",
-)
 def test_an_emoji_prompt_counted_at_one_token_per_byte_cannot_pass_the_cap(
     server: FakeInferenceServer,
 ) -> None:
@@ -562,8 +556,19 @@ def test_an_emoji_prompt_counted_at_one_token_per_byte_cannot_pass_the_cap(
     client = InferenceClient(base_url=server.url)
     with budget(max_usd=1.5, price_per_1k_tokens=PRICES) as b:
         server.respond_next(chat_body(usage=usage_of(prompt_tokens, 3)))
-        client.chat_completion(messages, max_tokens=MAX_TOKENS)  # reserved: about 1,040 prompt tokens
+        try:
+            client.chat_completion(messages, max_tokens=MAX_TOKENS)
+        except BudgetExceededError:  # reserved at one token per non-ASCII byte: it does not fit
+            assert server.request_count == 0
     assert b.spent_exact <= Decimal("1.5")
+    # and where it fits, the reservation covers the honest count
+    with budget(max_usd=3, price_per_1k_tokens=PRICES) as b:
+        server.respond_next(chat_body(usage=usage_of(prompt_tokens, 3)))
+        reservation = b.reserve(model=None, prompt_tokens=prompt_tokens_high(messages), max_tokens=MAX_TOKENS)
+        b.release(reservation)
+        assert reservation.cost >= Decimal("0.001") * prompt_tokens
+        client.chat_completion(messages, max_tokens=MAX_TOKENS)
+    assert b.spent_exact <= reservation.cost
 
 
 def test_a_stream_collected_while_the_ledger_lock_is_held_does_not_deadlock(
