@@ -607,6 +607,13 @@ class Budget:
                 f"{cached} cached input tokens were charged at the full input price: the price has no "
                 "cached-input part"
             )
+        allowed = reservation.max_tokens
+        if allowed is not None and usage.output_tokens > allowed + OUTPUT_MARGIN_TOKENS:
+            # Charged as reported: the ledger mirrors what the provider bills, even past the cap.
+            notes.append(
+                f"the server reported {usage.output_tokens} output tokens for a request allowed {allowed}; "
+                "charged as reported"
+            )
         cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
         model = reservation.model if reservation.model is not None else label
         record: _RecordFields = (  # CallRecord's fields, in order
