@@ -678,15 +678,39 @@ class Budget:
         if provider is None or provider == reservation.provider:
             return reservation.price, reservation.provider, []
         price = reservation.chain[0].price_for(reservation.model, provider)
-        if price is not None:
-            return price, provider, []
-        if reservation.price is None:
-            return None, provider, []
-        return (
-            reservation.price,
-            provider,
-            [f"served by {provider!r}, which has no known price: charged at the price it was reserved at"],
-        )
+        reserved = reservation.price
+        if price is None:
+            if reserved is None:
+                return None, provider, []
+            return (
+                reserved,
+                provider,
+                [
+                    f"served by {provider!r}, which has no known price: charged at the price it was reserved at"
+                ],
+            )
+        # Never settle above what was reserved: the cap was checked at the reserved price. A call reserved
+        # unpriced (a gateway in front of the router, say) stays unpriced, and says what it would have cost.
+        if reserved is None:
+            return (
+                None,
+                provider,
+                [
+                    f"served by {provider!r} at {price}, not charged: the call was sent without a "
+                    "price, so the cap could not hold it. Give this endpoint a price (price_per_1k_tokens, "
+                    "a pricing file, or the client's provider=) to have such calls counted."
+                ],
+            )
+        if (
+            price.input_per_token > reserved.input_per_token
+            or price.output_per_token > reserved.output_per_token
+        ):
+            return (
+                reserved,
+                provider,
+                [f"served by {provider!r} at {price}, above the price reserved: charged as reserved"],
+            )
+        return price, provider, []
 
     def _fire_warning(self) -> None:
         assert self._limit is not None
