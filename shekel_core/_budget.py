@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import threading
@@ -341,22 +340,14 @@ class Budget:
             parent._children.append(self)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """Decorate a sync or async function: each call runs inside a fresh budget with this configuration."""
-        if inspect.iscoroutinefunction(fn):
+        """Decorate a function: each call runs inside a fresh budget with this configuration.
 
-            @functools.wraps(fn)
-            async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                async with self.fresh():
-                    return await fn(*args, **kwargs)
+        Sync and async functions, and generator functions (sync or async), whose body runs inside the fresh
+        budget at every step.
+        """
+        from ._decorate import decorate
 
-            return run_async  # type: ignore[return-value]
-
-        @functools.wraps(fn)
-        def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            with self.fresh():
-                return fn(*args, **kwargs)
-
-        return run
+        return decorate(self.fresh, fn)
 
     def fresh(self) -> Budget:
         """A new, unentered budget with the same configuration and nothing spent."""

@@ -295,3 +295,41 @@ async def test_executors_that_copy_the_context_are_counted(server: FakeInference
         ctx = contextvars.copy_context()
         await loop.run_in_executor(None, lambda: ctx.run(chat, client, max_tokens=2))
     assert b.calls == 2 and b.spent_exact == cost(5, 2) * 2
+
+
+def test_decorated_generators_run_every_step_inside_a_fresh_budget(server: FakeInferenceServer) -> None:
+    client = InferenceClient(base_url=server.url)
+    seen: list[Budget | None] = []
+
+    @budget(max_usd=0.1, name="gen", price_per_1k_tokens=PRICES)
+    def answers(n: int) -> Any:
+        for _ in range(n):
+            seen.append(shekel.current_budget())
+            received = yield chat(client, max_tokens=5)
+            assert received is None
+        return "done"
+
+    with budget(name="outer") as outer:
+        with pytest.raises(BudgetExceededError):
+            list(answers(100))  # $0.015 per call: the fresh $0.10 budget stops it
+        assert shekel.current_budget() is outer
+    assert seen[0] is not None and seen[0].name == "gen" and seen[0].parent is outer
+    assert all(b is seen[0] for b in seen)
+    assert 1 <= server.request_count < 100 and outer.spent_exact <= Decimal("0.1")
+
+
+async def test_decorated_async_generators_run_every_step_inside_a_fresh_budget(
+    server: FakeInferenceServer,
+) -> None:
+    client = huggingface_hub.AsyncInferenceClient(base_url=server.url)
+
+    @budget(max_usd=1, name="agen", price_per_1k_tokens=PRICES)
+    async def answers(n: int) -> Any:
+        for _ in range(n):
+            current = shekel.current_budget()
+            assert current is not None and current.name == "agen"
+            yield await client.chat_completion(MESSAGES, model="m", max_tokens=2)
+
+    results = [r async for r in answers(3)]
+    assert len(results) == 3 and shekel.current_budget() is None
+    assert server.request_count == 3
