@@ -503,6 +503,7 @@ class Budget:
                 if tightest is None or budget_room < room:
                     tightest, room = budget, budget_room
         cost = ZERO
+        requested = max_tokens
         if price is not None:
             prompt_cost = price.input_per_token * prompt_tokens
             if max_tokens is None and tightest is not None and price.output_per_token > 0:
@@ -512,7 +513,11 @@ class Budget:
             cost = prompt_cost + price.output_per_token * output_bound
         tokens = 0
         if self._token_capped:
-            max_tokens, tokens = self._reserve_tokens_locked(model, prompt_tokens, max_tokens, ceiling)
+            # A max_tokens shekel chose for the dollars is a ceiling for the token cap, not a caller's demand.
+            token_ceiling = (
+                ceiling if requested is not None or max_tokens is None else min(ceiling, max_tokens)
+            )
+            max_tokens, tokens = self._reserve_tokens_locked(model, prompt_tokens, requested, token_ceiling)
             if price is not None and max_tokens is not None:
                 # The token cap may have set or lowered max_tokens: hold money for what will be asked.
                 cost = price.input_per_token * prompt_tokens + price.output_per_token * (

@@ -333,3 +333,17 @@ async def test_decorated_async_generators_run_every_step_inside_a_fresh_budget(
     results = [r async for r in answers(3)]
     assert len(results) == 3 and shekel.current_budget() is None
     assert server.request_count == 3
+
+
+def test_dollar_and_token_caps_together_choose_the_smaller_max_tokens(server: FakeInferenceServer) -> None:
+    client = InferenceClient(base_url=server.url)
+    with budget(
+        max_usd=1.0, max_total_tokens=1000, price_per_1k_tokens={"input": 0.001, "output": 0.001}
+    ) as b:
+        chat(client)  # no max_tokens: the dollars allow 4096 (the ceiling), the tokens fewer
+    sent = server.requests[-1].body["max_tokens"]
+    assert 1 <= sent <= 1000 - 5
+    assert b.calls == 1 and b.input_tokens + b.output_tokens <= 1000
+    with budget(max_usd=0.05, max_total_tokens=100_000, price_per_1k_tokens=PRICES):
+        chat(client)  # here the dollars are the tighter cap
+    assert server.requests[-1].body["max_tokens"] < 25
