@@ -104,8 +104,22 @@ _EXTRA_BODY_LIMITS = ("max_tokens", "n", "max_completion_tokens")
 
 
 def _count(value: object) -> int | None:
-    """A limit a provider surely applies (a positive whole number), or None: reserve for the worst case."""
-    return value if type(value) is int and value > 0 else None
+    """The positive whole number a lenient provider reads ``value`` as (``1000``, ``1000.0``, ``"1000"``), or
+    None. The value is sent as given; shekel reserves for what it means. Anything else (negative, fractional,
+    not a number) a provider rejects, or reads as less than the budget's own limit."""
+    if type(value) is int:
+        return value if value > 0 else None
+    if isinstance(value, bool):
+        return None
+    readable = (
+        isinstance(value, int)
+        or (isinstance(value, float) and value.is_integer())
+        or (isinstance(value, str) and value.strip().isdigit())
+    )
+    if not readable:
+        return None
+    whole = int(value)  # type: ignore[call-overload]
+    return whole if whole > 0 else None
 
 
 def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
@@ -120,8 +134,7 @@ def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
         if key in extra:
             kwargs[key] = extra.pop(key)
     kwargs["extra_body"] = extra
-    cap = extra.get("max_completion_tokens")
-    return cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+    return _count(extra.get("max_completion_tokens"))
 
 
 # The plain-dict reads below (``key in kwargs``) are ``kwargs.get(key)`` without a function call: this runs on
@@ -134,11 +147,11 @@ def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[
     extra_body = kwargs["extra_body"] if "extra_body" in kwargs else None  # noqa: SIM401
     completion_cap = _limits_from_extra_body(kwargs) if extra_body else None
     n = kwargs["n"] if "n" in kwargs else None  # noqa: SIM401
-    if not (type(n) is int and n > 0):  # _count(n) or 1, inline
-        n = 1
+    if not (type(n) is int and n > 0):  # _count(n) or 1, with the usual case inline
+        n = (_count(n) or 1) if n is not None else 1
     max_tokens = kwargs["max_tokens"] if "max_tokens" in kwargs else None  # noqa: SIM401
-    # An odd value goes to the provider as given; shekel reserves the worst case (_count, inline).
-    limit = max_tokens if type(max_tokens) is int and max_tokens > 0 else None
+    # Sent as given; shekel reserves for what the provider will read it as (_count, the usual case inline).
+    limit = max_tokens if type(max_tokens) is int and max_tokens > 0 else _count(max_tokens)
     if completion_cap is not None:
         limit = completion_cap if limit is None else max(limit, completion_cap)
     prompt_high, prompt_fair = prompt_tokens_estimates(

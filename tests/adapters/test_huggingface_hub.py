@@ -305,3 +305,18 @@ def test_a_stream_broken_after_the_finish_chunk_still_delivers_it(server: FakeIn
                 received.append(chunk.choices[0].finish_reason)
     assert received == [None, None, None, "length"]
     assert b.calls == 1 and b.reserved == 0
+
+
+@pytest.mark.parametrize("max_tokens", [1000.0, "1000"])
+def test_a_limit_written_as_float_or_string_is_reserved_for_what_it_means(
+    server: FakeInferenceServer, max_tokens: Any
+) -> None:
+    client = InferenceClient(base_url=server.url)
+    with budget(max_usd=0.01, price_per_1k_tokens={"input": 0.0, "output": 1.0}) as b:
+        with pytest.raises(BudgetExceededError):  # 1,000 output tokens at $0.001 cannot fit in $0.01
+            chat(client, max_tokens=max_tokens)
+    assert server.request_count == 0 and b.spent == 0
+    with budget(max_usd=2, price_per_1k_tokens={"input": 0.0, "output": 1.0}) as b:
+        chat(client, max_tokens=max_tokens)
+    assert server.requests[-1].body["max_tokens"] == max_tokens  # sent as given
+    assert b.spent_exact <= Decimal(2)
