@@ -234,9 +234,9 @@ class FakeInferenceServer:
     def _words(self, limit: object) -> list[str]:
         # Read a limit the way a lenient (pydantic) server does: 10, 10.0 and "10" all mean 10.
         words = self.reply.split()
-        if isinstance(limit, float) and limit.is_integer():
-            limit = int(limit)
-        elif isinstance(limit, str) and limit.strip().isdigit():
+        if (isinstance(limit, float) and limit.is_integer()) or (
+            isinstance(limit, str) and limit.strip().isdigit()
+        ):
             limit = int(limit)
         n = limit if isinstance(limit, int) and not isinstance(limit, bool) else self.default_max_tokens
         return words[: max(n, 0)]
