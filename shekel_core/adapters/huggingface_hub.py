@@ -45,17 +45,21 @@ def _model_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     model = kwargs.get("model") or getattr(client, "model", None)
     if not isinstance(model, str):
         return None
-    return _without_credentials(model) if "@" in model else model
+    return _without_secrets(model) if ("@" in model or "?" in model or "#" in model) else model
 
 
-def _without_credentials(model: str) -> str:
-    """An endpoint URL without its ``user:password@`` part: the model id reaches records, reports and errors."""
+def _without_secrets(model: str) -> str:
+    """An endpoint URL without its ``user:password@`` part, query string and fragment, any of which may carry
+    a token: the model id reaches records, reports and errors. The request itself still goes to the full URL."""
     parts = urlsplit(model)
-    if not parts.scheme or (parts.username is None and parts.password is None):
+    if not parts.scheme:
         return model
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    return urlunsplit(parts._replace(netloc=host if parts.port is None else f"{host}:{parts.port}"))
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
 
 
 def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:

@@ -320,3 +320,20 @@ def test_a_limit_written_as_float_or_string_is_reserved_for_what_it_means(
         chat(client, max_tokens=max_tokens)
     assert server.requests[-1].body["max_tokens"] == max_tokens  # sent as given
     assert b.spent_exact <= Decimal(2)
+
+
+@pytest.mark.parametrize(
+    "suffix", ["?token=hf_SECRETSECRET", "#hf_SECRETSECRET", "?api_key=hf_SECRETSECRET&x=1"]
+)
+def test_a_token_in_an_endpoint_url_never_reaches_records_reports_or_errors(
+    server: FakeInferenceServer, suffix: str
+) -> None:
+    client = InferenceClient(model=server.url + "/" + suffix)
+    with budget(max_usd=0.0001, price_per_1k_tokens=PRICES):
+        with pytest.raises(BudgetExceededError) as refused:
+            client.text_generation("hello world", max_new_tokens=50)
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        client.text_generation("hello world", max_new_tokens=2)
+    shown = str(refused.value) + b.summary() + repr(b.to_dict()) + repr(b.records)
+    assert "hf_SECRETSECRET" not in shown
+    assert b.calls == 1 and b.records[0].model == server.url + "/"
