@@ -530,6 +530,7 @@ class Budget:
                 limit=tightest._limit,
                 model=model,
                 needed=cost,
+                reserved=tightest._reserved,
             )
         for budget in chain:
             budget._reserved += cost

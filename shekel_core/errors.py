@@ -38,6 +38,7 @@ class BudgetExceededError(ShekelError):
         budget_name: The name of the budget that refused the call.
         model: The model of the refused call, when known.
         needed: The worst-case cost (USD) the call would have needed.
+        reserved: USD that calls in flight held in that budget when the call was refused.
         reason: ``"usd"``, ``"calls"`` or ``"tokens"``: which limit refused the call.
     """
 
@@ -52,19 +53,27 @@ class BudgetExceededError(ShekelError):
         reason: str = "usd",
         calls: int = 0,
         max_calls: int | None = None,
+        reserved: Decimal = Decimal(0),
     ) -> None:
         self.budget_name = budget_name
         self.spent = float(spent)
         self.limit = None if limit is None else float(limit)
         self.model = model
         self.needed = float(needed)
+        self.reserved = float(reserved)
         self.reason = reason
         self.spent_exact = spent
         self.limit_exact = limit
-        super().__init__(self._message(spent, limit, needed, calls, max_calls))
+        super().__init__(self._message(spent, limit, needed, calls, max_calls, reserved))
 
     def _message(
-        self, spent: Decimal, limit: Decimal | None, needed: Decimal, calls: int, max_calls: int | None
+        self,
+        spent: Decimal,
+        limit: Decimal | None,
+        needed: Decimal,
+        calls: int,
+        max_calls: int | None,
+        reserved: Decimal,
     ) -> str:
         who = f"budget {self.budget_name!r}"
         on = f" for model {self.model!r}" if self.model else ""
@@ -79,10 +88,11 @@ class BudgetExceededError(ShekelError):
                 "Raise max_total_tokens or lower max_tokens."
             )
         assert limit is not None
-        remaining = max(limit - spent, Decimal(0))
+        remaining = max(limit - spent - reserved, Decimal(0))
         short = max(needed - remaining, Decimal(0))
+        held = f", {_usd(reserved)} held by calls in flight" if reserved > 0 else ""
         return (
-            f"{who} cannot pay for the next call{on}: spent {_usd(spent)} of {_usd(limit)}, "
+            f"{who} cannot pay for the next call{on}: spent {_usd(spent)} of {_usd(limit)}{held}, "
             f"{_usd(remaining)} left, and the call could cost up to {_usd(needed)} "
             f"({_usd(short)} over the cap). The request was not sent. Raise max_usd, lower max_tokens, "
             "or set fallback={'at_pct': ..., 'model': <a cheaper model>}."

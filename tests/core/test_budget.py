@@ -347,3 +347,17 @@ def test_dollar_and_token_caps_together_choose_the_smaller_max_tokens(server: Fa
     with budget(max_usd=0.05, max_total_tokens=100_000, price_per_1k_tokens=PRICES):
         chat(client)  # here the dollars are the tighter cap
     assert server.requests[-1].body["max_tokens"] < 25
+
+
+def test_a_refusal_names_the_money_held_by_calls_in_flight() -> None:
+    b = budget(max_usd=0.25, name="shared", price_per_1k_tokens=PRICES)
+    held = [b.reserve(model="m", prompt_tokens=10, max_tokens=30) for _ in range(3)]  # $0.074 each
+    with pytest.raises(BudgetExceededError) as refused:
+        b.reserve(model="m", prompt_tokens=10, max_tokens=30)
+    message = str(refused.value)
+    assert "held by calls in flight" in message and "$0.222 held" in message
+    assert "$0.028 left" in message and "over the cap" in message
+    assert refused.value.reserved == pytest.approx(0.222)
+    for reservation in held:
+        b.release(reservation)
+    assert b.reserved == 0
