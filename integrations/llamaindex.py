@@ -19,6 +19,10 @@ Count-once rule. Every LLM call is counted by exactly one layer:
   request is never sent), settled at the usage its response reports when the event ends, released when it
   failed. An LLM event inside another LLM event (a ``CustomLLM``'s ``chat`` calling its ``complete``) is
   the same call and is not counted again (see ``_open_llm_event``).
+* An LLM of another package that calls ``InferenceClient`` itself emits LLM events the handler counts, and
+  HTTP calls the adapter counts. The handler listens for the adapter's calls (``shekel._call.call_observer``)
+  while the LLM method runs and while its stream is read: when the adapter counts a call for the event, the
+  handler gives back its reservation and leaves the charge to the adapter.
 
 The handler also refuses to start a query, an agent step or a sub-question when its budget cannot pay
 even for the smallest call, before retrieval or embedding runs.
@@ -27,7 +31,9 @@ even for the smallest call, before retrieval or embedding runs.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
@@ -37,13 +43,15 @@ try:
     from llama_index.core.callbacks import CBEventType, EventPayload
     from llama_index.core.callbacks.base import global_stack_trace_ids
     from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+    from llama_index.core.instrumentation import NullSpanHandler, root_dispatcher
+    from llama_index.core.instrumentation.span import active_span_id
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ImportError(
         'shekel.integrations.llamaindex needs LlamaIndex: pip install "shekel[llamaindex]"'
     ) from exc
 
 from shekel._budget import Budget
-from shekel._call import CallAccounting, call_in_progress
+from shekel._call import CallAccounting, call_in_progress, call_observer
 from shekel._context import activated, current_budget
 from shekel._usage import Usage, prompt_tokens_fair, prompt_tokens_high, read_usage, text_tokens_fair
 from shekel._usage import text_tokens_high as _text_tokens_high
@@ -81,6 +89,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             )
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
         self.budget = budget
+        _watch_llm_methods()
         if budget is not None:
             install()
 
@@ -115,11 +124,16 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """Settle an LLM event at its reported (or estimated) usage, or release it when it failed."""
         if event_type is not CBEventType.LLM:
             return
-        counted = _counted_events.pop(event_id, None)
-        if counted is None:
+        event = _counted_events.pop(event_id, None)
+        if event is None:
             return
-        call, marker = counted
-        marker.open = False
+        event.open = False
+        if _events_by_span.get(event.span_id or "") is event:
+            del _events_by_span[event.span_id or ""]
+        _stop_observing(event)
+        if event.adapter:
+            return  # the adapter charged the call made for this event
+        call = event.call
         payload = payload or {}
         error = payload.get(EventPayload.EXCEPTION)
         if error is not None and not isinstance(error, GeneratorExit):
@@ -166,37 +180,140 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             prompt = str(payload.get(EventPayload.PROMPT) or "")
             high, fair = _text_tokens_high(prompt), text_tokens_fair(prompt)
         reservation = target.reserve(model=model, prompt_tokens=high, max_tokens=max_tokens)
-        marker = _OpenLLMEvent(traces)
-        # Never reset: the marker closes itself when the event ends (a stream's end runs in another frame).
-        _open_llm_event.set(marker)
-        call = CallAccounting(
-            reservation, prompt_fair=fair, source="llamaindex.llm_event", streamed=False, model_label=model
-        )
-        _counted_events[event_id] = (call, marker)
+        call = CallAccounting(reservation, prompt_fair=fair, source=SOURCE, streamed=False, model_label=model)
+        event = _Event(event_id, call, traces, active_span_id.get())
+        # Never reset: the event closes itself when it ends (a stream's end runs in another frame).
+        _open_llm_event.set(event)
+        _counted_events[event_id] = event
+        if event.span_id is not None and event.span_id not in _events_by_span:
+            _events_by_span[event.span_id] = event
+        # The LLM may itself call InferenceClient: the adapter then counts that call and reports it here.
+        event.previous = _live(call_observer.get())
+        call_observer.set(event)
 
 
-class _OpenLLMEvent:
-    """An LLM event this handler counts, seen from the context that started it."""
+#: ``source`` of the call records this handler writes (the adapter writes its own).
+SOURCE = "llamaindex.llm_event"
 
-    __slots__ = ("open", "traces")
 
-    def __init__(self, traces: tuple[str, ...]) -> None:
+class _Event:
+    """An LLM event this handler counts: its call, where it started, and whether the adapter took it over.
+
+    It is also the ``call_observer`` of the context it started in: the Hugging Face adapter reports each call
+    it counts to it. A call made by the LLM for this event (inside its method, or while its stream is being
+    read) is the adapter's to charge: the handler gives back its own reservation and charges nothing. Other
+    calls are passed on to the observer that was there before.
+    """
+
+    __slots__ = (
+        "adapter",
+        "call",
+        "event_id",
+        "open",
+        "previous",
+        "returned",
+        "span_id",
+        "stream",
+        "traces",
+    )
+
+    def __init__(
+        self, event_id: str, call: CallAccounting, traces: tuple[str, ...], span_id: str | None
+    ) -> None:
+        self.event_id = event_id
+        self.call = call
         self.traces = traces
+        self.span_id = span_id
         self.open = True
+        self.adapter = False  # the adapter counted a call made for this event
+        self.returned = False  # the LLM method that started the event has returned (its span exited)
+        self.stream: weakref.ref[Any] | None = None  # the generator it returned, when it streams
+        self.previous: Callable[[CallAccounting], None] | None = None
 
     def encloses(self, traces: tuple[str, ...]) -> bool:
         """Whether an event started under these traces runs inside this event's LLM method."""
         return len(traces) > len(self.traces) and traces[: len(self.traces)] == self.traces
+
+    def _covers_now(self) -> bool:
+        """Whether code running now runs for this event: inside its LLM method, or reading its stream."""
+        stream = self.stream() if self.stream is not None else None
+        if stream is not None and (
+            getattr(stream, "gi_running", False) or getattr(stream, "ag_running", False)
+        ):
+            return True
+        if self.returned:
+            return False
+        traces = tuple(global_stack_trace_ids.get())
+        return traces[: len(self.traces)] == self.traces
+
+    def __call__(self, call: CallAccounting) -> None:
+        if self.open and call.source != SOURCE and self._covers_now():
+            if not self.adapter:
+                self.adapter = True
+                self.call.fail()  # the adapter reserved for the call itself: give back the handler's hold
+            return
+        if self.previous is not None:
+            self.previous(call)
+
+
+def _live(observer: Callable[[CallAccounting], None] | None) -> Callable[[CallAccounting], None] | None:
+    """``observer``, or the first one below it that is still listening (events that ended drop out)."""
+    while isinstance(observer, _Event) and not observer.open:
+        observer = observer.previous
+    return observer
+
+
+def _stop_observing(event: _Event) -> None:
+    if call_observer.get() is event:
+        call_observer.set(_live(event.previous))
 
 
 # LlamaIndex's LLM events are leaf events (no parent links between them), so an event nested in another
 # (CustomLLM.chat calling its complete) is recognised by the trace stack: each LLM method call pushes a
 # trace while it runs, so an event started below an open counted event's traces, in the same context, is
 # part of that call. A later call in that context (beside a stream still being read) is not below them.
-_open_llm_event: ContextVar[_OpenLLMEvent | None] = ContextVar("shekel_llamaindex_llm_event", default=None)
+_open_llm_event: ContextVar[_Event | None] = ContextVar("shekel_llamaindex_llm_event", default=None)
 
 #: LLM events being counted, by event id, shared by every handler so that each event is counted once.
-_counted_events: dict[str, tuple[CallAccounting, _OpenLLMEvent]] = {}
+_counted_events: dict[str, _Event] = {}
+
+#: The same events by the instrumentation span they started in (LlamaIndex's span of the LLM method).
+_events_by_span: dict[str, _Event] = {}
+
+
+class _SpanWatcher(NullSpanHandler):
+    """Sees each LLM method return (its instrumentation span exits), with the stream it returned."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ShekelSpanWatcher"
+
+    def span_exit(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        result: Any | None = None,
+        **kwargs: Any,
+    ) -> None:
+        event = _events_by_span.get(id_)
+        if event is None:
+            return
+        event.returned = True
+        if event.open and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
+            event.stream = weakref.ref(result)
+
+
+_watching = False
+
+
+def _watch_llm_methods() -> None:
+    """Add the span watcher to LlamaIndex's root dispatcher, once."""
+    global _watching
+    with _install_lock:
+        if not _watching:
+            root_dispatcher.add_span_handler(_SpanWatcher())
+            _watching = True
 
 
 # -------------------------------------------------------------------- which budget, and may it start
