@@ -16,7 +16,8 @@ Count-once rule. Every Hugging Face call made by a LangChain run is charged by e
 * This handler owns the *run*. When a run starts it picks the budget (the one it is bound to, else the one
   active at that moment) and makes it the active one for the run, so that the adapter charges it in
   whatever thread or task LangChain makes the call. The adapter reports each call it counts under the run
-  (``shekel._call.call_observer``).
+  (``shekel._call.call_observer``). A stream runs in the caller's context and hands it each chunk, so there
+  the budget is active only until the request is made: the first streamed token gives the context back.
 * Where the adapter will not see the call (it is uninstalled, the model does not call Hugging Face through
   ``huggingface_hub``, or LangChain starts the run where the handler cannot reach the request), the handler
   checks before the run that the budget can pay for a call of the model's ``max_tokens`` and raises
@@ -83,6 +84,7 @@ class _Run:
         "call",
         "covered",
         "frame",
+        "handed_back",
         "max_tokens",
         "model",
         "observer_token",
@@ -108,6 +110,7 @@ class _Run:
         self.streamed_usage: Usage | None = None
         self.frame: _context._Frame | None = None
         self.covered: _context._Frame | None = None
+        self.handed_back = False  # the caller's context was given back at the first streamed token
         self.owns_queue = False
         self.queue: _Waiting | None = None
         self.queue_token: Token[_Waiting | None] | None = None
@@ -134,6 +137,11 @@ class _Waiting:
     def add(self, run: _Run) -> None:
         with self._lock:
             self._runs.append(run)
+
+    def waiting_besides(self, run: _Run) -> bool:
+        """Whether a run other than ``run`` still waits for its call (a start group still making calls)."""
+        with self._lock:
+            return any(other is not run for other in self._runs)
 
     def discard(self, run: _Run) -> None:
         with self._lock:
@@ -296,14 +304,25 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         run = _runs.get(run_id)
         if run is None:
             return
-        text = token if isinstance(token, str) else (chunk.text if chunk is not None else "")
-        usage = _message_usage(getattr(chunk, "message", None))
-        if usage is not None:
-            run.streamed_usage = usage
-        if text:
-            run.output_chars += len(text)
-            run.output_chunks += 1
-            _check_stream(run)
+        try:
+            text = token if isinstance(token, str) else (chunk.text if chunk is not None else "")
+            usage = _message_usage(getattr(chunk, "message", None))
+            if usage is not None:
+                run.streamed_usage = usage
+            if text:
+                run.output_chars += len(text)
+                run.output_chunks += 1
+                _check_stream(run)
+        finally:
+            # ``stream`` hands each chunk to the caller right after this, and the caller's code runs in
+            # this context until it asks for the next one (or never does): give back what the run's start
+            # changed here. The request is made by now; the rest of the stream is charged to the budget
+            # it reserved on (or by this handler, to ``run.budget``), whatever is active.
+            if not run.handed_back:
+                run.handed_back = True
+                queue = run.queue
+                if queue is None or not queue.waiting_besides(run):
+                    _step_out(run)
 
     # ------------------------------------------------------------------------------ run end
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
@@ -351,22 +370,41 @@ def _unroute(run: _Run) -> None:
         queue.discard(run)
         if run.owns_queue:
             queue.closed = True
-    for var, token in ((call_observer, run.observer_token), (_waiting, run.queue_token)):
-        if token is not None:
-            with suppress(ValueError):  # set in another context: see below
-                var.reset(token)  # type: ignore[arg-type]
+    _step_out(run)
     frame = run.frame
     if frame is None:
         return
-    if _context._active.get() is frame and frame.token is not None:
-        with suppress(ValueError):
-            _context._active.reset(frame.token)
-            return
     # LangChain ends async runs in a copy of the context they started in (``@shielded`` callbacks), so the
     # frame pushed at the start cannot be popped there: it becomes a stand-in for the frame it covered.
     covered = run.covered
     frame.budget = covered.budget if covered is not None else None  # type: ignore[assignment]
     frame.token = covered.token if covered is not None else None
+    run.frame = None
+
+
+def _step_out(run: _Run) -> None:
+    """Undo what :func:`_route` set in this context, if this is the context it was set in.
+
+    Called once the run's request is made (its first streamed token) and when the run ends. Each part is
+    undone once: what cannot be undone here (another context: a task of ``agenerate``, a shielded end) is
+    left for the run's end.
+    """
+    if run.observer_token is not None:
+        with suppress(ValueError):  # set in another context
+            call_observer.reset(run.observer_token)
+            run.observer_token = None
+    if run.queue_token is not None:
+        with suppress(ValueError):
+            _waiting.reset(run.queue_token)
+            run.queue_token = None
+    frame = run.frame
+    if frame is None or frame.token is None or _context._active.get() is not frame:
+        return
+    try:
+        _context._active.reset(frame.token)
+    except ValueError:  # pushed in another context
+        return
+    run.frame = None
 
 
 # ---------------------------------------------------------------------------------- enforcement
