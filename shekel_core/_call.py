@@ -111,6 +111,10 @@ class CallAccounting:
         self.output_chars = 0
 
     # ---- ending the call
+    def reported_usage(self) -> Usage | None:
+        """The usage the server reported, if it did."""
+        return self._usage
+
     def usage(self) -> Usage:
         """Reported usage, or an estimate (marked as such) from the prompt and the output received."""
         if self._usage is not None:
@@ -182,7 +186,7 @@ def iterate_async(
 def _iterate_sync(
     call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]
 ) -> Iterator[Any]:
-    completed = False
+    completed = failed = False
     try:
         chunks = iter(stream)
         for chunk in chunks:
@@ -199,19 +203,22 @@ def _iterate_sync(
                 continue
             yield item
         completed = True
+    except Exception:
+        failed = True
+        raise
     finally:
         try:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
         finally:
-            _finish(call, completed)
+            _finish(call, completed, failed)
 
 
 async def _iterate_async(
     call: CallAccounting, stream: AsyncIterator[Any], observe: Callable[[Any], Any]
 ) -> AsyncIterator[Any]:
-    completed = False
+    completed = failed = False
     try:
         chunks = stream.__aiter__()
         async for chunk in chunks:
@@ -231,13 +238,16 @@ async def _iterate_async(
                 continue
             yield item
         completed = True
+    except Exception:
+        failed = True
+        raise
     finally:
         try:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
         finally:
-            _finish(call, completed)
+            _finish(call, completed, failed)
 
 
 def _release(held: Hold, after: Any, observe: Callable[[Any], Any]) -> tuple[Any, ...]:
@@ -251,13 +261,16 @@ def _release(held: Hold, after: Any, observe: Callable[[Any], Any]) -> tuple[Any
     return (held.chunk, after.chunk if after.__class__ is Hold else after)
 
 
-def _finish(call: CallAccounting, completed: bool) -> None:
+def _finish(call: CallAccounting, completed: bool, failed: bool) -> None:
     if completed:
         call.finish()
         return
-    # The stream raised (the provider's error) or was abandoned. Settle it, but nothing that a ``warn_at``
-    # warning turned error or a failing ``on_warn`` raises may replace the provider's error: the ledger is
-    # already updated when warnings fire.
+    if failed and not call.output_chunks and call.reported_usage() is None:
+        call.fail()  # the stream broke before it delivered anything: a failed call costs nothing
+        return
+    # The stream broke after delivering part of the answer, or was abandoned (GeneratorExit, a cancelled
+    # task): charge what was received. Nothing that a ``warn_at`` warning turned error or a failing
+    # ``on_warn`` raises may replace the provider's error: the ledger is already updated when warnings fire.
     with contextlib.suppress(Exception):
         call.finish()
 

@@ -328,12 +328,9 @@ async def run_async(fault: Fault, server: FakeInferenceServer, dead_url: str) ->
 def check_budget(b: shekel.Budget, fault: Fault, outcome: tuple[Any, ...]) -> None:
     assert_ledger_consistent(b)
     if outcome[0] == "error" or (outcome[0] == "broken" and not outcome[1]):
-        # Failed before anything was delivered: nothing charged, nothing counted.
-        if outcome[0] == "error":
-            assert b.spent_exact == 0 and b.calls == 0, f"charged {b.spent_exact} for a failed call"
-        else:
-            # The server answered 200 and then broke: the prompt was processed, so a prompt-only charge is fair.
-            assert b.calls == 1 and b.output_tokens == 0
+        # Failed before anything was delivered (an error status, or a stream that broke before its first
+        # chunk): a failed call, so nothing charged, nothing counted.
+        assert b.spent_exact == 0 and b.calls == 0, f"charged {b.spent_exact} for a failed call"
         return
     assert b.calls == 1
     (record,) = b.records
