@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from datetime import date, datetime, timezone
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from ._money import MILLION
@@ -131,8 +131,17 @@ def _top(value: Any) -> Decimal | None:
         return None
     tiers = getattr(value, "tiers", None)
     if tiers is not None:
-        return Decimal(max([value.base, *(t.price for t in tiers)]))
-    return Decimal(value)
+        return _published(max([value.base, *(t.price for t in tiers)]))
+    return _published(value)
+
+
+# Some prices in the data went through a float on their way in (1.0399999999999998 for a published $1.04);
+# no published per-1M price has 12 significant digits, so rounding to 12 gives back the price as published.
+_PUBLISHED_DIGITS = Context(prec=12)
+
+
+def _published(value: Any) -> Decimal:
+    return _PUBLISHED_DIGITS.plus(Decimal(value)).normalize(_PUBLISHED_DIGITS)
 
 
 def _label(snapshot: Any, day: date) -> str:
