@@ -17,7 +17,10 @@ Count-once rule. Every LLM call is counted by exactly one layer:
 * Any other LlamaIndex LLM is counted here, from its LLM callback events: reserved when the event starts
   (a refusal raises ``BudgetExceededError`` out of ``on_event_start``, which LlamaIndex propagates, so the
   request is never sent), settled at the usage its response reports when the event ends, released when it
-  failed. An LLM event inside another LLM event (a ``CustomLLM``'s ``chat`` calling its ``complete``) is
+  failed. A stream abandoned part-way ends with no response: it is charged for the chunks it handed to its
+  reader, seen through LlamaIndex's instrumentation (``_ChunkWatcher``). A stream dropped before it is read
+  sends no end event: it is released when it is garbage-collected (``_SpanWatcher`` sees the stream its LLM
+  method returns). An LLM event inside another LLM event (a ``CustomLLM``'s ``chat`` calling its ``complete``) is
   the same call and is not counted again (see ``_open_llm_event``).
 * An LLM of another package that calls ``InferenceClient`` itself emits LLM events the handler counts, and
   HTTP calls the adapter counts. The handler listens for the adapter's calls (``shekel._call.call_observer``)
@@ -43,8 +46,14 @@ try:
     from llama_index.core.callbacks import CBEventType, EventPayload
     from llama_index.core.callbacks.base import global_stack_trace_ids
     from llama_index.core.callbacks.base_handler import BaseCallbackHandler
-    from llama_index.core.instrumentation import NullSpanHandler, root_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+    from llama_index.core.instrumentation.events.llm import (
+        LLMChatInProgressEvent,
+        LLMCompletionInProgressEvent,
+    )
     from llama_index.core.instrumentation.span import active_span_id
+    from llama_index.core.instrumentation.span_handlers import NullSpanHandler
+    from llama_index_instrumentation import root_dispatcher  # LlamaIndex's root (llama_index.core's too)
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ImportError(
         'shekel.integrations.llamaindex needs LlamaIndex: pip install "shekel[llamaindex]"'
@@ -127,25 +136,17 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         event = _counted_events.pop(event_id, None)
         if event is None:
             return
-        event.open = False
-        if _events_by_span.get(event.span_id or "") is event:
-            del _events_by_span[event.span_id or ""]
-        _stop_observing(event)
-        if event.adapter:
-            return  # the adapter charged the call made for this event
-        call = event.call
         payload = payload or {}
         error = payload.get(EventPayload.EXCEPTION)
         if error is not None and not isinstance(error, GeneratorExit):
-            call.fail()
+            _end(event, failed=True)
             return
-        # A stream abandoned by its reader ends with GeneratorExit: charge what was sent for it.
-        response = payload.get(EventPayload.RESPONSE) or payload.get(EventPayload.COMPLETION)
-        if response is not None:
-            call.saw_usage(_reported_usage(response))
-            call.saw_output(_response_text(response))
-            call.streamed = getattr(response, "delta", None) is not None
-        call.finish()
+        # A stream abandoned by its reader ends with GeneratorExit and no response: charge what it delivered.
+        _end(
+            event,
+            abandoned=error is not None,
+            response=payload.get(EventPayload.RESPONSE) or payload.get(EventPayload.COMPLETION),
+        )
 
     def start_trace(self, trace_id: str | None = None) -> None:
         """Nothing to do: budgets are entered by ``with``, not by traces."""
@@ -160,7 +161,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         outer = _open_llm_event.get()
         if (
             event_id in _counted_events  # a second handler in the same callback manager
-            or (outer is not None and outer.open and outer.encloses(traces))
+            or (outer is not None and outer.open and (outer.encloses(traces) or outer.reading()))
             or serialized.get("class_name") in COUNTED_BY_ADAPTER
             or call_in_progress.get()
         ):
@@ -185,8 +186,10 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         # Never reset: the event closes itself when it ends (a stream's end runs in another frame).
         _open_llm_event.set(event)
         _counted_events[event_id] = event
-        if event.span_id is not None and event.span_id not in _events_by_span:
-            _events_by_span[event.span_id] = event
+        if event.span_id is not None:
+            # Two open events in one span (an LLM method with no span of its own, called twice inside one
+            # traced method): neither one's chunks can be told apart, so neither is tracked by span.
+            _events_by_span[event.span_id] = None if event.span_id in _events_by_span else event
         # The LLM may itself call InferenceClient: the adapter then counts that call and reports it here.
         event.previous = _live(call_observer.get())
         call_observer.set(event)
@@ -208,7 +211,9 @@ class _Event:
     __slots__ = (
         "adapter",
         "call",
+        "chunks",
         "event_id",
+        "latest",
         "open",
         "previous",
         "returned",
@@ -228,18 +233,28 @@ class _Event:
         self.adapter = False  # the adapter counted a call made for this event
         self.returned = False  # the LLM method that started the event has returned (its span exited)
         self.stream: weakref.ref[Any] | None = None  # the generator it returned, when it streams
+        self.latest: Any = None  # the last response its stream handed to the reader
+        self.chunks = 0  # stream chunks with text handed to the reader
         self.previous: Callable[[CallAccounting], None] | None = None
 
     def encloses(self, traces: tuple[str, ...]) -> bool:
         """Whether an event started under these traces runs inside this event's LLM method."""
         return len(traces) > len(self.traces) and traces[: len(self.traces)] == self.traces
 
+    def reading(self) -> bool:
+        """Whether the stream this event's LLM method returned is running now (its reader is in it).
+
+        What runs then runs for this event: ``CustomLLM.astream_chat`` calls ``stream_complete`` from its
+        stream, an LLM may send its request from its stream's first step.
+        """
+        stream = self.stream() if self.stream is not None else None
+        return stream is not None and bool(
+            getattr(stream, "gi_running", False) or getattr(stream, "ag_running", False)
+        )
+
     def _covers_now(self) -> bool:
         """Whether code running now runs for this event: inside its LLM method, or reading its stream."""
-        stream = self.stream() if self.stream is not None else None
-        if stream is not None and (
-            getattr(stream, "gi_running", False) or getattr(stream, "ag_running", False)
-        ):
+        if self.reading():
             return True
         if self.returned:
             return False
@@ -268,6 +283,48 @@ def _stop_observing(event: _Event) -> None:
         call_observer.set(_live(event.previous))
 
 
+def _end(event: _Event, *, failed: bool = False, abandoned: bool = False, response: Any = None) -> None:
+    """Settle (or release) the handler's call for an event that ended, whichever way it ended. Once."""
+    if not event.open:
+        return
+    event.open = False
+    if _events_by_span.get(event.span_id or "") is event:
+        _events_by_span.pop(event.span_id or "", None)
+    _stop_observing(event)
+    if event.adapter:
+        return  # the adapter charged the call made for this event
+    call = event.call
+    if failed:
+        call.fail()
+        return
+    if response is not None:
+        call.saw_usage(_reported_usage(response))
+    else:
+        response = event.latest  # the last chunk handed to the reader
+    if response is not None:
+        call.saw_output(_response_text(response))
+        call.output_chunks = max(call.output_chunks, event.chunks)
+        call.streamed = event.chunks > 0 or getattr(response, "delta", None) is not None
+    elif abandoned:
+        # Abandoned, with none of its chunks seen (its LLM method has no instrumentation span of its own, so
+        # they could not be told from other streams'): charge the reserved output, marked as an estimate.
+        call.saw_output_tokens(call.reservation.max_tokens or 0)
+        call.streamed = True
+    call.finish()
+
+
+def _stream_collected(event: _Event) -> None:
+    """A stream was garbage-collected. Never read: nothing was asked of the LLM, release. Read part-way
+    (its end event comes after this): charge what it delivered."""
+    if not event.open:
+        return
+    _counted_events.pop(event.event_id, None)
+    if event.latest is None:
+        _end(event, failed=True)
+    else:
+        _end(event)
+
+
 # LlamaIndex's LLM events are leaf events (no parent links between them), so an event nested in another
 # (CustomLLM.chat calling its complete) is recognised by the trace stack: each LLM method call pushes a
 # trace while it runs, so an event started below an open counted event's traces, in the same context, is
@@ -278,7 +335,7 @@ _open_llm_event: ContextVar[_Event | None] = ContextVar("shekel_llamaindex_llm_e
 _counted_events: dict[str, _Event] = {}
 
 #: The same events by the instrumentation span they started in (LlamaIndex's span of the LLM method).
-_events_by_span: dict[str, _Event] = {}
+_events_by_span: dict[str, _Event | None] = {}
 
 
 class _SpanWatcher(NullSpanHandler):
@@ -296,12 +353,42 @@ class _SpanWatcher(NullSpanHandler):
         result: Any | None = None,
         **kwargs: Any,
     ) -> None:
-        event = _events_by_span.get(id_)
+        try:
+            event = _events_by_span[id_]
+        except KeyError:
+            return
         if event is None:
+            _events_by_span.pop(id_, None)
             return
         event.returned = True
         if event.open and (inspect.isgenerator(result) or inspect.isasyncgen(result)):
             event.stream = weakref.ref(result)
+            # A stream dropped before it is read never sends its end event: settle it when it is collected.
+            weakref.finalize(result, _stream_collected, event).atexit = False
+
+
+class _ChunkWatcher(BaseEventHandler):
+    """Sees each chunk a stream hands to its reader (``LLM*InProgressEvent``), so that a stream abandoned
+    part-way (whose end event carries no response) is charged for what it delivered."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ShekelChunkWatcher"
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if (
+            event.__class__ is not LLMCompletionInProgressEvent
+            and event.__class__ is not LLMChatInProgressEvent
+        ):
+            return
+        counted = _events_by_span.get(event.span_id or "")
+        if counted is None or not counted.open:
+            return
+        response = event.response
+        counted.latest = response
+        if getattr(response, "delta", None):
+            counted.chunks += 1
+        counted.call.saw_usage(_reported_usage(response))
 
 
 _watching = False
@@ -313,6 +400,7 @@ def _watch_llm_methods() -> None:
     with _install_lock:
         if not _watching:
             root_dispatcher.add_span_handler(_SpanWatcher())
+            root_dispatcher.add_event_handler(_ChunkWatcher())
             _watching = True
 
 

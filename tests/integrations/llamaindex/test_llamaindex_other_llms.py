@@ -7,7 +7,9 @@ reports the server's usage in ``raw``, as LlamaIndex's OpenAI-style LLMs do.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from llama_index.core.llms import ChatMessage, CompletionResponse, CustomLLM, LL
 from llama_index.core.llms.callbacks import llm_completion_callback
 
 from shekel import BudgetExceededError, budget
+from shekel._usage import prompt_tokens_fair
 from shekel.integrations.llamaindex import BudgetCallbackHandler
 from shekel.testing import FakeInferenceServer, prompt_tokens_of
 
@@ -192,3 +195,81 @@ def test_two_handlers_in_one_manager_count_once(
     with budget(max_usd=1, price_per_1k_tokens=prices) as b:
         ServerLLM(url=server.url, callback_manager=manager).complete(PROMPT)
     assert b.calls == 1 and b.spent_exact == PROMPT_COST
+
+
+# ------------------------------------------------------------------ streams that do not run to their end
+def delivered_cost(text: str, chunks: int) -> Any:
+    """What a stream is charged for what it handed over: 3 prompt tokens (11 bytes / 4, rounded up) and
+    one token per chunk or per 4 characters, whichever is more, at most the LLM's num_output."""
+    return cost(3, min(NUM_OUTPUT, max(chunks, math.ceil(len(text) / 4))))
+
+
+def test_stream_dropped_before_it_is_read_holds_nothing(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    with budget(max_usd=1, max_llm_calls=1, price_per_1k_tokens=prices) as b:
+        stream = llm.stream_complete(PROMPT)
+        assert b.reserved > 0
+        del stream
+        gc.collect()
+        assert (b.reserved, b.calls, b.spent_exact) == (0, 0, 0)
+        # Its in-flight slot was given back too: the one call max_llm_calls allows can still be made.
+        llm.complete(PROMPT)
+    assert server.request_count == 1  # the dropped stream never sent its request
+    assert b.calls == 1 and b.spent_exact == PROMPT_COST
+
+
+@pytest.mark.parametrize("method", ["stream_complete", "stream_chat"])
+def test_stream_abandoned_part_way_is_charged_for_what_it_delivered(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float], method: str
+) -> None:
+    llm.usage_in = "none"  # the usage rides on the last chunk, which the reader never takes
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        if method == "stream_complete":
+            stream: Any = llm.stream_complete(PROMPT)
+        else:
+            stream = llm.stream_chat([ChatMessage(role="user", content=PROMPT)])
+        first, second = next(stream), next(stream)
+        stream.close()
+    text = second.text if method == "stream_complete" else second.message.content
+    assert text == "Transformers are" and first.delta == "Transformers"
+    (record,) = b.records
+    assert record.estimated and record.streamed and record.output_tokens == 4
+    if method == "stream_complete":
+        assert b.spent_exact == delivered_cost(text, 2)
+    else:  # the prompt is estimated from the chat message
+        assert record.input_tokens == prompt_tokens_fair([{"role": "user", "content": PROMPT}])
+        assert b.spent_exact == cost(record.input_tokens, 4)
+    assert b.reserved == 0 and b.calls == 1
+
+
+def test_stream_abandoned_and_collected_is_charged_for_what_it_delivered(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    with budget(max_usd=1, price_per_1k_tokens=prices) as b:
+        stream = llm.stream_complete(PROMPT)
+        text = [next(stream).text for _ in range(3)][-1]
+        del stream
+        gc.collect()
+    assert b.calls == 1 and b.reserved == 0 and b.estimated_calls == 1
+    assert b.spent_exact == delivered_cost(text, 3)
+
+
+async def test_async_streams_dropped_or_abandoned(
+    llm: ServerLLM, server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    async with budget(max_usd=1, max_llm_calls=2, price_per_1k_tokens=prices) as b:
+        dropped = await llm.astream_chat([ChatMessage(role="user", content=PROMPT)])
+        del dropped
+        gc.collect()
+        assert (b.reserved, b.calls) == (0, 0)
+        stream = await llm.astream_chat([ChatMessage(role="user", content=PROMPT)])
+        first = await stream.__anext__()
+        await stream.aclose()
+    assert server.request_count == 1  # the dropped stream never sent its request
+    assert first.message.content == "Transformers"
+    # One call (CustomLLM.astream_chat reads stream_complete from its stream: the same call), charged for
+    # the one chunk it delivered.
+    (record,) = b.records
+    assert (record.output_tokens, record.estimated) == (3, True)  # 12 characters / 4
+    assert b.calls == 1 and b.reserved == 0
