@@ -35,7 +35,6 @@ is imported), unless the run already has a ``BudgetCallbackHandler``.
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -61,13 +60,7 @@ from shekel._budget import OUTPUT_MARGIN_TOKENS, Budget, Reservation
 from shekel._call import CallAccounting, call_observer
 from shekel._context import current_budget
 from shekel._patching import ensure_installed
-from shekel._usage import (
-    Usage,
-    prompt_tokens_fair,
-    prompt_tokens_high,
-    text_tokens_fair,
-    text_tokens_high,
-)
+from shekel._usage import Usage, prompt_tokens_estimates, text_tokens_fair, text_tokens_high
 from shekel.errors import BudgetExceededError, PricingError
 
 __all__ = ["BudgetCallbackHandler"]
@@ -116,8 +109,12 @@ class _Run:
         self.queue_token: Token[_Waiting | None] | None = None
         self.observer_token: Token[Any] | None = None
 
-    def output_tokens(self, *, clamp: bool = True) -> int:
-        return _estimate_output(self.output_chunks, self.output_chars, self.max_tokens if clamp else None)
+    def streamed_tokens(self) -> int:
+        """Output tokens streamed so far, unclamped (a server may send more than ``max_tokens``).
+
+        The per-chunk rule of :meth:`CallAccounting.usage`, which charges the run when no usage comes.
+        """
+        return max(self.output_chunks, -(-self.output_chars // 4))
 
 
 class _Waiting:
@@ -216,12 +213,13 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         chat = messages[0] if messages else []
         params = invocation_params or {}
         meta = metadata or {}
+        prompt_high, prompt_fair = prompt_tokens_estimates(chat, params.get("tools"))
         self._start(
             run_id,
             serialized,
             model=_model_name(params, meta),
-            prompt_high=prompt_tokens_high(chat, params.get("tools")),
-            prompt_fair=prompt_tokens_fair(chat, params.get("tools")),
+            prompt_high=prompt_high,
+            prompt_fair=prompt_fair,
             max_tokens=_int_or_none(params.get("max_tokens", meta.get("ls_max_tokens"))),
         )
 
@@ -329,7 +327,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """Charge the run here if no call was counted under it (else the adapter already did)."""
         run = self._finish(run_id)
         if run is not None and run.call is None and not run.started_in_copy:
-            _settle_here(run, _result_usage(run, response), _result_model(response))
+            usage, text = _result_usage(run, response)
+            _settle_here(run, usage, _result_model(response), text=text)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Charge what a stream delivered before it failed, if no call was counted under the run."""
@@ -337,8 +336,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         if run is None or run.call is not None or run.started_in_copy:
             return
         if run.output_chunks or run.streamed_usage is not None:
-            usage = run.streamed_usage or Usage(run.prompt_fair, run.output_tokens(), estimated=True)
-            _settle_here(run, usage, None)
+            _settle_here(run, run.streamed_usage, None)
 
     def _finish(self, run_id: UUID) -> _Run | None:
         with _runs_lock:
@@ -418,7 +416,10 @@ def _check(budget: Budget, model: str | None, prompt_tokens: int, max_tokens: in
 
 
 def _room(chain: Sequence[Budget]) -> tuple[Budget, Decimal] | None:
-    """The tightest capped budget of ``chain`` and what it has neither spent nor promised, or None."""
+    """The tightest capped budget of ``chain`` and what it has neither spent nor promised, or None.
+
+    ``Budget._reserve_locked`` reads the same, inline: it runs under the budget's lock on every call.
+    """
     tightest: tuple[Budget, Decimal] | None = None
     for budget in chain:
         limit = budget._limit
@@ -438,7 +439,7 @@ def _check_stream(run: _Run) -> None:
     if price is None:
         return
     allowed = None if reservation is None else reservation.max_tokens
-    streamed = run.output_tokens(clamp=False)
+    streamed = run.streamed_tokens()
     if allowed is not None and streamed < allowed + OUTPUT_MARGIN_TOKENS:
         return  # still inside what was reserved for the call
     tightest = _room(chain)
@@ -458,19 +459,38 @@ def _check_stream(run: _Run) -> None:
 
 
 # ---------------------------------------------------------------------------------- charging here
-def _settle_here(run: _Run, usage: Usage, label: str | None) -> None:
-    """Charge a run no lower layer counted. The request was made, so this is recorded even past the cap."""
+def _settle_here(run: _Run, usage: Usage | None, label: str | None, *, text: str = "") -> None:
+    """Charge a run no lower layer counted. The request was made, so this is recorded even past the cap.
+
+    Through the core's accounting of one call: at ``usage`` when LangChain returned it, else an estimate from
+    the prompt and the output received (streamed, or ``text``), at most the run's ``max_tokens``, marked.
+    """
     budget = run.budget
     chain = budget._chain
+    reservation = Reservation(chain, Decimal(0), run.model, budget.price_for(run.model), run.max_tokens, None)
+    observer = call_observer.set(None)  # the handler's own charge: not a call made below a run
+    try:
+        call = CallAccounting(
+            reservation,
+            prompt_fair=run.prompt_fair,
+            source=SOURCE,
+            streamed=bool(run.output_chunks),
+            model_label=label,
+        )
+    finally:
+        call_observer.reset(observer)
+    call.output_chunks = run.output_chunks
+    call.output_chars = max(run.output_chars, len(text))
+    call.saw_usage(usage)
     with budget._lock:
         for member in chain:
             member._inflight += 1  # settle() gives back one call slot per call
-    reservation = Reservation(chain, Decimal(0), run.model, budget.price_for(run.model), None, None)
-    budget.settle(reservation, usage, streamed=bool(run.output_chunks), source=SOURCE, label=label)
+    call.finish()
 
 
-def _result_usage(run: _Run, response: LLMResult) -> Usage:
-    """Usage LangChain returned for the run (message usage, then ``token_usage``), else an estimate."""
+def _result_usage(run: _Run, response: LLMResult) -> tuple[Usage | None, str]:
+    """Usage LangChain returned for the run (message usage, then ``token_usage``, then the streamed usage),
+    or None; and the text generated."""
     input_tokens = output_tokens = 0
     found = False
     text = ""
@@ -480,17 +500,14 @@ def _result_usage(run: _Run, response: LLMResult) -> Usage:
             usage = _message_usage(getattr(generation, "message", None))
             if usage is not None:
                 input_tokens, output_tokens, found = usage.input_tokens, usage.output_tokens, True
-    if not found:
-        token_usage = (response.llm_output or {}).get("token_usage")
-        prompt = _int_or_none(_get(token_usage, "prompt_tokens"))
-        completion = _int_or_none(_get(token_usage, "completion_tokens"))
-        if prompt is not None and completion is not None:
-            return Usage(prompt, completion)
-        if run.streamed_usage is not None:
-            return run.streamed_usage
-        estimate = max(run.output_tokens(), _estimate_output(0, len(text), run.max_tokens))
-        return Usage(run.prompt_fair, estimate, estimated=True)
-    return Usage(input_tokens, output_tokens)
+    if found:
+        return Usage(input_tokens, output_tokens), text
+    token_usage = (response.llm_output or {}).get("token_usage")
+    prompt = _int_or_none(_get(token_usage, "prompt_tokens"))
+    completion = _int_or_none(_get(token_usage, "completion_tokens"))
+    if prompt is not None and completion is not None:
+        return Usage(prompt, completion), text
+    return run.streamed_usage, text
 
 
 def _result_model(response: LLMResult) -> str | None:
@@ -501,13 +518,6 @@ def _result_model(response: LLMResult) -> str | None:
             metadata = getattr(getattr(generation, "message", None), "response_metadata", None)
             candidates.append(_get(metadata, "model_name"))
     return next((m for m in candidates if isinstance(m, str) and m), None)
-
-
-def _estimate_output(chunks: int, chars: int, max_tokens: int | None) -> int:
-    # About one token per stream chunk, about four characters per token: the larger errs high; a server
-    # cannot have generated more than it was allowed to.
-    estimate = max(chunks, math.ceil(chars / 4))
-    return estimate if max_tokens is None else min(estimate, max_tokens)
 
 
 def _in_event_loop() -> bool:
