@@ -282,6 +282,42 @@ def test_query_refused_before_retrieval_when_calls_are_used_up(
     assert len(server.requests) == 1 and b.calls == 1
 
 
+@pytest.mark.parametrize("priced", [True, False], ids=["priced", "unpriced"])
+def test_query_refused_before_retrieval_when_the_last_call_is_in_flight(
+    make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float], priced: bool
+) -> None:
+    # The gate follows the core's rule: a call in flight holds its max_llm_calls slot.
+    from .test_llamaindex_other_llms import ServerLLM
+
+    events = LlamaDebugHandler()
+    Settings.callback_manager = CallbackManager([BudgetCallbackHandler(), events])
+    engine = query_engine(make_llm())
+    streamer = ServerLLM(url=server.url, callback_manager=Settings.callback_manager)
+    with budget(max_llm_calls=1, price_per_1k_tokens=prices if priced else None) as b:
+        stream = streamer.stream_complete("hello there")
+        next(stream)
+        with pytest.raises(BudgetExceededError) as refused:
+            engine.query("What are transformers?")
+        for _ in stream:
+            pass
+    assert refused.value.reason == "calls"
+    assert events.get_events(CBEventType.RETRIEVE) == []  # stopped at the query's start event
+    assert len(server.requests) == 1 and b.calls == 1 and b.reserved == 0
+
+
+def test_unpriced_query_gate_warns_of_no_model_of_its_own(
+    make_llm: MakeLLM, server: FakeInferenceServer
+) -> None:
+    Settings.callback_manager = CallbackManager([BudgetCallbackHandler()])
+    engine = query_engine(make_llm())
+    with pytest.warns(UserWarning) as warned, budget(max_usd=1, max_llm_calls=5) as b:
+        engine.query("What are transformers?")
+    messages = [str(w.message) for w in warned]
+    assert not any("model None" in m for m in messages)
+    assert any(server.url in m for m in messages)  # the call itself warns, for its own model
+    assert b.calls == 1 and b.reserved == 0
+
+
 def test_no_budget_counts_nothing_and_changes_nothing(make_llm: MakeLLM, server: FakeInferenceServer) -> None:
     Settings.callback_manager = CallbackManager([BudgetCallbackHandler()])
     assert str(query_engine(make_llm()).query("What are transformers?")) == REPLY
