@@ -16,11 +16,15 @@ R = TypeVar("R")
 
 
 class _Frame:
-    """One entry of a budget in one context. The token restores exactly what was active before it."""
+    """One entry of a budget in one context. The token restores exactly what was active before it.
+
+    ``budget`` may be None: an integration that cannot reset a frame in a context it does not run in (LangChain
+    ends async runs in copies of the context) neutralises the frame instead, and None means "no budget".
+    """
 
     __slots__ = ("budget", "token")
 
-    def __init__(self, budget: Budget) -> None:
+    def __init__(self, budget: Budget | None) -> None:
         self.budget = budget
         self.token: Token[_Frame | None] | None = None
 

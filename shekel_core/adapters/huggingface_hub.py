@@ -326,9 +326,10 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
     @functools.wraps(original)
     def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         frame = active_frame.get()  # current_budget(), inline
-        if frame is None or call_in_progress.get():
+        budget = None if frame is None else frame.budget
+        if budget is None or call_in_progress.get():
             return original(self, *args, **kwargs)
-        pending = plan(frame.budget, self, args, kwargs)
+        pending = plan(budget, self, args, kwargs)
         token = call_in_progress.set(pending)
         try:
             served_by.attach_sync()
@@ -350,9 +351,10 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
     @functools.wraps(original)
     async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
         frame = active_frame.get()  # current_budget(), inline
-        if frame is None or call_in_progress.get():
+        budget = None if frame is None else frame.budget
+        if budget is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
-        pending = plan(frame.budget, self, args, kwargs)
+        pending = plan(budget, self, args, kwargs)
         token = call_in_progress.set(pending)
         try:
             await served_by.attach_async(self)
