@@ -375,7 +375,7 @@ def _unroute(run: _Run) -> None:
     # LangChain ends async runs in a copy of the context they started in (``@shielded`` callbacks), so the
     # frame pushed at the start cannot be popped there: it becomes a stand-in for the frame it covered.
     covered = run.covered
-    frame.budget = covered.budget if covered is not None else None  # type: ignore[assignment]
+    frame.budget = covered.budget if covered is not None else None
     frame.token = covered.token if covered is not None else None
     run.frame = None
 
