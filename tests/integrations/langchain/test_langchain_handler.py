@@ -40,16 +40,6 @@ TOPIC = Decimal("0.017")  # "Tell me about tides": 7 input tokens, 5 output toke
 WORDS = 5
 
 
-@pytest.fixture
-def llm(server: FakeInferenceServer) -> HuggingFaceEndpoint:
-    return HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=WORDS)
-
-
-@pytest.fixture
-def chat(llm: HuggingFaceEndpoint) -> ChatHuggingFace:
-    return ChatHuggingFace(llm=llm)
-
-
 @contextmanager
 def adapter_removed() -> Iterator[None]:
     """The Hugging Face adapter uninstalled: only the handler can count."""

@@ -34,16 +34,6 @@ WORDS = 5
 
 
 @pytest.fixture
-def llm(server: FakeInferenceServer) -> HuggingFaceEndpoint:
-    return HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=WORDS)
-
-
-@pytest.fixture
-def chat(llm: HuggingFaceEndpoint) -> ChatHuggingFace:
-    return ChatHuggingFace(llm=llm)
-
-
-@pytest.fixture
 def b() -> Iterator[Budget]:
     """A budget only the handler charges: the adapter is uninstalled for the test, once its handler exists."""
     charged = budget(max_usd=1, price_per_1k_tokens=PRICES)
