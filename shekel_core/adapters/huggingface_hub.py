@@ -290,31 +290,28 @@ class _TextCall(CallAccounting):
     added_details: bool
 
     def settle(self, response: Any) -> Any:
-        call = self
         if isinstance(response, str):
-            call.saw_output(response)
-            call.finish()
+            self.saw_output(response)
+            self.finish()
             return response
         # Malformed counts (negative, absurd, not whole) are ignored, as in ``usage``: the text is estimated.
         tokens = _token_count(getattr(getattr(response, "details", None), "generated_tokens", None))
         if tokens is not None:
-            call.saw_output_tokens(tokens)
+            self.saw_output_tokens(tokens)
         else:
-            call.saw_output(getattr(response, "generated_text", None))
-        call.finish()
+            self.saw_output(getattr(response, "generated_text", None))
+        self.finish()
         return response.generated_text if self.added_details else response
 
     def observe(self, chunk: Any) -> Any:
-        call = self
+        self.output_chunks += 1  # TGI streams one token per event
         if isinstance(chunk, str):
-            call.output_chunks += 1
             return chunk
-        call.output_chunks += 1
         details = chunk.details
         if details is not None:
             tokens = _token_count(details.generated_tokens)
             if tokens is not None:
-                call.output_chunks = tokens
+                self.output_chunks = tokens
         return chunk.token.text if self.added_details else chunk
 
 
