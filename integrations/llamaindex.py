@@ -271,6 +271,18 @@ class _Event:
         if self.previous is not None:
             self.previous(call)
 
+    def before_reserve(self) -> None:
+        """The adapter is about to reserve a call: if it is this event's, give back the handler's hold first
+        (``shekel._call.before_reserve``), so the two never overlap."""
+        if self.open and self._covers_now():
+            if not self.adapter:
+                self.adapter = True
+                self.call.fail()
+            return
+        hand_back = getattr(self.previous, "before_reserve", None)
+        if hand_back is not None:
+            hand_back()
+
 
 def _live(observer: Callable[[CallAccounting], None] | None) -> Callable[[CallAccounting], None] | None:
     """``observer``, or the first one below it that is still listening (events that ended drop out)."""

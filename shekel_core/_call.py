@@ -28,6 +28,21 @@ call_observer: ContextVar[Callable[[CallAccounting], None] | None] = ContextVar(
 )
 
 
+def before_reserve() -> None:
+    """Called by the adapter just before it reserves a call it counts.
+
+    An observer that itself holds a reservation for what may be this very call (a LlamaIndex LLM event whose
+    LLM calls ``InferenceClient``) may give it back first, through its ``before_reserve`` method, so that the
+    two holds never overlap: otherwise a call needing the last dollar or the last ``max_llm_calls`` slot
+    would be refused by its own shadow.
+    """
+    observer = call_observer.get()
+    if observer is not None:
+        hand_back = getattr(observer, "before_reserve", None)
+        if hand_back is not None:
+            hand_back()
+
+
 class _Skip:
     __slots__ = ()
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
-from .._call import SKIP, CallAccounting, Hold, call_in_progress, iterate_async, iterate_sync
+from .._call import SKIP, CallAccounting, Hold, before_reserve, call_in_progress, iterate_async, iterate_sync
 from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
 from .._usage import (
@@ -326,6 +326,7 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return original(self, *args, **kwargs)
+        before_reserve()
         pending = plan(budget, self, args, kwargs)
         token = call_in_progress.set(pending)
         try:
@@ -351,6 +352,7 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
+        before_reserve()
         pending = plan(budget, self, args, kwargs)
         token = call_in_progress.set(pending)
         try:

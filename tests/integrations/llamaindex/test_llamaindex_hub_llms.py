@@ -171,3 +171,13 @@ def test_a_failed_request_costs_nothing(
         llm.complete(PROMPT)
     assert isinstance(failed.value, (httpx.HTTPError, OSError)) or "500" in str(failed.value)
     assert (b.calls, b.spent_exact, b.reserved) == (0, 0, 0)
+
+
+def test_the_last_call_slot_goes_to_the_call_itself(llm: HubLLM, server: FakeInferenceServer) -> None:
+    """The handler's hold on the event is given back before the adapter reserves the HTTP call, so a budget
+    with room for exactly one call lets that call through (it was refused by its own shadow before)."""
+    with budget(max_llm_calls=1, price_per_1k_tokens={"input": 1.0, "output": 2.0}) as b:
+        llm.complete(PROMPT)
+    assert server.request_count == 1 and b.calls == 1
+    assert only_adapter_records(b) == [(ADAPTER, 5, NUM_OUTPUT)]
+    assert b.reserved == 0
