@@ -24,6 +24,7 @@ from .._call import SKIP, CallAccounting, Hold, before_reserve, call_in_progress
 from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
 from .._usage import (
+    _field,
     _token_count,
     prompt_tokens_estimates,
     read_usage,
@@ -205,12 +206,18 @@ class _ChatCall(CallAccounting):
             choices = None
         for choice in choices or ():
             try:
-                content = choice.message.content
+                message = choice.message
+                content = message.content
             except AttributeError:
-                content = None
+                message = content = None
             if content:  # saw_output, inline
                 self.output_chars += len(content)
                 self.output_chunks += 1
+            elif message is not None:
+                generated = _side_output(message)
+                if generated:
+                    self.output_chars += generated
+                    self.output_chunks += 1
         try:
             self.model_label = response.model or None
         except AttributeError:
@@ -233,12 +240,33 @@ class _ChatCall(CallAccounting):
             if content:
                 self.output_chars += len(content)
                 self.output_chunks += 1
+            elif delta is not None:
+                generated = _side_output(delta)  # a tool call's arguments, reasoning: output too
+                if generated:
+                    self.output_chars += generated
+                    self.output_chunks += 1
             if choice.finish_reason is not None:
                 finished = True
         if finished and self.strip and usage is None:
             # Read the usage chunk we asked for before handing on the last one: callers may stop here.
             return Hold(chunk)
         return chunk
+
+
+def _side_output(message: Any) -> int:
+    """Characters a message or delta generated besides ``content``: reasoning and tool-call arguments."""
+    size = 0
+    for key in ("reasoning", "reasoning_content"):
+        text = _field(message, key)
+        if isinstance(text, str):
+            size += len(text)
+    for tool_call in _field(message, "tool_calls") or ():
+        function = _field(tool_call, "function")
+        for key in ("name", "arguments"):
+            text = _field(function, key) if function is not None else None
+            if isinstance(text, str):
+                size += len(text)
+    return size
 
 
 def _unsupported_text_generation_kwargs(model: str | None) -> list[str]:

@@ -337,3 +337,45 @@ def test_a_token_in_an_endpoint_url_never_reaches_records_reports_or_errors(
     shown = str(refused.value) + b.summary() + repr(b.to_dict()) + repr(b.records)
     assert "hf_SECRETSECRET" not in shown
     assert b.calls == 1 and b.records[0].model == server.url + "/"
+
+
+def test_a_tool_call_stream_that_fails_mid_way_is_charged_for_what_it_delivered(
+    server: FakeInferenceServer,
+) -> None:
+    """Deltas that carry only tool-call arguments (or reasoning) are output too: a stream that breaks after
+    them delivered something and is charged, where one that broke before any chunk costs nothing."""
+    import json
+
+    delta = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "c1",
+                "type": "function",
+                "function": {"name": None, "arguments": '{"city": "Par'},
+            }
+        ],
+    }
+    chunk = {
+        "object": "chat.completion.chunk",
+        "id": "",
+        "created": 1,
+        "model": "m",
+        "system_fingerprint": "",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+        "usage": None,
+    }
+    body = f"data: {json.dumps(chunk)}\n\n" * 5 + 'data: {"error": "upstream overloaded"}\n\n'
+    server.respond_next(body, content_type="text/event-stream")
+    client = InferenceClient(base_url=server.url)
+    received = 0
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        with pytest.raises(Exception, match="upstream overloaded"):  # the provider's error, unchanged
+            for _ in chat(client, max_tokens=50, stream=True):
+                received += 1
+    assert received == 5
+    assert b.calls == 1 and b.reserved == 0
+    (record,) = b.records
+    assert record.estimated and 5 <= record.output_tokens <= 50
