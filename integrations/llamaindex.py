@@ -271,17 +271,20 @@ class _Event:
         if self.previous is not None:
             self.previous(call)
 
-    def before_reserve(self) -> None:
+    def before_reserve(self) -> Budget | None:
         """The adapter is about to reserve a call: if it is this event's, give back the handler's hold first
-        (``shekel._call.before_reserve``), so the two never overlap."""
+        (``shekel._call.before_reserve``), so the two never overlap, and have the adapter charge the budget
+        the handler held on (a bound handler's budget, whatever budget is active around the call)."""
         if self.open and self._covers_now():
             if not self.adapter:
                 self.adapter = True
                 self.call.fail()
-            return
+            return self.call.reservation.chain[0]
         hand_back = getattr(self.previous, "before_reserve", None)
         if hand_back is not None:
-            hand_back()
+            target: Budget | None = hand_back()
+            return target
+        return None
 
 
 def _live(observer: Callable[[CallAccounting], None] | None) -> Callable[[CallAccounting], None] | None:

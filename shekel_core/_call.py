@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Final
 
-from ._budget import Reservation
+from ._budget import Budget, Reservation
 from ._usage import Usage, read_usage
 
 #: Truthy while a counted call runs, so that layers below it (a recursive retry inside huggingface_hub, the
@@ -28,19 +28,23 @@ call_observer: ContextVar[Callable[[CallAccounting], None] | None] = ContextVar(
 )
 
 
-def before_reserve() -> None:
-    """Called by the adapter just before it reserves a call it counts.
+def before_reserve() -> Budget | None:
+    """Called by the adapter just before it reserves a call it counts; returns the budget to charge instead
+    of the active one, or None.
 
     An observer that itself holds a reservation for what may be this very call (a LlamaIndex LLM event whose
-    LLM calls ``InferenceClient``) may give it back first, through its ``before_reserve`` method, so that the
-    two holds never overlap: otherwise a call needing the last dollar or the last ``max_llm_calls`` slot
-    would be refused by its own shadow.
+    LLM calls ``InferenceClient``) gives it back first, through its ``before_reserve`` method, so that the two
+    holds never overlap (otherwise a call needing the last dollar or the last ``max_llm_calls`` slot would be
+    refused by its own shadow), and names the budget it held on: a handler bound to a budget has the call
+    charged there, whatever budget is active around it.
     """
     observer = call_observer.get()
     if observer is not None:
         hand_back = getattr(observer, "before_reserve", None)
         if hand_back is not None:
-            hand_back()
+            target: Budget | None = hand_back()
+            return target
+    return None
 
 
 class _Skip:

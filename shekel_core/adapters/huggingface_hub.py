@@ -354,8 +354,7 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return original(self, *args, **kwargs)
-        before_reserve()
-        pending = plan(budget, self, args, kwargs)
+        pending = plan(before_reserve() or budget, self, args, kwargs)
         token = call_in_progress.set(pending)
         try:
             served_by.attach_sync()
@@ -380,8 +379,7 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
-        before_reserve()
-        pending = plan(budget, self, args, kwargs)
+        pending = plan(before_reserve() or budget, self, args, kwargs)
         token = call_in_progress.set(pending)
         try:
             await served_by.attach_async(self)

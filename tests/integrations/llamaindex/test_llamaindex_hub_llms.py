@@ -181,3 +181,21 @@ def test_the_last_call_slot_goes_to_the_call_itself(llm: HubLLM, server: FakeInf
     assert server.request_count == 1 and b.calls == 1
     assert only_adapter_records(b) == [(ADAPTER, 5, NUM_OUTPUT)]
     assert b.reserved == 0
+
+
+def test_a_bound_handler_charges_its_budget_inside_an_unrelated_one(server: FakeInferenceServer) -> None:
+    """The adapter charges the budget the handler is bound to, not the one active around the call, and that
+    budget's caps hold (here: one call)."""
+    from shekel import BudgetExceededError
+
+    bound = budget(
+        max_usd=1, max_llm_calls=1, name="bound", price_per_1k_tokens={"input": 1.0, "output": 2.0}
+    )
+    llm = HubLLM(url=server.url, callback_manager=CallbackManager([BudgetCallbackHandler(budget=bound)]))
+    with budget(name="outer", price_per_1k_tokens={"input": 1.0, "output": 2.0}) as outer:
+        llm.complete(PROMPT)
+        with pytest.raises(BudgetExceededError):
+            llm.complete(PROMPT)
+    assert server.request_count == 1
+    assert bound.calls == 1 and bound.spent_exact == PROMPT_COST and bound.reserved == 0
+    assert outer.calls == 0
