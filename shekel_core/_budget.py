@@ -234,6 +234,7 @@ class Budget:
         return self._spent
 
     @property
+    @exact_money
     def remaining(self) -> float | None:
         """``limit - spent`` (never negative), or None without a dollar cap. Calls in flight hold part of it."""
         if self._limit is None:
@@ -777,6 +778,7 @@ class Budget:
         snapshot["children"] = [child.to_dict() for child in children]
         return snapshot
 
+    @exact_money
     def summary(self) -> str:
         """A readable table of this budget: totals, per model, per child budget, and unpriced calls."""
         from ._report import render_summary

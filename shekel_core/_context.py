@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from ._patching import ensure_installed
+
 if TYPE_CHECKING:
     from ._budget import Budget
 
@@ -61,8 +63,6 @@ def activated(budget: Budget) -> Iterator[Budget]:
     For handlers bound to a budget object (``BudgetCallbackHandler(budget=b)``): a long-lived budget used under
     one request's budget and then another's must not be attached to the first, as ``with b:`` would do.
     """
-    from ._patching import ensure_installed
-
     ensure_installed()
     frame = push(budget)
     try:

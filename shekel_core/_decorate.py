@@ -94,6 +94,7 @@ def decorate(fresh: Callable[[], Budget], fn: Callable[..., Any]) -> Callable[..
 
 
 def _attached(budget: Budget) -> Budget:
-    # Entering once fixes the budget's parent: the budget active where the generator was created.
+    # Entering once fixes the budget's parent: the budget active where the generator is first iterated
+    # (its body starts there; creating a generator runs none of it).
     with budget:
         return budget

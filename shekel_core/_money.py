@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from decimal import Context, Decimal, InvalidOperation, getcontext, localcontext
+from decimal import Context, Decimal, Inexact, InvalidOperation, Rounded, getcontext, localcontext
 from numbers import Real
 from typing import ParamSpec, TypeVar
 
@@ -28,13 +28,15 @@ R = TypeVar("R")
 def exact_money(fn: Callable[P, R]) -> Callable[P, R]:
     """Run ``fn`` with enough decimal precision for exact money, whatever the caller's decimal context.
 
-    An application may lower ``decimal.getcontext().prec`` for its own work; shekel's charges must not be
-    rounded by it. The usual context is left alone (one check), a narrower one is swapped for shekel's own.
+    An application may lower ``decimal.getcontext().prec`` or trap ``Inexact`` for its own work; shekel's
+    charges must neither be rounded by it nor fail on the divisions a reservation makes. The usual context is
+    left alone (one check), any other is swapped for shekel's own.
     """
 
     @functools.wraps(fn)
     def exact(*args: P.args, **kwargs: P.kwargs) -> R:
-        if getcontext().prec >= MONEY_PRECISION:
+        context = getcontext()
+        if context.prec >= MONEY_PRECISION and not (context.traps[Inexact] or context.traps[Rounded]):
             return fn(*args, **kwargs)
         with localcontext(_MONEY_CONTEXT):
             return fn(*args, **kwargs)

@@ -235,7 +235,7 @@ class FakeInferenceServer:
         # Read a limit the way a lenient (pydantic) server does: 10, 10.0 and "10" all mean 10.
         words = self.reply.split()
         if (isinstance(limit, float) and limit.is_integer()) or (
-            isinstance(limit, str) and limit.strip().isdigit()
+            isinstance(limit, str) and limit.strip().isascii() and limit.strip().isdigit()
         ):
             limit = int(limit)
         n = limit if isinstance(limit, int) and not isinstance(limit, bool) else self.default_max_tokens

@@ -119,11 +119,14 @@ def _count(value: object) -> int | None:
     readable = (
         isinstance(value, int)
         or (isinstance(value, float) and value.is_integer())
-        or (isinstance(value, str) and value.strip().isdigit())
+        or (isinstance(value, str) and value.strip().isdecimal())
     )
     if not readable:
         return None
-    whole = int(value)  # type: ignore[call-overload]
+    try:
+        whole = int(value)  # type: ignore[call-overload]
+    except ValueError:  # a digit int() does not read (some scripts' digits): not a limit
+        return None
     return whole if whole > 0 else None
 
 

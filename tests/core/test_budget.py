@@ -361,3 +361,37 @@ def test_a_refusal_names_the_money_held_by_calls_in_flight() -> None:
     for reservation in held:
         b.release(reservation)
     assert b.reserved == 0
+
+
+def test_an_application_trapping_inexact_or_lowering_precision_gets_exact_money() -> None:
+    import decimal
+
+    with decimal.localcontext() as ctx:
+        ctx.traps[decimal.Inexact] = True
+        ctx.prec = 4
+        b = budget(max_usd="1.23456789", price_per_1k_tokens={"input": 0.001, "output": 0.003})
+        with b:
+            reservation = b.reserve(model="m", prompt_tokens=77, max_tokens=None)  # divides: inexact
+            b.settle(reservation, shekel.Usage(77, 1234), streamed=False, source="test")
+        remaining = b.remaining
+        assert "budget" in b.summary()
+    assert b.spent_exact == Decimal("0.000001") * 77 + Decimal("0.000003") * 1234
+    assert remaining == float(Decimal("1.23456789") - b.spent_exact)
+
+
+@pytest.mark.parametrize("odd", ["²", "١٠", "-5", "1e3", 10.5, True])
+def test_odd_max_tokens_never_break_inside_shekel(server: FakeInferenceServer, odd: Any) -> None:
+    client = InferenceClient(base_url=server.url)
+    shekel.uninstall()
+    try:
+        chat(client, max_tokens=odd)
+        expected: Any = None
+    except Exception as exc:  # whatever the provider (here: the local server) and huggingface_hub make of it
+        expected = type(exc)
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        try:
+            chat(client, max_tokens=odd)
+            got: Any = None
+        except Exception as exc:
+            got = type(exc)
+    assert got is expected and b.reserved == 0
