@@ -263,7 +263,8 @@ def _side_output(message: Any) -> int:
         text = _field(message, key)
         if isinstance(text, str):
             size += len(text)
-    for tool_call in _field(message, "tool_calls") or ():
+    tool_calls = _field(message, "tool_calls")
+    for tool_call in tool_calls if isinstance(tool_calls, (list, tuple)) else ():
         function = _field(tool_call, "function")
         for key in ("name", "arguments"):
             text = _field(function, key) if function is not None else None
