@@ -134,14 +134,14 @@ def _parse(file: Path, data: Any) -> PriceTable:
     per_provider: dict[tuple[str, str], Price] = {}
     for model, entry in models.items():
         at = f"models.{_quote(model)}"
-        if not isinstance(entry, Mapping):
-            raise PricingError(f"{where}: {at} must be a table with 'input' and 'output', {_EXAMPLE}.")
-        bad = sorted(str(k) for k in entry if k not in _ENTRY_KEYS)
-        if bad:
-            raise PricingError(
-                f"{where}: {at} has unknown key(s) {', '.join(map(repr, bad))}; the known keys are "
-                "'input', 'output', 'cached_input' and 'providers'."
-            )
+        _check_table(
+            where,
+            at,
+            entry,
+            _ENTRY_KEYS,
+            f", {_EXAMPLE}",
+            "'input', 'output', 'cached_input' and 'providers'",
+        )
         if _PRICE_KEYS & set(entry) or "providers" not in entry:
             per_model[model] = _price(where, at, entry, per, source, None)
         providers = entry.get("providers", {})
@@ -149,16 +149,22 @@ def _parse(file: Path, data: Any) -> PriceTable:
             raise PricingError(f"{where}: {at}.providers must be a table of provider names, {_EXAMPLE}.")
         for provider, price in providers.items():
             place = f"{at}.providers.{_quote(provider)}"
-            if not isinstance(price, Mapping):
-                raise PricingError(f"{where}: {place} must be a table with 'input' and 'output'.")
-            unknown = sorted(str(k) for k in price if k not in _PRICE_KEYS)
-            if unknown:
-                raise PricingError(
-                    f"{where}: {place} has unknown key(s) {', '.join(map(repr, unknown))}; "
-                    "the known keys are 'input', 'output' and 'cached_input'."
-                )
+            _check_table(where, place, price, _PRICE_KEYS, "", "'input', 'output' and 'cached_input'")
             per_provider[(model, provider)] = _price(where, place, price, per, source, provider)
     return PriceTable(flat=None, per_model=per_model, per_provider=per_provider)
+
+
+def _check_table(
+    where: str, at: str, value: object, known: frozenset[str], example: str, known_text: str
+) -> None:
+    """A price entry must be a table holding only ``known`` keys."""
+    if not isinstance(value, Mapping):
+        raise PricingError(f"{where}: {at} must be a table with 'input' and 'output'{example}.")
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise PricingError(
+            f"{where}: {at} has unknown key(s) {', '.join(map(repr, unknown))}; the known keys are {known_text}."
+        )
 
 
 def _price(
