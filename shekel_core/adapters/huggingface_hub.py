@@ -17,12 +17,12 @@ import functools
 from collections.abc import Callable, Mapping
 from importlib.util import find_spec
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from .._call import SKIP, CallAccounting, Hold, before_reserve, call_in_progress, iterate_async, iterate_sync
 from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
+from .._redact import redact_model
 from .._usage import (
     _field,
     _token_count,
@@ -46,21 +46,7 @@ def _model_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     model = kwargs.get("model") or getattr(client, "model", None)
     if not isinstance(model, str):
         return None
-    return _without_secrets(model) if ("@" in model or "?" in model or "#" in model) else model
-
-
-def _without_secrets(model: str) -> str:
-    """An endpoint URL without its ``user:password@`` part, query string and fragment, any of which may carry
-    a token: the model id reaches records, reports and errors. The request itself still goes to the full URL."""
-    parts = urlsplit(model)
-    if not parts.scheme:
-        return model
-    netloc = parts.netloc
-    if parts.username is not None or parts.password is not None:
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+    return redact_model(model)
 
 
 def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:

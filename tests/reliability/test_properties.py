@@ -68,7 +68,7 @@ def assert_warned_once(budgets: list[Budget]) -> None:
     for b in budgets:
         counter = b._config.get("on_warn")
         if isinstance(counter, WarnCounter):
-            reached = b.spent_exact >= Decimal(repr(b._config["warn_at"])) * b._limit
+            reached = b.spent_exact >= Decimal(repr(b._config["warn_at"])) * b.limit_exact
             assert len(counter.calls) == (1 if reached else 0), (b.path, counter.calls, b.spent_exact)
 
 
@@ -155,11 +155,12 @@ class Watch:
     def check(self) -> None:
         with self.budgets[0]._lock:
             for b in self.budgets:
-                if b._limit is not None:
-                    assert b._spent + b._reserved <= b._limit, f"{b.path} holds more than its limit"
-                assert b._reserved >= 0 and b._inflight >= 0
-                assert b._spent >= self.last_spent[id(b)], f"{b.path}: spend went down"
-                self.last_spent[id(b)] = b._spent
+                account = b._account
+                if account.limit is not None:
+                    assert account.spent + account.reserved <= account.limit, f"{b.path} holds too much"
+                assert account.reserved >= 0 and account.inflight >= 0
+                assert account.spent >= self.last_spent[id(b)], f"{b.path}: spend went down"
+                self.last_spent[id(b)] = account.spent
 
 
 # ------------------------------------------------------------------------------------------ ledger, threads
