@@ -446,16 +446,16 @@ def _settle_here(run: _Run, usage: Usage | None, label: str | None, *, text: str
     the prompt and the output received (streamed, or ``text``), at most the run's ``max_tokens``, marked.
     """
     budget = run.budget
-    reservation = budget.unreserved(model=run.model, max_tokens=run.max_tokens)
+    call = CallAccounting(
+        (run.model, 0, run.max_tokens, 0, None),
+        prompt_fair=run.prompt_fair,
+        source=SOURCE,
+        streamed=bool(run.output_chunks),
+        model_label=label,
+    )
     observer = call_observer.set(None)  # the handler's own charge: not a call made below a run
     try:
-        call = CallAccounting(
-            reservation,
-            prompt_fair=run.prompt_fair,
-            source=SOURCE,
-            streamed=bool(run.output_chunks),
-            model_label=label,
-        )
+        call.begin(budget.unreserved(model=run.model, max_tokens=run.max_tokens))
     finally:
         call_observer.reset(observer)
     call.output_chunks = run.output_chunks

@@ -59,7 +59,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         'shekel.integrations.llamaindex needs LlamaIndex: pip install "shekel[llamaindex]"'
     ) from exc
 
-from shekel._budget import Budget
+from shekel._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from shekel._call import CallAccounting, call_in_progress, call_observer
 from shekel._context import activated, current_budget
 from shekel._usage import Usage, prompt_tokens_fair, prompt_tokens_high, read_usage, text_tokens_fair
@@ -179,8 +179,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         else:
             prompt = str(payload.get(EventPayload.PROMPT) or "")
             high, fair = _text_tokens_high(prompt), text_tokens_fair(prompt)
-        reservation = target.reserve(model=model, prompt_tokens=high, max_tokens=max_tokens)
-        call = CallAccounting(reservation, prompt_fair=fair, source=SOURCE, streamed=False, model_label=model)
+        ask = (model, high, max_tokens, DEFAULT_MAX_TOKENS_CEILING, None)
+        call = CallAccounting(ask, prompt_fair=fair, source=SOURCE, streamed=False, model_label=model)
+        call.begin(target.reserve_call(ask))
         event = _Event(event_id, call, traces, active_span_id.get())
         # Never reset: the event closes itself when it ends (a stream's end runs in another frame).
         _open_llm_event.set(event)

@@ -437,7 +437,6 @@ class Budget:
         return None
 
     # ---------------------------------------------------------------- reserving
-    @exact_money
     def reserve(
         self,
         *,
@@ -452,25 +451,30 @@ class Budget:
         ``prompt_tokens`` must err high. When ``max_tokens`` is None and a cap applies, the reservation grants
         the most output tokens the budget can pay for (at most ``max_tokens_ceiling``); the caller must send
         that value. When the call does not fit only because calls in flight hold the room, it waits for them
-        (up to the budget's ``wait``, blocking this thread). Raises :class:`BudgetExceededError` when the
-        call cannot be paid for; then nothing is held. Fallback models take over once their share of the
-        budget is spent, or when only they fit. With ``on_unknown_price="raise"`` a call without a price
-        raises :class:`PricingError` here, before anything is sent.
+        (up to the budget's ``wait``, blocking this thread; from asyncio use :meth:`areserve_call`). Raises
+        :class:`BudgetExceededError` when the call cannot be paid for; then nothing is held. Fallback models
+        take over once their share of the budget is spent, or when only they fit. With
+        ``on_unknown_price="raise"`` a call without a price raises :class:`PricingError` here, before
+        anything is sent.
         """
-        ask = (model, prompt_tokens, max_tokens, max_tokens_ceiling, provider, None)
+        return self.reserve_call((model, prompt_tokens, max_tokens, max_tokens_ceiling, provider))
+
+    @exact_money
+    def reserve_call(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
+        """:meth:`reserve`, for adapters: ``ask`` is (model, prompt_tokens, max_tokens, ceiling, provider)."""
         tree = self._tree
         refusal: NoRoom | None = None
         with tree.lock:
             if not tree.waiters:
                 try:
-                    reservation = self._take(*ask)
+                    reservation = self._take(*ask, None)
                 except NoRoom as no_room:
                     refusal = no_room
                 else:
                     if reservation.price is None:
                         self._after_unpriced(reservation)
                     return reservation
-        waiting = _Waiting(ask, refusal)
+        waiting = _Waiting(ask, None, refusal)
         try:
             while True:
                 reservation_or_timeout = self._step(waiting)
@@ -484,24 +488,16 @@ class Budget:
             self._after_unpriced(reservation_or_timeout)
         return reservation_or_timeout
 
-    async def areserve(
-        self,
-        *,
-        model: str | None,
-        prompt_tokens: int,
-        max_tokens: int | None,
-        max_tokens_ceiling: int = DEFAULT_MAX_TOKENS_CEILING,
-        provider: str | None = None,
-        task: object = None,
+    async def areserve_call(
+        self, ask: tuple[str | None, int, int | None, int, str | None], task: object = None
     ) -> Reservation:
-        """:meth:`reserve` for asyncio: a call that waits for room awaits, and never blocks the event loop.
+        """:meth:`reserve_call` for asyncio: a call that waits for room awaits, never blocking the event loop.
 
         ``task`` is the asyncio task making the call (it never waits for room it holds itself).
         """
         import asyncio
 
-        ask = (model, prompt_tokens, max_tokens, max_tokens_ceiling, provider, task)
-        waiting = _Waiting(ask, None, asyncio.get_running_loop())
+        waiting = _Waiting(ask, task, None, asyncio.get_running_loop())
         try:
             while True:
                 reservation_or_timeout = self._step_exactly(waiting)
@@ -524,7 +520,7 @@ class Budget:
         """One try of a call that may wait: the reservation, or how long to wait before the next try (None:
         until woken). Raises ``BudgetExceededError`` when waiting cannot help or the wait ran out."""
         tree = self._tree
-        ask = waiting.ask
+        ask, task = waiting.ask, waiting.task
         with tree.lock:
             refusal, waiting.refusal = waiting.refusal, None
             blocked: Account | None = None
@@ -533,11 +529,15 @@ class Budget:
                     blocked = tree.blocker(self._accounts, waiting.waiter)
                 if blocked is None:
                     try:
-                        return self._take(*ask)
+                        return self._take(*ask, task)
                     except NoRoom as no_room:
                         refusal = no_room
             if refusal is not None:
-                if self._patience == 0 or not self._waitable(refusal, ask[5]):
+                if (
+                    self._patience == 0
+                    or (waiting.loop is None and _event_loop_running())
+                    or not self._waitable(refusal, task)
+                ):
                     raise self._refused(refusal)
                 blocked = refusal.account
             assert blocked is not None
@@ -545,7 +545,7 @@ class Budget:
             if timeout is not None and timeout <= 0:
                 # The wait ran out: one last try, then the refusal says how long it waited.
                 try:
-                    return self._take(*ask)
+                    return self._take(*ask, task)
                 except NoRoom as no_room:
                     raise self._refused(no_room, waited=waiting.waited()) from None
             waiting.enqueue(tree, self._accounts, blocked)
@@ -792,6 +792,7 @@ class Budget:
         label: str | None = None,
         provider: str | None = None,
         outcome: str = OK,
+        note: str | None = None,
     ) -> Decimal:
         """Charge a finished call at its real usage on every budget that held it, release the rest.
 
@@ -829,9 +830,12 @@ class Budget:
             cost = ZERO
             notes.append("the server answered with an error: not charged, counted as a failed request")
         elif outcome == UNKNOWN:
-            cost = reservation.cost
+            # ``usage`` is what the call held (``CallAccounting.held_usage``): its cost is the reservation's
+            # at the reserved price, or less at the price of the provider that answered.
+            cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens)
             notes.append(
-                "no answer came back after the request was sent (a timeout, a dropped connection or a "
+                note
+                or "no answer came back after the request was sent (a timeout, a dropped connection or a "
                 "cancellation): charged what the call held, since the provider most likely did the work"
             )
         else:
@@ -1032,13 +1036,26 @@ def _copy_totals(totals: ModelTotals) -> ModelTotals:
     return copy
 
 
+def _event_loop_running() -> bool:
+    """Whether this thread runs an asyncio event loop: a sync wait there would stop the tasks whose calls
+    could make room (a framework's callback reserving inside async code), so the call is refused at once."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _Waiting:
     """The state of one call that may wait for room: what it asks, its place in the queue, its clock."""
 
-    __slots__ = ("ask", "event", "future", "loop", "refusal", "started", "waiter")
+    __slots__ = ("ask", "event", "future", "loop", "refusal", "started", "task", "waiter")
 
-    def __init__(self, ask: tuple[Any, ...], refusal: NoRoom | None, loop: Any = None) -> None:
+    def __init__(self, ask: tuple[Any, ...], task: object, refusal: NoRoom | None, loop: Any = None) -> None:
         self.ask = ask
+        self.task = task
         self.refusal = refusal
         self.loop = loop
         self.started = time.monotonic()

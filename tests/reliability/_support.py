@@ -70,7 +70,8 @@ def assert_ledger_consistent(root: Budget) -> None:
         assert account.spent == b._own_spent + sum((c.spent_exact for c in children), Decimal(0))
         records = b.records
         if len(records) < MAX_RECORDS:  # older records are folded into the aggregates only
-            assert b.calls == len(records) + sum(c.calls for c in children)
+            attempts = b.calls + b.failed_calls
+            assert attempts == len(records) + sum(c.calls + c.failed_calls for c in children)
             assert b._own_spent == sum((r.cost for r in records), Decimal(0))
         for record in records:
             assert record.cost >= 0 and record.input_tokens >= 0 and record.output_tokens >= 0

@@ -295,6 +295,7 @@ class Tally:
         self.lock = threading.Lock()
         self.delivered = 0  # calls that reached the server and returned or streamed something
         self.failed = 0  # calls the server refused (HTTP 503)
+        self.broken = 0  # streams whose connection dropped before the answer ended
         self.refused = 0  # calls shekel refused before sending
 
     def add(self, what: str) -> None:
@@ -307,9 +308,11 @@ def _check_run(budgets: list[Budget], tally: Tally, servers: Servers) -> None:
     assert_records_exact(budgets)
     assert_token_limits(budgets)
     assert_warned_once(budgets)
-    # Every call that was sent and answered is counted once; refused calls never reach a server.
+    # Every call that was sent and answered is counted once, every failed one as failed; refused calls never
+    # reach a server.
     assert budgets[0].calls == tally.delivered
-    assert servers.requests() == tally.delivered + tally.failed
+    assert budgets[0].failed_calls == tally.failed + tally.broken
+    assert servers.requests() == tally.delivered + tally.failed + tally.broken
 
 
 def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Servers, tally: Tally) -> None:
@@ -327,7 +330,6 @@ def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Serve
             tally.add("failed")
             return
         assert kind != "fail"
-        tally.add("delivered")
         if kind == "abandoned_stream":
             next(iter(result), None)
             del result
@@ -337,6 +339,9 @@ def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Serve
                     pass
             except Exception:
                 assert kind == "broken_stream"
+                tally.add("broken")
+                return
+        tally.add("delivered")
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
@@ -391,7 +396,6 @@ async def _async_call(
                 tally.add("failed")
                 return
             assert kind != "fail"
-            tally.add("delivered")
             if kind == "abandoned_stream":
                 await result.__anext__()
                 await result.aclose()
@@ -401,6 +405,9 @@ async def _async_call(
                         pass
                 except Exception:
                     assert kind == "broken_stream"
+                    tally.add("broken")
+                    return
+            tally.add("delivered")
     finally:
         await client.close()
 
