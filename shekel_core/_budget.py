@@ -1053,7 +1053,13 @@ class _Waiting:
 
     __slots__ = ("ask", "event", "future", "loop", "refusal", "started", "task", "waiter")
 
-    def __init__(self, ask: tuple[Any, ...], task: object, refusal: NoRoom | None, loop: Any = None) -> None:
+    def __init__(
+        self,
+        ask: tuple[str | None, int, int | None, int, str | None],
+        task: object,
+        refusal: NoRoom | None,
+        loop: Any = None,
+    ) -> None:
         self.ask = ask
         self.task = task
         self.refusal = refusal

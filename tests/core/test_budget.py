@@ -380,7 +380,9 @@ def test_an_application_trapping_inexact_or_lowering_precision_gets_exact_money(
 
 
 @pytest.mark.parametrize("odd", ["²", "١٠", "-5", "1e3", 10.5, True, "", "abc", 2.5, 0, -1, "0"])
-def test_a_max_tokens_shekel_cannot_read_is_refused_before_sending(server: FakeInferenceServer, odd: Any) -> None:
+def test_a_max_tokens_shekel_cannot_read_is_refused_before_sending(
+    server: FakeInferenceServer, odd: Any
+) -> None:
     # Reserved for one value and sent as another would let a call pass the cap: refused, nothing held.
     client = InferenceClient(base_url=server.url)
     with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:

@@ -797,12 +797,21 @@ def test_affordable_limits_in_extra_body_reach_the_server_unchanged(server: Fake
 #: Limits a server reads as a whole number: sent as that number, and reserved for exactly it.
 READABLE_LIMITS = {"string": ("10", 10), "float": (10.0, 10), "padded": (" 10 ", 10)}
 #: Limits that one server rejects and another reads as some other number: refused before sending.
-UNREADABLE_LIMITS = {"negative": -1000, "zero": 0, "fraction": 1.5, "bool": True, "exponent": "1e3", "empty": ""}
+UNREADABLE_LIMITS = {
+    "negative": -1000,
+    "zero": 0,
+    "fraction": 1.5,
+    "bool": True,
+    "exponent": "1e3",
+    "empty": "",
+}
 
 
 @pytest.mark.parametrize("value", UNREADABLE_LIMITS.values(), ids=UNREADABLE_LIMITS.keys())
 @pytest.mark.parametrize("argument", ["max_tokens", "n"])
-def test_odd_limits_are_refused_before_sending(argument: str, value: Any, server: FakeInferenceServer) -> None:
+def test_odd_limits_are_refused_before_sending(
+    argument: str, value: Any, server: FakeInferenceServer
+) -> None:
     """A limit shekel cannot read is never sent: it would be reserved for one value and sent as another."""
     client = InferenceClient(base_url=server.url)
     kwargs: dict[str, Any] = {argument: value}
@@ -841,7 +850,7 @@ def test_readable_limits_are_sent_as_the_number_reserved_for(
     assert server.requests[-1].body[argument] == whole
     assert_ledger_consistent(b)
     (record,) = b.records
-    expected_tokens = whole * (whole if argument == "n" else 1) if argument == "max_tokens" else MAX_TOKENS * whole
+    expected_tokens = whole if argument == "max_tokens" else MAX_TOKENS * whole  # n choices of max_tokens
     assert held[0].max_tokens == expected_tokens and record.cost <= held[0].cost
 
 
