@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-#: Child budgets are indented up to this depth; deeper ones are listed flat, under their full path, so a
-#: deep tree does not make the text grow with the square of its depth.
+#: Child budgets are indented up to this depth; deeper ones are listed flat, with their level, so a deep
+#: tree does not make the text grow with the square of its depth.
 MAX_INDENT_DEPTH = 6
 
 
@@ -22,7 +22,7 @@ def render_summary(snapshot: dict[str, Any]) -> str:
     while stack:  # depth first, without recursion: trees may be deep
         node, depth = stack.pop()
         indent = "    " * min(depth, MAX_INDENT_DEPTH)
-        lines.extend(_budget_lines(node, indent, show_path=depth > MAX_INDENT_DEPTH))
+        lines.extend(_budget_lines(node, indent, depth=depth))
         children = node["children"]
         if children:
             lines.append(f"{indent}  children:")
@@ -30,8 +30,8 @@ def render_summary(snapshot: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _budget_lines(snapshot: dict[str, Any], indent: str, *, show_path: bool) -> list[str]:
-    lines = [_headline(snapshot, indent, show_path)]
+def _budget_lines(snapshot: dict[str, Any], indent: str, *, depth: int) -> list[str]:
+    lines = [_headline(snapshot, indent, depth)]
     models = snapshot["models"]
     if models:
         width = max(24, *(len(m) for m in models))
@@ -61,7 +61,7 @@ def _budget_lines(snapshot: dict[str, Any], indent: str, *, show_path: bool) -> 
     return lines
 
 
-def _headline(snapshot: dict[str, Any], indent: str, show_path: bool) -> str:
+def _headline(snapshot: dict[str, Any], indent: str, depth: int) -> str:
     limit = snapshot["limit_usd"]
     share = ""
     if limit is not None:
@@ -73,8 +73,8 @@ def _headline(snapshot: dict[str, Any], indent: str, show_path: bool) -> str:
         calls += f" (+{snapshot['failed_calls']} failed)"
     if snapshot["calls_in_flight"]:
         calls += f", {snapshot['calls_in_flight']} in flight holding {_usd(snapshot['reserved_usd'])}"
-    name = snapshot["path"] if show_path else snapshot["name"]
+    level = f" (level {depth})" if depth > MAX_INDENT_DEPTH else ""
     return (
-        f"{indent}budget {name!r}: spent {_usd(snapshot['spent_usd'])} of {_usd(limit)}{share}, "
+        f"{indent}budget {snapshot['name']!r}{level}: spent {_usd(snapshot['spent_usd'])} of {_usd(limit)}{share}, "
         f"calls {calls}, tokens {snapshot['input_tokens']} in / {snapshot['output_tokens']} out"
     )

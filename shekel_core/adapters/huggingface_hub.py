@@ -24,6 +24,7 @@ from .._call import SKIP, CallAccounting, Hold, before_reserve, call_in_progress
 from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
 from .._limits import whole_number
+from .._pricing import AUTO, ROUTING_POLICIES, split_model
 from .._redact import redact_model
 from .._usage import (
     _field,
@@ -35,12 +36,13 @@ from .._usage import (
 )
 from .._versions import check as check_version
 from . import _http_hooks as http_hooks
+from ._patches import Patches
 
 #: TGI's own default ``max_new_tokens``: used as the ceiling when the caller gave none, so that text
 #: generation inside a budget returns what it would without shekel whenever the budget can pay for it.
 TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS = 100
 
-_originals: dict[tuple[type, str], Any] = {}
+_patches = Patches()
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -58,7 +60,14 @@ def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
         address = kwargs.get("model")
         if not is_url(address):
             address = None
-    return call_provider(getattr(client, "provider", None), address)
+    provider = call_provider(getattr(client, "provider", None), address)
+    if provider == AUTO:
+        # ``org/model:together`` names the provider the router sends the call to.
+        model = kwargs.get("model") or getattr(client, "model", None)
+        _, suffix = split_model(model if isinstance(model, str) else None)
+        if suffix is not None and suffix not in ROUTING_POLICIES:
+            return suffix
+    return provider
 
 
 #: ``(_model_of, _provider_of)`` by (client's model, client's provider, ``model`` argument), all str or None:
@@ -429,19 +438,11 @@ def install() -> bool:
         return False
     check_version("huggingface_hub", "huggingface")
     for cls, name, wrap in _targets():
-        current = cls.__dict__[name]
-        if (cls, name) in _originals or hasattr(current, "__shekel_original__"):
-            continue
-        _originals[(cls, name)] = current
-        setattr(cls, name, wrap(current))
+        _patches.install(cls, name, wrap)
     return True
 
 
 def uninstall() -> None:
     """Put back the exact original methods, where our wrapper is still the one in place. Idempotent."""
-    for (cls, name), original in list(_originals.items()):
-        current = cls.__dict__.get(name)
-        if getattr(current, "__shekel_original__", None) is original:
-            setattr(cls, name, original)
-            del _originals[(cls, name)]
+    _patches.uninstall()
     http_hooks.detach()

@@ -146,7 +146,9 @@ def test_a_wait_that_runs_out_refuses_and_says_so(server: FakeInferenceServer) -
     assert server.request_count == 0 and b.reserved == 0 and b.calls_in_flight == 0
 
 
-def test_a_stream_held_by_the_same_thread_does_not_deadlock_a_nested_call(server: FakeInferenceServer) -> None:
+def test_a_stream_held_by_the_same_thread_does_not_deadlock_a_nested_call(
+    server: FakeInferenceServer,
+) -> None:
     client = InferenceClient(base_url=server.url)
     with budget(max_usd=0.20, price_per_1k_tokens=PRICES, wait=None) as b:
         stream = client.chat_completion(MESSAGES, model="m", max_tokens=40, stream=True)  # holds $0.148
@@ -255,7 +257,9 @@ def test_a_waiter_on_one_branch_does_not_hold_up_calls_on_another() -> None:
         with left:
             held = left.reserve(model="m", prompt_tokens=0, max_tokens=200)  # $0.404 of left's $0.50
         order: list[str] = []
-        thread = threading.Thread(target=lambda: _in(left, lambda: _reserve_and_log(left, "left", 100, order)))
+        thread = threading.Thread(
+            target=lambda: _in(left, lambda: _reserve_and_log(left, "left", 100, order))
+        )
         thread.start()
         _wait_for_waiters(left, 1)
         with right:  # right's call shares only the root, which has room: it is not queued behind left's
