@@ -824,7 +824,18 @@ class Budget:
                     f"the server reported {usage.output_tokens} output tokens for a request allowed {allowed}; "
                     "charged as reported"
                 )
+            if (
+                usage.input_tokens > reservation.prompt_tokens
+                and not usage.estimated
+                and reservation.prompt_tokens
+            ):
+                notes.append(
+                    f"the server reported {usage.input_tokens} input tokens for a prompt estimated at most "
+                    f"{reservation.prompt_tokens}; charged as reported"
+                )
             cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
+            if note:
+                notes.append(note)
         elif outcome == ERROR:
             usage = Usage(0, 0)
             cost = ZERO

@@ -200,7 +200,16 @@ class CallAccounting:
         reservation = self.reservation
         usage = self._usage
         if usage is None and self.unreadable:
-            self._settle(UNKNOWN, _UNREADABLE_NOTE)
+            # Answered, but not readably: charged the worst case the call held, as a call made.
+            reservation.chain[0].settle(
+                reservation,
+                self.held_usage(),
+                streamed=self.streamed,
+                source=self.source,
+                label=self.model_label,
+                provider=self.served_by,
+                note=_UNREADABLE_NOTE,
+            )
             return
         reservation.chain[0].settle(
             reservation,
@@ -459,12 +468,24 @@ def _finish(call: CallAccounting, completed: bool, error: BaseException | None) 
             # the provider stops, so what was received is what it cost. Or the answer and its usage came
             # before the error.
             call.finish()
-        elif _lost_in_flight(error):
-            call.end_with(error)  # the connection broke: how much the provider generated is unknown
-        elif call.output_chunks:
-            call.finish()  # the server ended its answer with an error after part of it: charge that part
+        elif _error_answer(error):
+            if call.output_chunks:
+                call.finish()  # the server ended its answer with an error after part of it: charge that part
+            else:
+                call._settle(ERROR, None)  # an error answered in the stream before any output: free
+        elif call.output_chunks and not _lost_in_flight(error):
+            call.finish()  # part of the answer, then one the client could not read: the client stopped there
         else:
-            call._settle(ERROR, None)  # an error answered in the stream before any output
+            # The connection broke, or nothing of the answer could be read: what the provider did is unknown.
+            call.end_with(error)
+
+
+#: Errors that carry an error the server sent inside a stream (by name: each SDK has its own).
+_ERROR_ANSWERS = frozenset({"TextGenerationError"})
+
+
+def _error_answer(error: BaseException) -> bool:
+    return bool(_chain_names(error) & _ERROR_ANSWERS)
 
 
 __all__ = [

@@ -59,5 +59,4 @@ def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
         frame.f_lineno,
         module=frame.f_globals.get("__name__"),
         registry={},
-        module_globals=frame.f_globals,
     )

@@ -209,6 +209,8 @@ class _ChatCall(CallAccounting):
             except AttributeError:
                 message = content = None
             if content:  # saw_output, inline
+                if content.__class__ is not str:
+                    raise TypeError(f"message content is a {type(content).__name__}")
                 self.output_chars += len(content)
                 self.output_chunks += 1
             elif message is not None:
@@ -235,6 +237,8 @@ class _ChatCall(CallAccounting):
             delta = choice.delta
             content = delta.content if delta is not None else None
             if content:
+                if content.__class__ is not str:
+                    raise TypeError(f"delta content is a {type(content).__name__}")
                 self.output_chars += len(content)
                 self.output_chunks += 1
             elif delta is not None:
