@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 from datetime import date, datetime, timezone
-from decimal import Context, Decimal
+from decimal import ROUND_CEILING, Context, Decimal
 from typing import Any
 
-from ._money import MILLION
-from ._pricing import AUTO, ROUTING_POLICIES, Price, highest
+from ._money import MILLION, MONEY_PRECISION
+from ._pricing import AUTO, PRICE_QUANTUM, ROUTING_POLICIES, Price, highest
 
 _PREFIX = "huggingface_"
 # Keyed by the snapshot's identity: a genai-prices auto-update swaps the snapshot, and with it the answers.
@@ -137,11 +137,16 @@ def _top(value: Any) -> Decimal | None:
 
 # Some prices in the data went through a float on their way in (1.0399999999999998 for a published $1.04);
 # no published per-1M price has 12 significant digits, so rounding to 12 gives back the price as published.
+# Then, like every price shekel accepts, a whole number of PRICE_QUANTUM per token, rounding up: a no-op for
+# every published price (none has more than 6 decimal places per 1M tokens), and a ledger that stays exact.
 _PUBLISHED_DIGITS = Context(prec=12)
+_PER_1M_STEP = (PRICE_QUANTUM * MILLION).normalize()
+_WIDE = Context(prec=MONEY_PRECISION)
 
 
 def _published(value: Any) -> Decimal:
-    return _PUBLISHED_DIGITS.plus(Decimal(value)).normalize(_PUBLISHED_DIGITS)
+    published = _PUBLISHED_DIGITS.plus(Decimal(value))
+    return published.quantize(_PER_1M_STEP, rounding=ROUND_CEILING, context=_WIDE).normalize(_WIDE)
 
 
 def _label(snapshot: Any, day: date) -> str:

@@ -35,8 +35,8 @@ from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Any
 
-from ._money import _TOO_LARGE, MILLION, THOUSAND
-from ._pricing import Price, PriceTable
+from ._money import MILLION, THOUSAND
+from ._pricing import Price, PriceTable, price_problem
 from .errors import PricingError
 
 #: The environment variable naming a pricing file used by every budget (after any ``pricing=``).
@@ -47,7 +47,8 @@ MAX_FILE_BYTES = 8 * 1024 * 1024
 _UNITS = {"per_1k_tokens": THOUSAND, "per_1m_tokens": MILLION}
 _TOP_KEYS = frozenset({"unit", "models"})
 _ENTRY_KEYS = frozenset({"input", "output", "cached_input", "providers"})
-_PRICE_KEYS = frozenset({"input", "output", "cached_input"})
+_PRICE_ORDER = ("input", "output", "cached_input")
+_PRICE_KEYS = frozenset(_PRICE_ORDER)
 _EXAMPLE = (
     'e.g. unit = "per_1m_tokens" then [models."org/model"] with input = 0.5 and output = 1.5 '
     "(see docs/pricing.md)"
@@ -251,7 +252,7 @@ def _price(
     missing = [k for k in ("input", "output") if k not in entry]
     if missing:
         raise PricingError(f"{where}: {at} is missing {' and '.join(map(repr, missing))}, {_EXAMPLE}.")
-    amounts = {k: _amount(where, f"{at}.{k}", entry[k]) / per for k in _PRICE_KEYS if k in entry}
+    amounts = {k: _amount(where, f"{at}.{k}", entry[k], per) / per for k in _PRICE_ORDER if k in entry}
     return Price(
         amounts["input"],
         amounts["output"],
@@ -261,7 +262,7 @@ def _price(
     )
 
 
-def _amount(where: str, at: str, value: object) -> Decimal:
+def _amount(where: str, at: str, value: object, per: Decimal) -> Decimal:
     problem = ""
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
         problem = "must be a number"
@@ -275,10 +276,10 @@ def _amount(where: str, at: str, value: object) -> Decimal:
                 problem = "must be a finite number"
             elif amount < 0:
                 problem = "must not be negative"
-            elif amount >= _TOO_LARGE:  # it would overflow Decimal arithmetic inside a later call
-                problem = "must be below 1e15"
             else:
-                return amount
+                problem = price_problem(amount, per) or ""
+                if not problem:
+                    return amount
     raise PricingError(f"{where}: {at} {problem}, got {_shown(value)}. Give USD in the file's 'unit'.")
 
 
@@ -314,7 +315,7 @@ def _looks_secret(text: str) -> bool:
 def _shown(value: object, *, cut: bool = True) -> str:
     """``repr(value)`` for an error message, unless it looks like a token or (``cut``) is long: then only
     its length. Paths are shown however long they are."""
-    text = repr(value)
+    text = str(value) if isinstance(value, Decimal) else repr(value)  # 1E+14, not Decimal('1E+14')
     if cut and len(text) > _SHOWN_CHARS:
         return f"a value of {len(text):,} characters (not shown)"
     if _looks_secret(text):
