@@ -8,6 +8,7 @@ the first lookup, never by ``import shekel``.
 from __future__ import annotations
 
 import functools
+import sys
 from datetime import date, datetime, timezone
 from decimal import ROUND_CEILING, Context, Decimal
 from typing import Any
@@ -32,23 +33,43 @@ def _version() -> str | None:
 
 
 @functools.cache
-def _data_snapshot_module() -> Any | None:
+def _data_snapshot_module() -> tuple[Any | None, str | None]:
+    """genai-prices' ``data_snapshot`` module, or None and why it cannot be imported."""
     # Cached, failure included: a failing import searches sys.path again on every call.
     try:
         from genai_prices import data_snapshot
-    except ImportError:
-        return None
-    return data_snapshot
+    except ImportError as exc:
+        return None, str(exc)
+    return data_snapshot, None
 
 
 def _snapshot() -> Any | None:
-    module = _data_snapshot_module()
+    module, _ = _data_snapshot_module()
     return None if module is None else module.get_snapshot()
 
 
 def available() -> bool:
     """Whether the bundled price data can be used here (genai-prices is installed)."""
     return _snapshot() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the bundled prices cannot be used here and what to do, for a message; None when they can."""
+    _, error = _data_snapshot_module()
+    return None if error is None else _missing(error, (sys.version_info[0], sys.version_info[1]))
+
+
+def _missing(error: str, python: tuple[int, int]) -> str:
+    if python < (3, 11):
+        return (
+            "Hugging Face Inference Providers are priced from genai-prices, and genai-prices needs Python 3.11 "
+            f"or newer (this is Python {python[0]}.{python[1]}), so here shekel knows only the prices you give "
+            "(price_per_1k_tokens or a pricing file)."
+        )
+    return (
+        f"Hugging Face Inference Providers are priced from genai-prices, which cannot be imported here ({error}); "
+        'pip install "shekel[huggingface]" installs it.'
+    )
 
 
 def _today() -> date:

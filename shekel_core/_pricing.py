@@ -299,6 +299,11 @@ def unknown_price_message(model: str | None, provider: str | None, budget_path: 
             " hf-inference is billed by compute time, not per token, so no per-token price is bundled;"
             " give an estimate or cap it with max_llm_calls / max_total_tokens."
         )
+    elif provider is not None:  # the bundled data was asked
+        from ._bundled_prices import unavailable_reason
+
+        missing = unavailable_reason()
+        why = "" if missing is None else f" {missing}"
     name = model if model is not None else "*"
     return (
         f"no price for model {model!r} on {served} in budget {budget_path!r}.{why} Give one with "
