@@ -3,6 +3,20 @@
 genai-prices (installed with ``shekel[huggingface]``) ships its data inside the package, so nothing here
 touches the network. It names each router provider ``huggingface_<provider>``. The package is imported on
 the first lookup, never by ``import shekel``.
+
+Its public API prices a call (``calc_price``) but cannot list which providers price a model, which an
+auto-routed call needs, nor give the per-token prices a reservation multiplies. So shekel reads its data
+snapshot, and nothing else of it:
+
+- ``genai_prices.data_snapshot.get_snapshot()``: ``.providers``, ``.from_auto_update``, ``.timestamp``;
+- a provider's ``.id`` and ``.find_model(model_ref)`` (a model or None);
+- a model's ``.id`` and ``.get_prices(datetime)``: ``.input_mtok``, ``.output_mtok``, ``.cache_read_mtok``,
+  each a ``Decimal``, None, or tiers (``.base`` and ``.tiers``, each with a ``.price``), and ``vars()``.
+
+The extra pins genai-prices to the 0.2 series, whose releases differ only in their data;
+``tests/core/test_genai_prices_contract.py`` checks that layout, and that every price read here is the one
+``calc_price`` computes. An installed genai-prices laid out otherwise is treated like a missing one: calls
+are unpriced, and the unpriced-call warning says why.
 """
 
 from __future__ import annotations
@@ -40,7 +54,27 @@ def _data_snapshot_module() -> tuple[Any | None, str | None]:
         from genai_prices import data_snapshot
     except ImportError as exc:
         return None, str(exc)
+    from ._versions import check
+
+    check("genai-prices", "huggingface")  # warns once when it is outside the range the extra names
     return data_snapshot, None
+
+
+# Why the installed genai-prices could not be read (its layout changed) at the latest lookup, if it could not.
+_unreadable: str | None = None
+
+
+def _cannot_read(exc: Exception) -> None:
+    from ._versions import supported_range
+
+    global _unreadable
+    _unreadable = (
+        f"Hugging Face Inference Providers are priced from genai-prices, and the installed genai-prices "
+        f"{_version() or '(unknown version)'} is not laid out the way shekel reads it "
+        f"({type(exc).__name__}: {exc}); shekel supports genai-prices"
+        f"{supported_range('genai-prices') or ' as its huggingface extra names it'}: "
+        'pip install "shekel[huggingface]" installs a supported one.'
+    )
 
 
 def _snapshot() -> Any | None:
@@ -49,14 +83,20 @@ def _snapshot() -> Any | None:
 
 
 def available() -> bool:
-    """Whether the bundled price data can be used here (genai-prices is installed)."""
-    return _snapshot() is not None
+    """Whether the bundled price data can be used here (genai-prices is installed, and readable)."""
+    try:
+        return _snapshot() is not None
+    except AttributeError as exc:
+        _cannot_read(exc)
+        return False
 
 
 def unavailable_reason() -> str | None:
     """Why the bundled prices cannot be used here and what to do, for a message; None when they can."""
     _, error = _data_snapshot_module()
-    return None if error is None else _missing(error, (sys.version_info[0], sys.version_info[1]))
+    if error is not None:
+        return _missing(error, (sys.version_info[0], sys.version_info[1]))
+    return _unreadable
 
 
 def _missing(error: str, python: tuple[int, int]) -> str:
@@ -78,22 +118,37 @@ def _today() -> date:
 
 def providers_for(model: str) -> tuple[str, ...]:
     """The Inference Providers (router names, e.g. ``"together"``) the bundled data has prices for ``model``."""
-    snapshot = _snapshot()
-    if snapshot is None:
+    try:
+        snapshot = _snapshot()
+        if snapshot is None:
+            return ()
+        key = (id(snapshot), model.lower())
+        names = _providers_cache.get(key)
+        if names is None:
+            names = _providers_cache[key] = tuple(
+                p.id[len(_PREFIX) :]
+                for p in snapshot.providers
+                if p.id.startswith(_PREFIX) and p.find_model(model.lower()) is not None
+            )
+        return names
+    except (AttributeError, TypeError) as exc:
+        _cannot_read(exc)
         return ()
-    key = (id(snapshot), model.lower())
-    names = _providers_cache.get(key)
-    if names is None:
-        names = _providers_cache[key] = tuple(
-            p.id[len(_PREFIX) :]
-            for p in snapshot.providers
-            if p.id.startswith(_PREFIX) and p.find_model(model.lower()) is not None
-        )
-    return names
 
 
 def bundled_price(model: str, provider: str) -> Price | None:
     """The bundled price of ``model`` on ``provider`` (a router name), or the highest one for AUTO."""
+    global _unreadable
+    try:
+        price = _bundled_price(model, provider)
+    except (AttributeError, TypeError) as exc:
+        _cannot_read(exc)
+        return None
+    _unreadable = None
+    return price
+
+
+def _bundled_price(model: str, provider: str) -> Price | None:
     snapshot = _snapshot()
     if snapshot is None:
         return None
@@ -127,8 +182,11 @@ def _read_price(snapshot: Any, model: str, provider: str, day: date) -> Price | 
         return None
     when = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
     prices = info.get_prices(when)
+    # Not getattr(prices, key, None): an unset price reads None, and a renamed one must fail loudly.
     per_1m = {
-        key: _top(getattr(prices, key, None)) for key in ("input_mtok", "output_mtok", "cache_read_mtok")
+        "input_mtok": _top(prices.input_mtok),
+        "output_mtok": _top(prices.output_mtok),
+        "cache_read_mtok": _top(prices.cache_read_mtok),
     }
     if per_1m["input_mtok"] is None and per_1m["output_mtok"] is None:
         return None
@@ -172,7 +230,7 @@ def _published(value: Any) -> Decimal:
 
 def _label(snapshot: Any, day: date) -> str:
     version = _version() or "unknown version"
-    if getattr(snapshot, "from_auto_update", False):
+    if snapshot.from_auto_update:
         return f"genai-prices data updated {snapshot.timestamp:%Y-%m-%d}, prices as of {day}"
     return f"bundled genai-prices {version} data, prices as of {day}"
 
