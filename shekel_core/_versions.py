@@ -12,15 +12,29 @@ from collections.abc import Iterable
 from functools import cache
 from importlib import metadata
 
+from ._namesake import REPOSITORY
+
+#: How this project's metadata begins its summary (older installs have no Project-URL).
+SUMMARY = "Hard spending limits"
+
 
 @cache
 def supported_range(distribution: str) -> str | None:
     """The version specifier shekel's extras give ``distribution`` (e.g. ``"<2,>=1.0"``), or None."""
-    try:
-        requirements = metadata.requires("shekel") or []
-    except metadata.PackageNotFoundError:
-        return None
-    return range_in(requirements, distribution)
+    ours = our_distribution()
+    return None if ours is None else range_in(ours.requires or [], distribution)
+
+
+@cache
+def our_distribution() -> metadata.Distribution | None:
+    """This project's installed distribution: not the first one named shekel, which may be an unrelated
+    project's (see ``shekel._namesake``)."""
+    for found in metadata.distributions(name="shekel"):
+        meta = found.metadata
+        urls = meta.get_all("Project-URL") or []
+        if any(REPOSITORY in url for url in urls) or (meta["Summary"] or "").startswith(SUMMARY):
+            return found
+    return None
 
 
 def range_in(requirements: Iterable[str], distribution: str) -> str | None:
