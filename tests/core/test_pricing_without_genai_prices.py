@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,14 +50,16 @@ assert "genai_prices" not in sys.modules
 """
 
 
-def _run_without_genai_prices() -> dict[str, str]:
-    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120)
+def _run_without_genai_prices(tmp_path: Path) -> dict[str, str]:
+    app = tmp_path / "app.py"  # an application's file, as the warning blames the caller's line
+    app.write_text(CHILD)
+    done = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return dict(line.split(": ", 1) for line in done.stdout.splitlines())
 
 
-def test_an_unpriced_call_says_genai_prices_is_missing_and_how_to_install_it() -> None:
-    out = _run_without_genai_prices()
+def test_an_unpriced_call_says_genai_prices_is_missing_and_how_to_install_it(tmp_path: Path) -> None:
+    out = _run_without_genai_prices(tmp_path)
     assert out["UNPRICED"] == "1 None"
     for text in (out["WARNING"], out["ERROR"]):
         assert f"no price for model {MODEL!r} on provider 'together'" in text
