@@ -9,6 +9,7 @@ Importing shekel imports no framework; the Hugging Face patch is installed when 
 
 from __future__ import annotations
 
+from . import _namesake  # noqa: F401  (first: an unrelated PyPI 'shekel' mixed in, or installed alongside)
 from ._budget import Budget, budget
 from ._context import carry, current_budget
 from ._patching import install, uninstall

@@ -494,12 +494,12 @@ def test_every_charge_is_exactly_tokens_times_the_price_as_written(
 def test_money_is_exact_whatever_the_callers_decimal_context() -> None:
     with decimal.localcontext() as ctx:
         ctx.prec = 6
-        b = budget(price_per_1k_tokens={"input": "0.0001234567", "output": "0"})
+        b = budget(price_per_1k_tokens={"input": "0.000123457", "output": "0"})  # 9 places: the finest
         with b:
             reservation = b.reserve(model="m", prompt_tokens=1_234_567, max_tokens=1)
             b.settle(reservation, Usage(1_234_567, 0), streamed=False, source="t")
     with decimal.localcontext(decimal.Context(prec=50)):
-        assert b.spent_exact == Decimal("0.0001234567") / 1000 * 1_234_567
+        assert b.spent_exact == Decimal("0.000123457") / 1000 * 1_234_567
 
 
 # ------------------------------------------------------------------------------------------ usage and estimates
