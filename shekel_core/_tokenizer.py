@@ -44,17 +44,19 @@ ABSENT_RETRY_SECONDS = 60.0
 #: The environment variable that allows downloading a missing tokenizer from the Hub (``1``, ``true``, ``yes``).
 DOWNLOAD_ENV = "SHEKEL_TOKENIZER_DOWNLOAD"
 
-#: Tokens added to an exact chat prompt count for the reservation. Servers render the same template with
-#: small differences: the date line of a Llama 3 system header, text parts joined with or without a newline,
-#: a BOS token encoded twice, a thinking preamble; see docs/hard-caps.md for the measurements behind it.
-PROMPT_MARGIN_TOKENS = 16
-#: Per message, on top: a server that joins a message's text parts differently, or strips and re-adds
-#: whitespace around it, moves the count by about one token per message.
+#: Tokens added to an exact chat prompt count for the reservation, so that it stays an upper bound when the
+#: server renders the same template a little differently. Measured with Qwen3's and Llama 3.2's tokenizers
+#: (docs/hard-caps.md): a BOS encoded a second time (vLLM's ``add_special_tokens=True``) 1; an empty thinking
+#: block (Qwen3 with ``enable_thinking=False``) 4 to 6; a short default system prompt ("You are a helpful
+#: assistant.") 11 to 19; a Llama 3 date line of another day 0.
+PROMPT_MARGIN_TOKENS = 24
+#: Per message: whitespace a server's template adds or strips around each turn.
 PROMPT_MARGIN_PER_MESSAGE = 1
-#: When tools are given: servers that do not render tools through the model's template (TGI) add their own
-#: tool instructions, about 60 tokens.
-PROMPT_MARGIN_TOOLS = 96
-#: Per 100 prompt tokens, for a server whose tokenizer version splits some text differently.
+#: When tools are given: TGI adds its own ``notify_error`` tool (66 tokens as JSON) and may add its tool
+#: prompt (52 tokens) to the conversation.
+PROMPT_MARGIN_TOOLS = 128
+#: Per 100 prompt tokens: a server whose tokenizer version splits some text differently (not measured here:
+#: insurance proportional to the prompt).
 PROMPT_MARGIN_PERCENT = 1
 
 _TRUE = ("1", "true", "yes", "on")
@@ -81,7 +83,15 @@ class TokenizerCacheInfo(NamedTuple):
 class _Loaded:
     """A model's tokenizer, its compiled chat templates and the special tokens its templates see."""
 
-    __slots__ = ("encode", "load_seconds", "special_tokens", "template", "template_error", "tool_template")
+    __slots__ = (
+        "encode",
+        "load_seconds",
+        "special_tokens",
+        "template",
+        "template_error",
+        "tool_template",
+        "tools_rendered",
+    )
 
     def __init__(
         self,
@@ -91,8 +101,11 @@ class _Loaded:
         template_error: str | None,
         special_tokens: dict[str, str],
         load_seconds: float,
+        tools_rendered: bool = True,
     ) -> None:
         self.encode = encode
+        #: Whether the template used with tools reads ``tools``; if not, a server adds them as text (TGI).
+        self.tools_rendered = tools_rendered
         self.template = template
         self.tool_template = tool_template
         self.template_error = template_error
@@ -117,6 +130,13 @@ def prompt_tokens(model: str | None, messages: Iterable[object], tools: object =
     not in the local cache (or the extra is not installed), it has no usable chat template, a message holds
     an image or other non-text part, or the template refuses the messages (``raise_exception``).
     """
+    counted = _exact(model, messages, tools)
+    return None if counted is None else counted[0]
+
+
+def _exact(model: str | None, messages: Iterable[object], tools: object) -> tuple[int, int] | None:
+    """``(the template's count, tokens of tools the template ignores)``: a server whose template does not
+    render the tools puts them into the prompt as JSON itself (TGI), so they are counted for it."""
     loaded = _tokenizer_for(model)
     if loaded is None:
         return None
@@ -124,7 +144,12 @@ def prompt_tokens(model: str | None, messages: Iterable[object], tools: object =
         text = _render(loaded, messages, tools)
         if text is None:
             return None
-        return len(loaded.encode(text, add_special_tokens=False))
+        count = len(loaded.encode(text, add_special_tokens=False))
+        if tools is None or loaded.tools_rendered:
+            return count, 0
+        return count, len(
+            loaded.encode(json.dumps(_plain(tools), ensure_ascii=False), add_special_tokens=False)
+        )
     except Exception:  # a template that raises or trips the sandbox: no exact count, the heuristic applies
         return None
 
@@ -166,9 +191,10 @@ def chat_prompt_estimates(
     """
     if not isinstance(messages, (list, tuple)):
         messages = list(messages)  # read twice when the exact count is not possible
-    exact = prompt_tokens(model, messages, tools)
-    if exact is None:
+    counted = _exact(model, messages, tools)
+    if counted is None:
         return prompt_tokens_estimates(messages, tools)
+    exact = counted[0] + counted[1]
     return exact + prompt_margin(exact, len(messages), tools is not None), exact
 
 
@@ -373,11 +399,14 @@ def _load(repo: str) -> _Loaded | str:
                 templates["tool_use"] = file.read()
     template = tool_template = None
     error: str | None = None
+    tools_rendered = True
     try:
         default = templates.get("default")
         template = None if default is None else _compile(default)
         tool_use = templates.get("tool_use")
         tool_template = None if tool_use is None else _compile(tool_use)
+        with_tools = tool_use if tool_use is not None else default
+        tools_rendered = with_tools is None or "tools" in _variables(with_tools)
         if default is None:
             error = "no default chat template" if templates else "no chat template"
     except ImportError:
@@ -391,6 +420,7 @@ def _load(repo: str) -> _Loaded | str:
         template_error=error,
         special_tokens=_special_tokens(config),
         load_seconds=time.perf_counter() - started,
+        tools_rendered=tools_rendered,
     )
 
 
@@ -540,6 +570,14 @@ def _plain(value: Any) -> Any:
 def _compile(source: str) -> Any:
     """A chat template compiled once per distinct text (models of one family share theirs)."""
     return _environment().from_string(source)
+
+
+@lru_cache(maxsize=32)
+def _variables(source: str) -> frozenset[str]:
+    """The variables a template reads from its caller (``messages``, ``tools``, ``bos_token``...)."""
+    import jinja2.meta
+
+    return frozenset(jinja2.meta.find_undeclared_variables(_environment().parse(source)))
 
 
 @lru_cache(maxsize=1)

@@ -395,6 +395,22 @@ def test_reservations_add_the_margin_to_the_exact_count(hub: Path) -> None:
     assert _tokenizer.chat_prompt_estimates(LLAMA, iter(narrator)) == prompt_tokens_estimates(narrator)
 
 
+def test_tools_a_template_ignores_are_counted_as_the_json_a_server_adds(hub: Path, reference: Any) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"city": "Lisbon"}}}]
+    messages = CHAT[1:2]
+    # JINJA_FILE's ChatML template never reads ``tools``: TGI then puts them into the prompt as JSON itself.
+    exact = shekel_tokenizers.prompt_tokens(JINJA_FILE, messages, tools)
+    assert exact == shekel_tokenizers.prompt_tokens(JINJA_FILE, messages)
+    assert exact is not None
+    as_json = _count(reference, json.dumps(tools, ensure_ascii=False))
+    high, fair = _tokenizer.chat_prompt_estimates(JINJA_FILE, messages, tools)
+    assert fair == exact + as_json
+    assert high == fair + _tokenizer.prompt_margin(fair, 1, tools=True)
+    # LLAMA's template renders the tools: nothing is added but the margin.
+    llama_exact = shekel_tokenizers.prompt_tokens(LLAMA, messages, tools)
+    assert _tokenizer.chat_prompt_estimates(LLAMA, messages, tools)[1] == llama_exact
+
+
 # ------------------------------------------------------------------------------------------ the cache
 def _count_loads(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[str]:
     loads: list[str] = []
