@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 from ._usage import prompt_tokens_estimates, text_tokens_fair, text_tokens_high
 
 #: Tokenizers kept loaded at once (least recently used first out). A large vocabulary (Llama 3, Qwen 3)
-#: takes some 25 to 40 MB in memory.
+#: holds about 30 MiB once loaded; a process's first load leaves 60 to 90 MiB more resident (what parsing
+#: tokenizer.json used, which the allocator keeps and later loads reuse). Measured in benchmarks/.
 MAX_TOKENIZERS = 8
 #: How long a model whose tokenizer could not be found (or loaded) is taken as having none, before the
 #: local cache is looked at again: a tokenizer downloaded meanwhile is used from then on.
