@@ -171,15 +171,19 @@ def _count_rows(models: dict[str, str], number: int, repeats: int) -> list[Row]:
             variants[f"{kind}|heuristic"] = heuristic
             variants[f"{kind}|exact"] = exact
         times = time_batches(variants, number=number, repeats=repeats)
-        for kind, (messages, _tools) in PROMPTS.items():
+        for kind, (messages, tools) in PROMPTS.items():
             calls_h = count_calls(variants[f"{kind}|heuristic"], 20)
             calls_e = count_calls(variants[f"{kind}|exact"], 20)
             t_h, t_e = median(times[f"{kind}|heuristic"]), median(times[f"{kind}|exact"])
-            chars = sum(len(str(m["content"])) for m in messages)
+            loaded = _tokenizer._tokenizer_for(model)
+            assert loaded is not None
+            rendered = _tokenizer._render(loaded, messages, tools)
+            assert rendered is not None, f"{label} did not render {kind}"
+            chars = len(rendered)  # what is encoded: the template's text included
             rows.append(
                 Row(
                     group="6. tokenizer",
-                    name=f"later call, {label}: {kind} ({chars:,} chars)",
+                    name=f"later call, {label}: {kind} ({chars:,} chars rendered)",
                     baseline="byte heuristic",
                     time_text=f"{us(t_e)} vs {us(t_h)} ({(t_e - t_h) / chars * 1e9:,.0f} ns per char)",
                     time_ratio=paired_ratio(times, f"{kind}|exact", f"{kind}|heuristic"),

@@ -485,7 +485,8 @@ def _render(loaded: _Loaded, messages: Iterable[object], tools: object) -> str |
 
 def _chat(messages: Iterable[object]) -> list[dict[str, Any]] | None:
     """The messages as plain dicts, as transformers hands them to a template (keys holding None dropped);
-    None when one cannot be counted (an image or other non-text part, an object of unknown shape)."""
+    None when one cannot be counted (an image or other non-text part, no ``role``, an object of unknown
+    shape)."""
     chat: list[dict[str, Any]] = []
     for message in messages:
         if isinstance(message, Mapping):  # dicts and huggingface_hub's types (dict subclasses)
@@ -507,6 +508,10 @@ def _chat(messages: Iterable[object]) -> list[dict[str, Any]] | None:
             else:
                 value = _plain(value)
             plain[key if type(key) is str else str(key)] = value
+        if (
+            type(plain.get("role")) is not str
+        ):  # not a chat message as templates read it (LangChain's objects)
+            return None
         for name in _REASONING_FIELDS:
             reasoning = plain.get(name)
             if reasoning is not None:  # transformers fills the names templates read from older ones

@@ -316,6 +316,28 @@ def test_no_count_for_images_and_unknown_content(hub: Path, content: object) -> 
     assert _tokenizer.chat_prompt_estimates(LLAMA, messages) == prompt_tokens_estimates(messages)
 
 
+def test_no_count_for_messages_without_a_role(hub: Path) -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Message:  # LangChain's messages name the role "type"; templates read "role"
+        type: str
+        content: str
+
+    assert shekel_tokenizers.prompt_tokens(LLAMA, [Message("human", "Hello")]) is None
+    assert shekel_tokenizers.prompt_tokens(LLAMA, [{"content": "Hello"}]) is None
+    assert shekel_tokenizers.prompt_tokens(LLAMA, ["Hello"]) is None
+
+    @dataclass
+    class WithRole:  # a plain dataclass (not a dict) with what templates read
+        role: str
+        content: str
+
+    counted = shekel_tokenizers.prompt_tokens(LLAMA, [WithRole("user", "Hello")])
+    assert counted is not None
+    assert counted == shekel_tokenizers.prompt_tokens(LLAMA, [{"role": "user", "content": "Hello"}])
+
+
 def test_image_in_a_huggingface_hub_chunk(hub: Path) -> None:
     from huggingface_hub import (
         ChatCompletionInputMessage,
