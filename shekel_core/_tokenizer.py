@@ -79,6 +79,9 @@ class TokenizerCacheInfo(NamedTuple):
     hits: int
     #: Seconds each loaded tokenizer took to load (files read, tokenizer built, templates compiled).
     load_seconds: dict[str, float]
+    #: Loaded models whose chat prompts are not counted (text still is), with the reason: no chat template,
+    #: one jinja2 cannot compile, jinja2 missing or too old.
+    template_errors: dict[str, str]
 
 
 class _Loaded:
@@ -256,6 +259,11 @@ def cache_info() -> TokenizerCacheInfo:
             loads=_stats["loads"],
             hits=_stats["hits"],
             load_seconds={repo: entry.load_seconds for repo, entry in _loaded.items()},
+            template_errors={
+                repo: entry.template_error
+                for repo, entry in _loaded.items()
+                if entry.template_error is not None
+            },
         )
 
 
@@ -410,8 +418,12 @@ def _load(repo: str) -> _Loaded | str:
         tools_rendered = with_tools is None or "tools" in _variables(with_tools)
         if default is None:
             error = "no default chat template" if templates else "no chat template"
-    except ImportError:
-        error = 'jinja2 is not installed (pip install "shekel[tokenizers]")'
+    except ImportError as exc:  # no jinja2, or one whose sandbox is not safe for templates from the Hub
+        error = (
+            str(exc)
+            if "older than" in str(exc)
+            else 'jinja2 is not installed (pip install "shekel[tokenizers]")'
+        )
     except Exception as exc:  # a template jinja2 cannot compile: text counts still work
         error = f"the chat template does not compile: {type(exc).__name__}"
     return _Loaded(
@@ -596,6 +608,12 @@ def _environment() -> Any:
     import jinja2.ext
     import jinja2.nodes
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    release = tuple(int(part) for part in re.findall(r"\d+", jinja2.__version__)[:3])
+    if release < (3, 1, 6):  # earlier sandboxes can be escaped, and templates come from the Hub
+        raise ImportError(
+            f'jinja2 {jinja2.__version__} is older than 3.1.6 (pip install "shekel[tokenizers]")'
+        )
 
     class Generation(jinja2.ext.Extension):
         """``{% generation %}...{% endgeneration %}`` marks assistant text for training masks: the text is

@@ -369,7 +369,27 @@ def test_a_template_that_does_not_compile_still_counts_text(hub: Path, tokenizer
     for model in ("test-org/broken", "test-org/no-template"):
         assert shekel_tokenizers.prompt_tokens(model, CHAT) is None
         assert shekel_tokenizers.text_tokens(model, "The lazy dog.") is not None
-    assert shekel_tokenizers.cache_info().loads == 2
+    info = shekel_tokenizers.cache_info()
+    assert info.loads == 2
+    assert info.template_errors == {
+        "test-org/broken": "the chat template does not compile: TemplateSyntaxError",
+        "test-org/no-template": "no chat template",
+    }
+
+
+def test_a_jinja2_older_than_3_1_6_renders_nothing(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jinja2
+
+    monkeypatch.setattr(jinja2, "__version__", "3.1.5")
+    _tokenizer._environment.cache_clear()
+    _tokenizer._compile.cache_clear()
+    try:
+        assert shekel_tokenizers.prompt_tokens(LLAMA, CHAT) is None
+        assert shekel_tokenizers.text_tokens(LLAMA, "The lazy dog.") is not None
+        assert "older than 3.1.6" in shekel_tokenizers.cache_info().template_errors[LLAMA]
+    finally:
+        _tokenizer._environment.cache_clear()
+        _tokenizer._compile.cache_clear()
 
 
 def test_the_sandbox_refuses_what_transformers_refuses(hub: Path, tokenizer_json: str) -> None:
