@@ -266,6 +266,7 @@ def test_text_generation_prompts_get_the_tokenizers_special_tokens(hub: Path, re
     pieces = ["The quick", " brown fox", " jumps over the lazy dog."]
     assert shekel_tokenizers.output_tokens(LLAMA, pieces) == _count(reference, "".join(pieces))
     assert shekel_tokenizers.output_tokens(LLAMA, "") == 0
+    assert _tokenizer.text_prompt_estimates(LLAMA, text) == (count + _tokenizer.TEXT_MARGIN_TOKENS + 1, count)
 
 
 @pytest.mark.parametrize("suffix", [":together", ":fastest", ":cheapest"])
