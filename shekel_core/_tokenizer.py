@@ -128,6 +128,10 @@ _absent: dict[str, tuple[float, str]] = {}
 _loading: dict[str, threading.Lock] = {}
 _stats = {"loads": 0, "hits": 0}
 _download_setting: bool | None = None
+#: Model strings as callers pass them (``org/name:provider``, URLs) that have no tokenizer, until when: the
+#: path every call of a model without one takes, so it is one dictionary look-up (and a clock read).
+_FOREVER = float("inf")
+_no_tokenizer: dict[str, float] = {}
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -197,8 +201,13 @@ def chat_prompt_estimates(
 
     A drop-in for ``prompt_tokens_estimates(messages, tools)``.
     """
-    if not isinstance(messages, (list, tuple)):
+    if type(messages) is not list and type(messages) is not tuple:
         messages = list(messages)  # read twice when the exact count is not possible
+    if type(model) is not str:
+        return prompt_tokens_estimates(messages, tools)
+    until = _no_tokenizer.get(model)  # the usual case without tokenizers, inline
+    if until is not None and (until is _FOREVER or until > time.monotonic()):
+        return prompt_tokens_estimates(messages, tools)
     counted = _exact(model, messages, tools)
     if counted is None:
         return prompt_tokens_estimates(messages, tools)
@@ -246,6 +255,7 @@ def allow_download(enabled: bool | None = True) -> None:
     _download_setting = enabled
     with _lock:
         _absent.clear()
+        _no_tokenizer.clear()
 
 
 def clear_cache() -> None:
@@ -253,6 +263,7 @@ def clear_cache() -> None:
     with _lock:
         _loaded.clear()
         _absent.clear()
+        _no_tokenizer.clear()
         _stats["loads"] = _stats["hits"] = 0
     _repo_id.cache_clear()
 
@@ -294,10 +305,14 @@ def _repo_id(model: str) -> str | None:
 
 
 def _tokenizer_for(model: str | None) -> _Loaded | None:
-    if type(model) is not str or not model:
+    if type(model) is not str:
         return None
-    repo = _repo_id(model)
+    until = _no_tokenizer.get(model)
+    if until is not None and (until is _FOREVER or until > time.monotonic()):
+        return None
+    repo = _repo_id(model) if model else None
     if repo is None:
+        _remember_none(model, _FOREVER)
         return None
     with _lock:
         loaded = _loaded.get(repo)
@@ -307,6 +322,7 @@ def _tokenizer_for(model: str | None) -> _Loaded | None:
             return loaded
         absent = _absent.get(repo)
         if absent is not None and absent[0] > time.monotonic():
+            _remember_none(model, absent[0])
             return None
         loading = _loading.setdefault(repo, threading.Lock())
     # One thread loads a model; the others wait for it rather than load it again.
@@ -318,6 +334,7 @@ def _tokenizer_for(model: str | None) -> _Loaded | None:
                 return loaded
             absent = _absent.get(repo)
             if absent is not None and absent[0] > time.monotonic():
+                _remember_none(model, absent[0])
                 return None
         try:
             result: _Loaded | str = _load(repo)
@@ -328,7 +345,9 @@ def _tokenizer_for(model: str | None) -> _Loaded | None:
             if isinstance(result, str):
                 if len(_absent) >= 1024:
                     _absent.clear()
-                _absent[repo] = (time.monotonic() + ABSENT_RETRY_SECONDS, result)
+                until = time.monotonic() + ABSENT_RETRY_SECONDS
+                _absent[repo] = (until, result)
+                _remember_none(model, until)
                 return None
             _absent.pop(repo, None)
             _loaded[repo] = result
@@ -337,6 +356,12 @@ def _tokenizer_for(model: str | None) -> _Loaded | None:
                 _loaded.popitem(last=False)
             _stats["hits"] += 1
             return result
+
+
+def _remember_none(model: str, until: float) -> None:
+    if len(_no_tokenizer) >= 1024:
+        _no_tokenizer.clear()
+    _no_tokenizer[model] = until
 
 
 def _hub_cache() -> str:
