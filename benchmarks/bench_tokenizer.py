@@ -209,6 +209,37 @@ def _count_rows(models: dict[str, str], number: int, repeats: int) -> list[Row]:
     return rows
 
 
+def _absent_row(number: int, repeats: int) -> Row:
+    """What every call pays for a model without a tokenizer (most calls of most users): the estimate's
+    look-up of the model, against the byte heuristic alone."""
+    messages, tools = PROMPTS["multi-turn chat, system prompt"]
+    model = "bench/no-tokenizer:together"
+    _tokenizer.chat_prompt_estimates(model, messages, tools)  # the one look-up in the cache
+
+    def heuristic(n: int) -> None:
+        for _ in range(n):
+            prompt_tokens_estimates(messages, tools)
+
+    def estimates(n: int) -> None:
+        for _ in range(n):
+            _tokenizer.chat_prompt_estimates(model, messages, tools)
+
+    variants: dict[str, Callable[[int], object]] = {"heuristic": heuristic, "estimates": estimates}
+    times = time_batches(variants, number=number, repeats=repeats)
+    calls = {name: count_calls(fn, 50) for name, fn in variants.items()}
+    return Row(
+        group="6. tokenizer",
+        name="a model without a tokenizer: chat_prompt_estimates",
+        baseline="byte heuristic",
+        time_text=f"{us(median(times['estimates']))} vs {us(median(times['heuristic']))}",
+        time_ratio=paired_ratio(times, "estimates", "heuristic"),
+        wall_ratio=paired_ratio(times.wall, "estimates", "heuristic"),
+        calls_text=f"{calls['estimates']:,.0f} vs {calls['heuristic']:,.0f}",
+        calls_ratio=calls["estimates"] / calls["heuristic"],
+        extra={"calls_added": calls["estimates"] - calls["heuristic"]},
+    )
+
+
 def _ratio_rows(models: dict[str, str]) -> list[Row]:
     rows = []
     for model, label in models.items():
@@ -245,6 +276,7 @@ def run(quick: bool = False) -> list[Row]:
             rows = _load_rows(models, 1 if quick else 3)
             rows += _count_rows(models, 20 if quick else 100, 3 if quick else 11)
             rows += _ratio_rows(models)
+            rows.append(_absent_row(2000 if quick else 10000, 3 if quick else 11))
         finally:
             _tokenizer.clear_cache()
             if previous is None:
