@@ -105,6 +105,7 @@ class CallAccounting:
         "model_label",
         "output_chars",
         "output_chunks",
+        "pieces",
         "reservation",
         "sent",
         "served_by",
@@ -142,6 +143,8 @@ class CallAccounting:
         # Observers of streams add to these directly: they run once per chunk, so no method call is spent.
         self.output_chars = 0
         self.output_chunks = 0
+        #: The text received, kept only when the model's tokenizer can count it (see ``usage``).
+        self.pieces: list[str] | None = None
         self._done = False
 
     def begin(self, reservation: Reservation) -> None:
@@ -177,8 +180,16 @@ class CallAccounting:
         """Reported usage, or an estimate (marked as such) from the prompt and the output received."""
         if self._usage is not None:
             return self._usage
-        # Servers stream about one token per chunk; text averages about four characters per token.
-        output = max(self.output_chunks, math.ceil(self.output_chars / 4))
+        # Servers stream about one token per chunk; text averages about four characters per token, unless
+        # the model's own tokenizer counts what was received.
+        counted = None
+        if self.pieces:
+            from ._tokenizer import output_tokens
+
+            counted = output_tokens(self.reservation.model, self.pieces)
+        if counted is None:
+            counted = math.ceil(self.output_chars / 4)
+        output = max(self.output_chunks, counted)
         # The server cannot have generated more than it was allowed to.
         allowed = self.reservation.max_tokens
         if allowed is not None:

@@ -358,6 +358,14 @@ def _tokenizer_for(model: str | None) -> _Loaded | None:
             return result
 
 
+def counts_output(model: str | None) -> bool:
+    """Whether ``model``'s tokenizer is loaded already, so its output can be counted (no loading here)."""
+    if type(model) is not str or model in _no_tokenizer:
+        return False
+    repo = _repo_id(model)
+    return repo is not None and repo in _loaded
+
+
 def _remember_none(model: str, until: float) -> None:
     if len(_no_tokenizer) >= 1024:
         _no_tokenizer.clear()

@@ -19,20 +19,18 @@ from collections.abc import Callable, Mapping
 from importlib.util import find_spec
 from typing import Any
 
-from .._budget import DEFAULT_MAX_TOKENS_CEILING, Reservation
+from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget, Reservation
 from .._call import SKIP, CallAccounting, Hold, before_reserve, call_in_progress, iterate_async, iterate_sync
 from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
 from .._limits import whole_number
 from .._pricing import AUTO, ROUTING_POLICIES, split_model
 from .._redact import redact_model
+from .._tokenizer import chat_prompt_estimates, counts_output, text_prompt_estimates
 from .._usage import (
     _field,
     _token_count,
-    prompt_tokens_estimates,
     read_usage,
-    text_tokens_fair,
-    text_tokens_high,
 )
 from .._versions import check as check_version
 from . import _http_hooks as http_hooks
@@ -127,7 +125,7 @@ def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
 
 # The plain-dict reads below (``key in kwargs``) are ``kwargs.get(key)`` without a function call: this runs on
 # every counted call.
-def _plan_chat(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
+def _plan_chat(target: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
     """What a chat completion asks the budget for; its limits are normalised to what is sent."""
     messages = args[0] if args else kwargs.get("messages") or ()
     model, provider = _target(client, kwargs)
@@ -145,10 +143,14 @@ def _plan_chat(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _C
     limit = max_tokens
     if completion_cap is not None:
         limit = completion_cap if limit is None else max(limit, completion_cap)
-    prompt_high, prompt_fair = prompt_tokens_estimates(
-        messages,
-        kwargs["tools"] if "tools" in kwargs else None,  # noqa: SIM401
-    )
+    tools = kwargs["tools"] if "tools" in kwargs else None  # noqa: SIM401
+    if type(messages) is not list:
+        messages = list(messages)  # read more than once below
+    prompt_high, prompt_fair = chat_prompt_estimates(model, messages, tools)
+    if target._chain_fallback:  # another model may be sent instead: its tokenizer may count more
+        fallback = target._any_fallback()
+        if fallback is not None and fallback != model:
+            prompt_high = max(prompt_high, chat_prompt_estimates(fallback, messages, tools)[0])
     call = _ChatCall(
         (
             model,
@@ -163,6 +165,8 @@ def _plan_chat(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _C
     )
     call.n = n
     call.strip = streamed and kwargs.get("stream_options") is None
+    if streamed and counts_output(model):
+        call.pieces = []
     return call
 
 
@@ -241,6 +245,8 @@ class _ChatCall(CallAccounting):
                     raise TypeError(f"delta content is a {type(content).__name__}")
                 self.output_chars += len(content)
                 self.output_chunks += 1
+                if self.pieces is not None:
+                    self.pieces.append(content)
             elif delta is not None:
                 generated = _side_output(delta)  # a tool call's arguments, reasoning: output too
                 if generated:
@@ -279,7 +285,7 @@ def _unsupported_text_generation_kwargs(model: str | None) -> list[str]:
     return list(_get_unsupported_text_generation_kwargs(model))
 
 
-def _plan_text(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _TextCall:
+def _plan_text(target: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _TextCall:
     """What a text generation asks the budget for; ``details`` are asked for (exact output counts) when the
     server has them."""
     prompt = args[0] if args else kwargs.get("prompt", "")
@@ -288,15 +294,20 @@ def _plan_text(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T
     max_new = kwargs.get("max_new_tokens")
     if max_new is not None:
         max_new = kwargs["max_new_tokens"] = whole_number(max_new, "max_new_tokens")
+    prompt_high, prompt_fair = text_prompt_estimates(model, prompt)
+    if target._chain_fallback:
+        fallback = target._any_fallback()
+        if fallback is not None and fallback != model:
+            prompt_high = max(prompt_high, text_prompt_estimates(fallback, prompt)[0])
     call = _TextCall(
         (
             model,
-            text_tokens_high(prompt),
+            prompt_high,
             max_new,
             TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS,
             _provider_of(client, kwargs),
         ),
-        prompt_fair=text_tokens_fair(prompt),
+        prompt_fair=prompt_fair,
         source="huggingface_hub.text_generation",
         streamed=bool(kwargs.get("stream")),
         model_label=model,
@@ -360,7 +371,7 @@ class _TextCall(CallAccounting):
 
 
 # ------------------------------------------------------------------------------------------ wrappers
-Planner = Callable[[Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | _TextCall"]
+Planner = Callable[[Budget, Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | _TextCall"]
 
 
 def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
@@ -371,7 +382,7 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         if budget is None or call_in_progress.get():
             return original(self, *args, **kwargs)
         target = before_reserve() or budget
-        pending = plan(self, args, kwargs)
+        pending = plan(target, self, args, kwargs)
         pending.start(target.reserve_call(pending.ask), kwargs)
         token = call_in_progress.set(pending)
         try:
@@ -399,7 +410,7 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         if budget is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
         target = before_reserve() or budget
-        pending = plan(self, args, kwargs)
+        pending = plan(target, self, args, kwargs)
         pending.start(await target.areserve_call(pending.ask, asyncio.current_task()), kwargs)
         token = call_in_progress.set(pending)
         try:

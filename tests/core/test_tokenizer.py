@@ -681,3 +681,40 @@ def test_downloads_can_be_switched_off_again(
     shekel_tokenizers.allow_download(False)  # the function wins over the environment
     assert shekel_tokenizers.prompt_tokens("test-org/remote", CHAT) is None
     assert fake_hub.requests == []
+
+
+# ------------------------------------------------------------------------------------------ through the client
+def test_a_call_reserves_the_exact_count_plus_margin_and_estimates_a_stream_with_the_tokenizer(
+    hub: Path, reference: Any
+) -> None:
+    """Through the real InferenceClient: the reservation holds the exact prompt count plus its margin, not the
+    byte heuristic; a stream without usage is charged its output as the tokenizer counts it."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from shekel import budget
+    from shekel.testing import FakeInferenceServer
+
+    with FakeInferenceServer(stream_usage="never") as server:
+        client = huggingface_hub.InferenceClient(base_url=server.url)
+        held: list[Any] = []
+        with budget(max_usd=10, price_per_1k_tokens={"input": 1.0, "output": 1.0}) as b:
+            original = b.reserve_call
+
+            def spy(ask: Any) -> Any:
+                reservation = original(ask)
+                held.append(reservation)
+                return reservation
+
+            b.reserve_call = spy  # type: ignore[method-assign]
+            client.chat_completion(CHAT, model=LLAMA, max_tokens=5)
+            pieces = [
+                c.choices[0].delta.content or ""
+                for c in client.chat_completion(CHAT, model=LLAMA, max_tokens=8, stream=True)
+            ]
+    exact = shekel_tokenizers.prompt_tokens(LLAMA, CHAT)
+    assert exact is not None
+    margin = _tokenizer.prompt_margin(exact, len(CHAT), tools=False)
+    assert held[0].prompt_tokens == exact + margin < prompt_tokens_estimates(CHAT)[0]
+    streamed = b.records[1]
+    assert streamed.estimated and streamed.input_tokens == exact
+    # the tokenizer's count of what arrived, never above what the call allowed
+    assert streamed.output_tokens == min(max(len(pieces), _count(reference, "".join(pieces))), 8)
