@@ -14,13 +14,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, Inexact, Rounded, getcontext, localcontext
 from types import TracebackType
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from . import _context
 from . import _validate as validate
-from ._money import ZERO, exact_money
+from ._money import MONEY_CONTEXT, MONEY_PRECISION, ZERO, exact_money
 from ._pricing import (
     Price,
     PriceTable,
@@ -459,15 +459,21 @@ class Budget:
         """
         return self.reserve_call((model, prompt_tokens, max_tokens, max_tokens_ceiling, provider))
 
-    @exact_money
     def reserve_call(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
         """:meth:`reserve`, for adapters: ``ask`` is (model, prompt_tokens, max_tokens, ceiling, provider)."""
+        context = getcontext()  # exact_money, inline: this runs on every counted call
+        if context.prec < MONEY_PRECISION or context.traps[Inexact] or context.traps[Rounded]:
+            with localcontext(MONEY_CONTEXT):
+                return self.reserve_call(ask)
         tree = self._tree
         refusal: NoRoom | None = None
         with tree.lock:
             if not tree.waiters:
                 try:
-                    reservation = self._take(*ask, None)
+                    if self._chain_fallback or self._born != _generation:
+                        reservation = self._take(*ask, None)
+                    else:  # _take's usual case, inline
+                        reservation = self._hold(ask[0], ask[1], ask[2], ask[3], None, ask[4], None)
                 except NoRoom as no_room:
                     refusal = no_room
                 else:
@@ -781,7 +787,6 @@ class Budget:
         if tree.waiters:
             tree.wake()
 
-    @exact_money
     def settle(
         self,
         reservation: Reservation,
@@ -803,6 +808,19 @@ class Budget:
         an error answer (charged nothing; counted as a failed request); ``"unknown"`` when the request left
         and no answer came back (charged what it held, since the provider most likely did the work).
         """
+        context = getcontext()  # exact_money, inline: this runs on every counted call
+        if context.prec < MONEY_PRECISION or context.traps[Inexact] or context.traps[Rounded]:
+            with localcontext(MONEY_CONTEXT):
+                return self.settle(
+                    reservation,
+                    usage,
+                    streamed=streamed,
+                    source=source,
+                    label=label,
+                    provider=provider,
+                    outcome=outcome,
+                    note=note,
+                )
         notes: list[str]
         if provider is None or provider == reservation.provider:  # _settle_price's usual case, inline
             price, served, notes = reservation.price, reservation.provider, []
@@ -874,7 +892,9 @@ class Budget:
         chain = reservation.chain
         tree = chain[0]._tree
         with tree.lock:
-            if tree.holds.pop(reservation, _GONE) is _GONE:
+            try:
+                del tree.holds[reservation]
+            except KeyError:
                 return ZERO  # settled or released already: never charged twice
             ledger.settle(
                 chain[0]._accounts,

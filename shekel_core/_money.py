@@ -44,6 +44,16 @@ def exact_money(fn: Callable[P, R]) -> Callable[P, R]:
     return exact
 
 
+def usual_context(context: Context) -> bool:
+    """Whether ``context`` keeps money exact as it is (what :func:`exact_money` checks). Hot paths inline it:
+    ``context.prec >= MONEY_PRECISION and not (context.traps[Inexact] or context.traps[Rounded])``."""
+    return context.prec >= MONEY_PRECISION and not (context.traps[Inexact] or context.traps[Rounded])
+
+
+#: The context money arithmetic runs in when the application's own would round or trap.
+MONEY_CONTEXT = _MONEY_CONTEXT
+
+
 def to_decimal(value: object, *, what: str, fix: str, below: Decimal = _TOO_LARGE) -> Decimal:
     """Convert a user-supplied amount to ``Decimal`` exactly as written.
 

@@ -20,7 +20,16 @@ from importlib.util import find_spec
 from typing import Any
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget, Reservation
-from .._call import SKIP, CallAccounting, Hold, before_reserve, call_in_progress, iterate_async, iterate_sync
+from .._call import (
+    SKIP,
+    CallAccounting,
+    Hold,
+    before_reserve,
+    call_in_progress,
+    call_observer,
+    iterate_async,
+    iterate_sync,
+)
 from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
 from .._limits import whole_number
@@ -179,12 +188,15 @@ class _ChatCall(CallAccounting):
     n: int
     strip: bool
 
-    def start(self, reservation: Reservation, kwargs: dict[str, Any]) -> None:
-        """Send what was reserved for: the fallback model, the granted ``max_tokens``, the usage chunk."""
-        self.begin(reservation)
+    def start(self, reservation: Reservation, kwargs: dict[str, Any], observer: Any) -> None:
+        """Send what was reserved for: the fallback model, the granted ``max_tokens``, the usage chunk.
+        ``observer`` is ``call_observer``'s value, read by the wrapper."""
+        self.reservation = reservation  # begin(), inline
+        if observer is not None:
+            observer(self)
         if reservation.fallback_from is not None:
             kwargs["model"] = reservation.model
-        if reservation.max_tokens is not None and kwargs.get("max_tokens") is None and self.ask[2] is None:
+        if self.ask[2] is None and reservation.max_tokens is not None and kwargs.get("max_tokens") is None:
             kwargs["max_tokens"] = max(1, reservation.max_tokens // self.n)
         if self.strip:
             kwargs["stream_options"] = {"include_usage": True}
@@ -325,8 +337,10 @@ class _TextCall(CallAccounting):
     #: Whether shekel asks for ``details`` (so it must hand back plain text); set by ``_plan_text``.
     added_details: bool
 
-    def start(self, reservation: Reservation, kwargs: dict[str, Any]) -> None:
-        self.begin(reservation)
+    def start(self, reservation: Reservation, kwargs: dict[str, Any], observer: Any) -> None:
+        self.reservation = reservation  # begin(), inline
+        if observer is not None:
+            observer(self)
         if reservation.fallback_from is not None:
             kwargs["model"] = reservation.model
         if kwargs.get("max_new_tokens") is None and reservation.max_tokens is not None:
@@ -381,9 +395,10 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return original(self, *args, **kwargs)
-        target = before_reserve() or budget
+        observer = call_observer.get()  # before_reserve(), inline: usually there is no observer
+        target = (observer is not None and before_reserve()) or budget
         pending = plan(target, self, args, kwargs)
-        pending.start(target.reserve_call(pending.ask), kwargs)
+        pending.start(target.reserve_call(pending.ask), kwargs, observer)
         token = call_in_progress.set(pending)
         try:
             if http_hooks.attach_sync():
@@ -409,9 +424,10 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
-        target = before_reserve() or budget
+        observer = call_observer.get()
+        target = (observer is not None and before_reserve()) or budget
         pending = plan(target, self, args, kwargs)
-        pending.start(await target.areserve_call(pending.ask, asyncio.current_task()), kwargs)
+        pending.start(await target.areserve_call(pending.ask, asyncio.current_task()), kwargs, observer)
         token = call_in_progress.set(pending)
         try:
             if await http_hooks.attach_async(self):
