@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from . import _context
+from . import _sharing as sharing
 from . import _validate as validate
 from ._money import MONEY_CONTEXT, MONEY_PRECISION, ZERO, exact_money
 from ._pricing import (
@@ -32,11 +33,13 @@ from ._pricing import (
 from ._pricing_files import env_pricing, load_pricing_file
 from ._records import CallRecord, ModelTotals, RecordFields, record_dict, totals_dict
 from ._redact import redact_model
+from ._sharing import SharedPart, StoreHold
 from ._usage import Usage
 from ._warn import warn_user
 from .errors import BudgetConfigError, BudgetExceededError, ForkedBudgetError, PricingError
 from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN, Account, NoRoom
 from .ledger import memory as ledger
+from .ledger.shared import Charge, Store, StoreNoRoom, from_nano, nano_up
 from .ledger.waiting import Tree, Waiter
 
 P = ParamSpec("P")
@@ -71,6 +74,64 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _UNSET: Any = object()
+#: The fork generation of a shared budget: never "made before the fork", its ledger lives in its store.
+_SHARED_BORN = 2**62
+#: The default lease of a shared budget's holds, in seconds.
+DEFAULT_LEASE = 600.0
+_STORE_ERROR_POLICIES = ("closed", "open")
+
+
+def _shared_part(
+    name: str | None,
+    store: object,
+    window: object,
+    lease: object,
+    on_store_error: object,
+    limit: Decimal | None,
+    max_calls: int | None,
+    max_tokens: int | None,
+) -> SharedPart | None:
+    """Check the arguments of a shared budget (``store=``); None for a budget of this process alone."""
+    from .ledger.shared import MAX_EXACT_NANO, SharedLimits, parse_lease, parse_window
+    from .stores import open_store
+
+    if store is None:
+        given = [
+            k
+            for k, v in (("window", window), ("lease", lease), ("on_store_error", on_store_error))
+            if v is not None and v is not _UNSET
+        ]
+        if given:
+            raise BudgetConfigError(
+                f"{', '.join(given)} apply to shared budgets: give the budget a store too, e.g. "
+                "budget(max_usd=5, name='tenant:42', store='sqlite:///budgets.db', window='1d')."
+            )
+        return None
+    if name is None:
+        raise BudgetConfigError(
+            "a shared budget needs a name (its key in the store: every process that opens the same name "
+            "shares one ledger), e.g. budget(max_usd=20, name='nightly-eval', store=...)."
+        )
+    policy = "closed" if on_store_error is _UNSET else on_store_error
+    if policy not in _STORE_ERROR_POLICIES:
+        raise BudgetConfigError(
+            f"on_store_error must be 'closed' (refuse calls while the store is down) or 'open' (let them go "
+            f"ahead, counted in this process only), got {on_store_error!r}."
+        )
+    parsed_window = parse_window(window)
+    parsed_lease = DEFAULT_LEASE if lease is _UNSET else parse_lease(lease)
+    max_nano = None if limit is None else int(limit * 1_000_000_000)  # rounded down: the cap is safe
+    if max_nano is not None and max_nano > MAX_EXACT_NANO:
+        raise BudgetConfigError(
+            f"max_usd={limit} is above what a shared budget counts exactly (${MAX_EXACT_NANO / 1e9:,.0f}: "
+            "stores keep integer nano-dollars, and Redis scripts count in doubles)."
+        )
+    return SharedPart(
+        open_store(store),  # type: ignore[arg-type]
+        SharedLimits(name, parsed_window, max_nano, max_calls, max_tokens),
+        parsed_lease,
+        policy == "open",
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -94,6 +155,11 @@ class Reservation:
     prompt_tokens: int = 0
     thread: int = 0
     task: object = None
+    #: Whether shekel chose ``max_tokens`` (the caller gave none), and the most it could have chosen.
+    flexible: bool = False
+    ceiling: int = 0
+    #: The call's holds in the stores of shared budgets of its chain.
+    shared: tuple[StoreHold, ...] = ()
 
 
 class Budget:
@@ -119,8 +185,16 @@ class Budget:
         on_unknown_price: str | None = None,
         max_total_tokens: int | None = None,
         wait: float | None = _UNSET,
+        store: str | Store | None = None,
+        window: float | str | None = None,
+        lease: float = _UNSET,
+        on_store_error: str = _UNSET,
     ) -> None:
         self._config: dict[str, Any] = {
+            "store": store,
+            "window": window,
+            "lease": lease,
+            "on_store_error": on_store_error,
             "pricing": pricing,
             "on_unknown_price": on_unknown_price,
             "max_total_tokens": max_total_tokens,
@@ -154,7 +228,14 @@ class Budget:
         self._on_unknown = validate.on_unknown(on_unknown_price)
         max_tokens = validate.max_total_tokens(max_total_tokens)
         self._wait: float | None = _UNSET if wait is _UNSET else validate.wait(wait)
-        self._account = Account(self, limit, max_calls, max_tokens)
+        self._cap_usd, self._cap_calls, self._cap_tokens = limit, max_calls, max_tokens
+        self._shared: SharedPart | None = _shared_part(
+            name, store, window, lease, on_store_error, limit, max_calls, max_tokens
+        )
+        if self._shared is None:
+            self._account = Account(self, limit, max_calls, max_tokens)
+        else:  # its limits are enforced in the store; this process's own share is counted here
+            self._account = Account(self, None, None, None)
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
@@ -162,13 +243,15 @@ class Budget:
         self._root: Budget = self
         self._tree = Tree()
         self._lock = self._tree.lock
-        self._born = _generation
+        # The fork generation the budget was made in; a shared budget lives in its store, not in memory.
+        self._born = _generation if self._shared is None else _SHARED_BORN
         # Derived from the chain, which is fixed when the budget is first entered (``_attach``): whether any
         # budget of it has a fallback, the wait that applies, and prices found in the chain's tables (which
         # never change once built) by (model, provider).
         self._chain_fallback = self._fallback_model is not None
         self._patience: float | None = DEFAULT_WAIT if self._wait is _UNSET else self._wait
         self._table_prices: dict[tuple[str | None, str | None], Price | None] = {}
+        self._shared_groups = sharing.groups(self._chain)
         self._attached = False
 
         self._own_spent = ZERO
@@ -196,29 +279,30 @@ class Budget:
     @property
     def limit(self) -> float | None:
         """``max_usd`` as a float, or None for a budget without a dollar cap."""
-        limit = self._account.limit
+        limit = self._cap_usd
         return None if limit is None else float(limit)
 
     @property
     def limit_exact(self) -> Decimal | None:
         """``max_usd`` as an exact ``Decimal``, or None."""
-        return self._account.limit
+        return self._cap_usd
 
     @property
     def spent(self) -> float:
-        """USD spent by calls in this budget and its children (settled calls only)."""
-        return float(self._account.spent)
+        """USD spent by calls in this budget and its children (settled calls only). For a shared budget: by
+        every process, in its current window."""
+        return float(self._view().spent)
 
     @property
     def spent_exact(self) -> Decimal:
         """``spent`` as an exact ``Decimal``."""
-        return self._account.spent
+        return self._view().spent
 
     @property
     @exact_money
     def remaining(self) -> float | None:
         """``limit - spent`` (never negative), or None without a dollar cap. Calls in flight hold part of it."""
-        account = self._account
+        account = self._view()
         if account.limit is None:
             return None
         return float(max(account.limit - account.spent, ZERO))
@@ -226,39 +310,39 @@ class Budget:
     @property
     def reserved(self) -> float:
         """USD held for calls in flight (their worst-case cost)."""
-        return float(self._account.reserved)
+        return float(self._view().reserved)
 
     @property
     def calls(self) -> int:
         """LLM calls answered in this budget and its children."""
-        return self._account.calls
+        return self._view().calls
 
     @property
     def failed_calls(self) -> int:
         """Requests sent that failed: an error answer (costs nothing) or no answer at all (a timeout, a dropped
         connection, a cancellation: charged what the call held). They count against ``max_llm_calls``."""
-        return self._account.failed
+        return self._view().failed
 
     @property
     def calls_in_flight(self) -> int:
         """Calls holding a reservation now."""
-        return self._account.inflight
+        return self._view().inflight
 
     @property
     def max_llm_calls(self) -> int | None:
-        return self._account.max_calls
+        return self._cap_calls
 
     @property
     def max_total_tokens(self) -> int | None:
-        return self._account.max_tokens
+        return self._cap_tokens
 
     @property
     def input_tokens(self) -> int:
-        return self._account.input_tokens
+        return self._view().input_tokens
 
     @property
     def output_tokens(self) -> int:
-        return self._account.output_tokens
+        return self._view().output_tokens
 
     @property
     def estimated_calls(self) -> int:
@@ -294,7 +378,7 @@ class Budget:
             return {m: _copy_totals(t) for m, t in self._models.items()}
 
     def __repr__(self) -> str:
-        account = self._account
+        account = self._account  # this process's share: a repr never reads a store
         limit = "no limit" if account.limit is None else f"${account.limit}"
         return f"<Budget {self.path!r} spent=${account.spent} of {limit}, calls={account.calls}>"
 
@@ -359,6 +443,7 @@ class Budget:
             if self._wait is _UNSET:
                 self._patience = parent._patience
             self._born = min(self._born, parent._born)
+            self._shared_groups = sharing.groups(self._chain)
             self._table_prices = {}
             self._root = parent._root
             self._tree = parent._tree
@@ -417,17 +502,16 @@ class Budget:
         return "warn"
 
     def _has_limit(self) -> bool:
-        return any(a.limit is not None for a in self._accounts)
+        return any(b._cap_usd is not None for b in self._chain)
 
     def _fallback_due(self) -> str | None:
         for budget in self._chain:
-            account = budget._account
-            if (
-                budget._fallback_model is not None
-                and account.limit is not None
-                and account.spent >= budget._fallback_at * account.limit
-            ):
-                return budget._fallback_model
+            cap = budget._cap_usd
+            if budget._fallback_model is not None and cap is not None:
+                part = budget._shared
+                spent = budget._account.spent if part is None else part.seen_spent
+                if spent >= budget._fallback_at * cap:
+                    return budget._fallback_model
         return None
 
     def _any_fallback(self) -> str | None:
@@ -459,18 +543,22 @@ class Budget:
         """
         return self.reserve_call((model, prompt_tokens, max_tokens, max_tokens_ceiling, provider))
 
-    def reserve_call(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
+    def reserve_call(
+        self, ask: tuple[str | None, int, int | None, int, str | None], _local: bool = False
+    ) -> Reservation:
         """:meth:`reserve`, for adapters: ``ask`` is (model, prompt_tokens, max_tokens, ceiling, provider)."""
         context = getcontext()  # exact_money, inline: this runs on every counted call
         if context.prec < MONEY_PRECISION or context.traps[Inexact] or context.traps[Rounded]:
             with localcontext(MONEY_CONTEXT):
-                return self.reserve_call(ask)
+                return self.reserve_call(ask, _local)
+        if self._shared_groups and not _local:
+            return self._reserve_shared(ask)
         tree = self._tree
         refusal: NoRoom | None = None
         with tree.lock:
             if not tree.waiters:
                 try:
-                    if self._chain_fallback or self._born != _generation:
+                    if self._chain_fallback or self._born < _generation:
                         reservation = self._take(*ask, None)
                     else:  # _take's usual case, inline
                         reservation = self._hold(ask[0], ask[1], ask[2], ask[3], None, ask[4], None)
@@ -495,7 +583,10 @@ class Budget:
         return reservation_or_timeout
 
     async def areserve_call(
-        self, ask: tuple[str | None, int, int | None, int, str | None], task: object = None
+        self,
+        ask: tuple[str | None, int, int | None, int, str | None],
+        task: object = None,
+        _local: bool = False,
     ) -> Reservation:
         """:meth:`reserve_call` for asyncio: a call that waits for room awaits, never blocking the event loop.
 
@@ -503,6 +594,8 @@ class Budget:
         """
         import asyncio
 
+        if self._shared_groups and not _local:
+            return await self._areserve_shared(ask, task)
         waiting = _Waiting(ask, task, None, asyncio.get_running_loop())
         try:
             while True:
@@ -517,6 +610,124 @@ class Budget:
         if reservation_or_timeout.price is None:
             self._after_unpriced(reservation_or_timeout)
         return reservation_or_timeout
+
+    # ---------------------------------------------------------------- shared budgets
+    def _reserve_shared(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
+        """Hold a call on a chain with shared budgets: this process's budgets, then each store's, polling a
+        store with backoff while other processes' calls hold the room there."""
+        started, delay = time.monotonic(), sharing.POLL_FIRST
+        while True:
+            reservation = self.reserve_call(ask, _local=True)
+            try:
+                sharing.take_holds(reservation)
+                return reservation
+            except StoreNoRoom as no_room:
+                self._release_locked_safely(reservation)
+                pause = self._shared_pause(no_room, started, delay, _event_loop_running())
+                time.sleep(pause)
+                delay = min(delay * 2, sharing.POLL_LONGEST)
+            except BaseException:
+                self._release_locked_safely(reservation)
+                raise
+
+    async def _areserve_shared(
+        self, ask: tuple[str | None, int, int | None, int, str | None], task: object
+    ) -> Reservation:
+        import asyncio
+
+        started, delay = time.monotonic(), sharing.POLL_FIRST
+        while True:
+            reservation = await self.areserve_call(ask, task, _local=True)
+            try:
+                await sharing.atake_holds(reservation)
+                return reservation
+            except StoreNoRoom as no_room:
+                self._release_locked_safely(reservation)
+                pause = self._shared_pause(no_room, started, delay, False)
+                await asyncio.sleep(pause)
+                delay = min(delay * 2, sharing.POLL_LONGEST)
+            except BaseException:
+                self._release_locked_safely(reservation)
+                raise
+
+    def _shared_pause(self, no_room: StoreNoRoom, started: float, delay: float, in_loop: bool) -> float:
+        """How long to wait before asking the store again, or the refusal when waiting cannot help."""
+        waited = time.monotonic() - started
+        left = None if self._patience is None else self._patience - waited
+        if self._patience == 0 or in_loop or not no_room.waitable or (left is not None and left <= 0):
+            raise self._refused_shared(no_room, waited if waited >= sharing.POLL_FIRST else None)
+        return delay if left is None else min(delay, left)
+
+    def _refused_shared(self, no_room: StoreNoRoom, waited: float | None) -> BudgetExceededError:
+        member = next((b for b in self._chain if b._name == no_room.name and b._shared is not None), self)
+        figures = no_room.figures
+        where = f" (shared, in {member._shared.store.display})" if member._shared is not None else ""
+        return BudgetExceededError(
+            budget_name=member.path + where,
+            spent=from_nano(figures.spent),
+            limit=member._cap_usd,
+            model=None,
+            needed=from_nano(no_room.needed),
+            reason=no_room.reason,
+            calls=figures.calls + figures.failed + figures.inflight,
+            max_calls=member._cap_calls,
+            reserved=from_nano(figures.reserved),
+            waited=waited,
+        )
+
+    def _release_locked_safely(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._release_locked(reservation)
+
+    def _shrink(self, reservation: Reservation, max_tokens: int) -> None:
+        """A store granted fewer output tokens than this process's budgets held: hold only that many."""
+        if reservation.max_tokens is None or max_tokens >= reservation.max_tokens:
+            return
+        fewer = reservation.max_tokens - max_tokens
+        money = ZERO if reservation.price is None else reservation.price.output_per_token * fewer
+        tokens = fewer if reservation.tokens else 0
+        with self._lock:
+            for account in reservation.chain[0]._accounts:
+                account.reserved -= money
+                account.reserved_tokens -= tokens
+            reservation.cost -= money
+            reservation.tokens -= tokens
+            reservation.max_tokens = max_tokens
+            if self._tree.waiters:
+                self._tree.wake()
+
+    def _view(self) -> Account:
+        """The budget's figures: its account here, or (shared) its figures in the store, across processes."""
+        part = self._shared
+        if part is None:
+            return self._account
+        figures = sharing.figures(part)
+        view = Account(self, self._cap_usd, self._cap_calls, self._cap_tokens)
+        view.spent, view.reserved = from_nano(figures.spent), from_nano(figures.reserved)
+        view.calls, view.failed, view.inflight = figures.calls, figures.failed, figures.inflight
+        view.input_tokens, view.output_tokens = figures.input_tokens, figures.output_tokens
+        view.reserved_tokens = figures.reserved_tokens
+        return view
+
+    def reset(self) -> None:
+        """Forget what the budget has spent (and its records): a new start for its limits.
+
+        A shared budget's spend is cleared in its store, for every process; calls in flight keep their
+        holds and are charged as they settle. Budgets around this one keep what they were charged.
+        """
+        if self._shared is not None:
+            self._shared.store.reset(self._shared.limits.name)
+            self._shared.seen_spent = ZERO
+        with self._lock:
+            account = self._account
+            account.spent = ZERO
+            account.calls = account.failed = account.input_tokens = account.output_tokens = 0
+            self._own_spent = ZERO
+            self._estimated_calls = self._unpriced_calls = 0
+            self._unpriced_input_tokens = self._unpriced_output_tokens = 0
+            self._warned = False
+            self._models.clear()
+            self._records.clear()
 
     @exact_money
     def _step_exactly(self, waiting: _Waiting) -> Reservation | float | None:
@@ -577,7 +788,7 @@ class Budget:
         task: object,
     ) -> Reservation:
         """Hold the call now, with a fallback model where one is due or only it fits (lock held)."""
-        if self._born != _generation:
+        if self._born < _generation:
             self._refuse_inherited()
         if self._chain_fallback:
             fallback = self._fallback_due()
@@ -640,6 +851,8 @@ class Budget:
             prompt_tokens,
             threading.get_ident(),
             task,
+            max_tokens is None,
+            ceiling,
         )
         self._tree.holds[reservation] = None
         return reservation
@@ -770,7 +983,9 @@ class Budget:
                 thread=threading.get_ident(),
             )
             self._tree.holds[reservation] = None
-            return reservation
+        if self._shared_groups:  # charged in the stores on settle, as a hold they never saw
+            reservation.shared = sharing.unheld(self._shared_groups)
+        return reservation
 
     # ---------------------------------------------------------------- releasing and settling
     @exact_money
@@ -786,6 +1001,9 @@ class Budget:
         ledger.release(reservation.chain[0]._accounts, reservation.cost, reservation.tokens)
         if tree.waiters:
             tree.wake()
+        if reservation.shared:
+            sharing.release(reservation)
+            reservation.shared = ()
 
     def settle(
         self,
@@ -929,8 +1147,10 @@ class Budget:
                     budget._unpriced_output_tokens += usage.output_tokens
                     totals.unpriced_calls += 1
                 if budget._warn_at is not None and not budget._warned:
-                    account = budget._account
-                    if account.limit is not None and account.spent >= budget._warn_at * account.limit:
+                    cap = budget._cap_usd
+                    part = budget._shared
+                    spent = budget._account.spent if part is None else part.seen_spent + cost
+                    if cap is not None and spent >= budget._warn_at * cap:
                         budget._warned = True
                         to_warn.append(budget)
             owner = chain[0]
@@ -938,6 +1158,20 @@ class Budget:
             owner._records.append(record)
             if tree.waiters:
                 tree.wake()
+        if reservation.shared:
+            sharing.settle(
+                reservation,
+                Charge(
+                    nano_up(cost),
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    outcome,
+                    model,
+                    served,
+                    usage.estimated,
+                    chain[0].path,
+                ),
+            )
         for budget in to_warn:
             budget._fire_warning()
         return cost
@@ -998,7 +1232,7 @@ class Budget:
         return price, provider, []
 
     def _fire_warning(self) -> None:
-        account = self._account
+        account = self._view()
         assert account.limit is not None
         if self._on_warn is not None:
             self._on_warn(float(account.spent), float(account.limit))
@@ -1023,9 +1257,12 @@ class Budget:
         return root
 
     def _own_dict(self, path: str) -> dict[str, Any]:
+        account = self._view()
+        part = self._shared
         with self._lock:
-            account = self._account
             return {
+                "store": None if part is None else part.store.display,
+                "window": None if part is None else part.limits.window.spec,
                 "_budget": self,
                 "name": self._name,
                 "path": path,
@@ -1136,6 +1373,10 @@ def budget(
     on_unknown_price: str | None = None,
     max_total_tokens: int | None = None,
     wait: float | None = _UNSET,
+    store: str | Store | None = None,
+    window: float | str | None = None,
+    lease: float = _UNSET,
+    on_store_error: str = _UNSET,
 ) -> Budget:
     """Create a :class:`Budget`: a hard spending cap for the LLM calls made inside it.
 
@@ -1161,6 +1402,15 @@ def budget(
         wait: Seconds a call may wait when it does not fit only because calls in flight hold the room (their
             worst case): it goes ahead once they settle. ``0`` refuses at once; ``None`` waits as long as
             calls are in flight. Nested budgets inherit it; the default is 60.
+        store: Share the budget between processes and hosts: a store URL (``"sqlite:///budgets.db"``,
+            ``"redis://host:6379/0"``), a store object (``shekel.stores``), or ``"env"`` for ``SHEKEL_STORE``.
+            Needs ``name``, the budget's key there. See docs/shared-budgets.md.
+        window: For a shared budget, the period its limits apply to: None (until reset), a rolling window
+            (``90``, ``"15m"``, ``"24h"``, ``"7d"``) or a calendar one (``"day"``, ``"week"``, ``"month"``, UTC).
+        lease: Seconds a hold of a process that died stays held in the store (default 600); it is then
+            charged what it held.
+        on_store_error: ``"closed"`` (default: refuse calls while the store is down, with
+            :class:`shekel.StoreError`) or ``"open"`` (let them go ahead, counted in this process only).
     """
     return Budget(
         max_usd,
@@ -1174,6 +1424,10 @@ def budget(
         on_unknown_price=on_unknown_price,
         max_total_tokens=max_total_tokens,
         wait=wait,
+        store=store,
+        window=window,
+        lease=lease,
+        on_store_error=on_store_error,
     )
 
 

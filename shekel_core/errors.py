@@ -14,6 +14,7 @@ __all__ = [
     "PricingError",
     "RequestError",
     "ShekelError",
+    "StoreError",
 ]
 
 
@@ -32,6 +33,14 @@ class PricingError(ShekelError, ValueError):
 class RequestError(ShekelError, ValueError):
     """A call's arguments say something shekel cannot reserve for (a ``max_tokens`` that is not a whole
     number, say). Raised before the request is sent; nothing is held or charged."""
+
+
+class StoreError(ShekelError):
+    """The store of a shared budget could not be reached or used.
+
+    With ``on_store_error="closed"`` (the default) the call is refused before it is sent. The message names
+    the store, never its password.
+    """
 
 
 class ForkedBudgetError(ShekelError, RuntimeError):

@@ -1,0 +1,258 @@
+"""The part of a budget that lives in a store: its limits there, holds, charges and the figures it reads.
+
+A chain of budgets may mix budgets of this process and shared ones, in one store or several. A call holds
+its local budgets first (the in-memory ledger), then each store's budgets in one atomic step per store;
+when a later step fails, the holds taken so far are released. Settles and releases go to every store the
+call held in. A store that is down refuses the call (``on_store_error="closed"``) or lets it go ahead,
+counted in this process only, with one warning per budget (``"open"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ._warn import warn_user
+from .errors import StoreError
+from .ledger import OUTPUT_MARGIN_TOKENS
+from .ledger.shared import (
+    Ask,
+    Charge,
+    Figures,
+    Grant,
+    SharedLimits,
+    Store,
+    from_nano,
+    nano_up,
+    new_hold_id,
+    owner,
+)
+
+if TYPE_CHECKING:
+    from ._budget import Budget, Reservation
+
+#: Polling a store for room that other processes' calls hold: first wait, and the longest.
+POLL_FIRST = 0.02
+POLL_LONGEST = 1.0
+
+
+@dataclass(slots=True)
+class SharedPart:
+    """A shared budget's place in a store, as ``budget(..., store=...)`` configured it."""
+
+    store: Store
+    limits: SharedLimits
+    lease: float
+    fail_open: bool
+    #: The spend in the current window, as last seen by this process (for fallback models and warn_at).
+    seen_spent: Decimal = Decimal(0)
+    warned_open: bool = False
+
+
+@dataclass(slots=True)
+class StoreHold:
+    """One call's hold in one store: on these budgets, under this id."""
+
+    store: Store
+    names: list[str]
+    hold_id: str
+    lease: float
+    renew_at: float
+
+
+def groups(chain: Sequence[Budget]) -> tuple[tuple[Store, tuple[Budget, ...]], ...]:
+    """The shared budgets of a chain, grouped by store (innermost first): one atomic step each."""
+    by_store: dict[int, tuple[Store, list[Budget]]] = {}
+    for budget in chain:
+        part = budget._shared
+        if part is not None:
+            by_store.setdefault(id(part.store), (part.store, []))[1].append(budget)
+    return tuple((store, tuple(members)) for store, members in by_store.values())
+
+
+def ask_for(reservation: Reservation, members: Sequence[Budget], hold_id: str) -> Ask:
+    price = reservation.price
+    flexible = reservation.flexible
+    return Ask(
+        hold_id=hold_id,
+        owner=owner(),
+        input_nano=0 if price is None else nano_up(price.input_per_token * reservation.prompt_tokens),
+        output_nano=0 if price is None else nano_up(price.output_per_token),
+        prompt_tokens=reservation.prompt_tokens,
+        max_tokens=None if flexible else reservation.max_tokens,
+        ceiling=reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
+        margin=OUTPUT_MARGIN_TOKENS,
+        lease=min(m._shared.lease for m in members if m._shared is not None),
+        model=reservation.model,
+        patient=reservation.chain[0]._patience != 0,
+    )
+
+
+def hold(reservation: Reservation) -> list[tuple[Store, tuple[Budget, ...], Ask]]:
+    """The steps a call takes in its stores (for :func:`take_holds` and :func:`atake_holds`)."""
+    steps = []
+    hold_id = new_hold_id()
+    for store, members in reservation.chain[0]._shared_groups:
+        steps.append((store, members, ask_for(reservation, members, hold_id)))
+    return steps
+
+
+def _limits(members: Sequence[Budget]) -> list[SharedLimits]:
+    return [m._shared.limits for m in members if m._shared is not None]
+
+
+def _apply(
+    reservation: Reservation, store: Store, members: Sequence[Budget], ask: Ask, grant: Grant
+) -> StoreHold:
+    for member in members:
+        part = member._shared
+        if part is not None and member._name in grant.spent:
+            part.seen_spent = from_nano(grant.spent[member._name])
+    if grant.max_tokens is not None and grant.max_tokens != reservation.max_tokens:
+        reservation.chain[0]._shrink(reservation, grant.max_tokens)
+    names = [m._name for m in members]
+    return StoreHold(store, names, ask.hold_id, ask.lease, time.monotonic() + ask.lease / 3)
+
+
+def take_holds(reservation: Reservation) -> None:
+    """Hold the call in every store of its chain (sync). Raises :class:`StoreNoRoom` or ``StoreError``
+    after giving back what it took; a store that is down with ``on_store_error="open"`` is skipped."""
+    taken: list[StoreHold] = []
+    try:
+        for store, members, ask in hold(reservation):
+            if taken:  # a later store may grant fewer output tokens: ask for no more than granted so far
+                ask.ceiling = reservation.max_tokens or ask.ceiling
+            try:
+                grant = store.reserve(_limits(members), ask)
+            except StoreError:
+                if not _open(members):
+                    raise
+                continue
+            taken.append(_apply(reservation, store, members, ask, grant))
+    except BaseException:
+        for held in taken:
+            _quietly(held.store.release, held.names, held.hold_id)
+        raise
+    reservation.shared = tuple(taken)
+
+
+async def atake_holds(reservation: Reservation) -> None:
+    """:func:`take_holds` with the stores' async operations."""
+    taken: list[StoreHold] = []
+    try:
+        for store, members, ask in hold(reservation):
+            if taken:
+                ask.ceiling = reservation.max_tokens or ask.ceiling
+            try:
+                grant = await store.areserve(_limits(members), ask)
+            except StoreError:
+                if not _open(members):
+                    raise
+                continue
+            taken.append(_apply(reservation, store, members, ask, grant))
+    except BaseException:
+        for held in taken:
+            await _aquietly(held.store.arelease, held.names, held.hold_id)
+        raise
+    reservation.shared = tuple(taken)
+
+
+def _open(members: Sequence[Budget]) -> bool:
+    """With ``on_store_error="open"``: warn once per budget, and let the call go ahead."""
+    parts = [m._shared for m in members if m._shared is not None]
+    if not all(part.fail_open for part in parts):
+        return False
+    for member, part in zip(members, parts, strict=False):
+        if not part.warned_open:
+            part.warned_open = True
+            warn_user(
+                f"shekel: the store of shared budget {member._name!r} ({part.store.display}) is down: calls go "
+                "ahead, counted in this process only (on_store_error='open'), until it is back."
+            )
+    return True
+
+
+def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHold, ...]:
+    """Holds that were never taken, for a call charged after the fact: each store charges it on settle."""
+    hold_id = new_hold_id()
+    return tuple(
+        StoreHold(store, [m._name for m in members], hold_id, 0.0, float("inf")) for store, members in groups
+    )
+
+
+def settle(reservation: Reservation, charge: Charge) -> None:
+    """Charge the call in every store it held in. A store that fails keeps the hold, which its lease ends:
+    then it is charged what it held, never less."""
+    holds = reservation.shared
+    if not holds:
+        return
+    for member in reservation.chain:
+        if member._shared is not None:
+            member._shared.seen_spent += from_nano(charge.money)
+    loop = _running_loop()
+    for held in holds:
+        if loop is not None:  # never block an event loop on a store: settle in a task of its own
+            task = loop.create_task(_aquietly(held.store.asettle, held.names, held.hold_id, charge))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+        else:
+            _quietly(held.store.settle, held.names, held.hold_id, charge)
+
+
+def release(reservation: Reservation) -> None:
+    """Give back the call's holds in every store (it was never sent)."""
+    loop = _running_loop()
+    for held in reservation.shared:
+        if loop is not None:
+            task = loop.create_task(_aquietly(held.store.arelease, held.names, held.hold_id))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+        else:
+            _quietly(held.store.release, held.names, held.hold_id)
+
+
+def renew_if_due(reservation: Reservation) -> None:
+    """Renew the leases of a long call (a stream still being read) once a third of them has passed."""
+    now = time.monotonic()
+    for held in reservation.shared:
+        if now >= held.renew_at:
+            held.renew_at = now + held.lease / 3
+            _quietly(held.store.renew, held.names, held.hold_id, held.lease)
+
+
+def figures(part: SharedPart) -> Figures:
+    result = part.store.read(part.limits)
+    part.seen_spent = from_nano(result.spent)
+    return result
+
+
+#: Settles running in tasks, kept referenced until they finish.
+_pending: set[asyncio.Task[Any]] = set()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as error:  # the hold stays in the store; its lease charges it at most what it held
+        warn_user(f"shekel: {error} The call's hold in the store ends with its lease.")
+
+
+async def _aquietly(fn: Any, *args: Any) -> None:
+    try:
+        await fn(*args)
+    except Exception as error:
+        warn_user(f"shekel: {error} The call's hold in the store ends with its lease.")
+
+
+__all__ = ["SharedPart", "StoreHold", "atake_holds", "groups", "release", "settle", "take_holds"]

@@ -1,0 +1,340 @@
+"""Budgets shared by many processes: what every store keeps, and how its figures are counted.
+
+A shared budget is a name in a store (SQLite on one machine, Redis for many hosts). Every process that
+opens the same name shares one ledger: the holds of calls in flight (each with a lease), the spend per
+window bucket, and a log of settled calls. Each process enforces the limits it passes against the shared
+figures, in one atomic step per store (one SQLite transaction, one Redis Lua script).
+
+Money in a store is integer nano-dollars (1e-9 USD), rounded up wherever rounding could let a call pass a
+cap: holds and charges round up. Token and call counts are integers.
+
+Windows (``window=``):
+
+* ``None``: one bucket; the spend accumulates until ``reset()``.
+* rolling, ``W`` seconds (``90``, ``"90s"``, ``"15m"``, ``"1h"``, ``"24h"``, ``"7d"``): the window is cut into
+  60 buckets of ``ceil(W / 60)`` seconds, and the spend of the last ``W`` seconds is the sum of the buckets
+  that overlap them. A charge is therefore counted for between ``W`` and ``W + W/60`` seconds: never less
+  than the true spend of the last ``W`` seconds, at most one bucket (1/60 of the window) longer.
+* calendar, ``"day"``, ``"week"`` (from Monday) or ``"month"``, in UTC: one bucket per period, reset at its
+  boundary.
+
+A call is charged in the bucket of the time it settles, and holds count against whichever window is
+current, so the cap holds in every window at every moment.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_CEILING, Decimal
+from itertools import count
+from typing import Any
+
+from ..errors import BudgetConfigError, StoreError
+
+#: nano-dollars per dollar.
+NANO = Decimal(1_000_000_000)
+#: Buckets per rolling window.
+ROLLING_BUCKETS = 60
+#: The largest exact integer in a Redis Lua number (a double): caps and sums of money must stay below it.
+MAX_EXACT_NANO = 2**53 - 1
+#: Settled calls a store keeps in its log, per budget (the oldest go first).
+LOG_LIMIT = 100_000
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CALENDAR = ("day", "week", "month")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+
+
+def nano_up(amount: Decimal) -> int:
+    """``amount`` USD in whole nano-dollars, rounded up (the direction that keeps a cap safe)."""
+    return int((amount * NANO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def from_nano(nano: int) -> Decimal:
+    return Decimal(nano) / NANO
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """How a shared budget's spend is bucketed. ``spec`` is its canonical text (stored beside the budget)."""
+
+    spec: str
+    seconds: int | None = None  # rolling
+    calendar: str | None = None  # "day", "week" or "month"
+
+    @property
+    def bucket_seconds(self) -> int | None:
+        return None if self.seconds is None else max(1, math.ceil(self.seconds / ROLLING_BUCKETS))
+
+    def bucket(self, now: float) -> int:
+        """The bucket a charge at ``now`` (epoch seconds) goes to."""
+        if self.seconds is not None:
+            return int(now // self.bucket_seconds)  # type: ignore[operator]
+        if self.calendar is not None:
+            return int(self.period_start(now).timestamp())
+        return 0
+
+    def first_bucket(self, now: float) -> int:
+        """The oldest bucket that counts at ``now``."""
+        if self.seconds is not None:
+            return int((now - self.seconds) // self.bucket_seconds)  # type: ignore[operator]
+        return self.bucket(now)
+
+    def period_start(self, now: float) -> datetime:
+        day = datetime.fromtimestamp(now, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.calendar == "week":
+            return day - timedelta(days=day.weekday())
+        if self.calendar == "month":
+            return day.replace(day=1)
+        return day
+
+    def resets_at(self, now: float) -> float | None:
+        """When the current calendar period ends (None: no fixed reset)."""
+        if self.calendar is None:
+            return None
+        start = self.period_start(now)
+        if self.calendar == "day":
+            end = start + timedelta(days=1)
+        elif self.calendar == "week":
+            end = start + timedelta(days=7)
+        else:
+            end = (start + timedelta(days=32)).replace(day=1)
+        return end.timestamp()
+
+
+NO_WINDOW = Window("none")
+
+
+def parse_window(window: object) -> Window:
+    """``window=`` as a :class:`Window`; raises ``BudgetConfigError`` naming the value and the fix."""
+    fix = (
+        'Pass window=None, a rolling window in seconds or as text ("90s", "15m", "1h", "24h", "7d"), or a '
+        'calendar window ("day", "week", "month", UTC).'
+    )
+    if window is None:
+        return NO_WINDOW
+    if isinstance(window, bool):
+        raise BudgetConfigError(f"window must be a duration or 'day'/'week'/'month', got {window!r}. {fix}")
+    seconds: float | None = None
+    if isinstance(window, (int, float)):
+        seconds = float(window)
+    elif isinstance(window, str):
+        text = window.strip().lower()
+        if text in _CALENDAR:
+            return Window(text, calendar=text)
+        match = _DURATION.match(text)
+        if match is None:
+            raise BudgetConfigError(f"window={window!r} is not a duration nor 'day'/'week'/'month'. {fix}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise BudgetConfigError(f"window must be a duration or 'day'/'week'/'month', got {window!r}. {fix}")
+    if not math.isfinite(seconds) or seconds < 1 or seconds != int(seconds):
+        raise BudgetConfigError(f"window must be a whole number of seconds >= 1, got {window!r}. {fix}")
+    return Window(f"{int(seconds)}s", seconds=int(seconds))
+
+
+def parse_lease(lease: object) -> float:
+    fix = "Pass lease=600 (seconds a dead process's hold stays held), or any number of seconds > 0."
+    if isinstance(lease, bool) or not isinstance(lease, (int, float, Decimal)):
+        raise BudgetConfigError(f"lease must be a number of seconds, got {lease!r}. {fix}")
+    value = float(lease)
+    if not math.isfinite(value) or value <= 0:
+        raise BudgetConfigError(f"lease must be a finite number of seconds > 0, got {lease!r}. {fix}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ what is asked
+@dataclass(frozen=True, slots=True)
+class SharedLimits:
+    """One shared budget as one process sees it: its key and the limits this process enforces on it."""
+
+    name: str
+    window: Window
+    max_nano: int | None
+    max_calls: int | None
+    max_tokens: int | None
+
+
+@dataclass(slots=True)
+class Ask:
+    """What one call asks every shared budget of one store for. ``max_tokens`` None: as many output tokens
+    as fit (at most ``ceiling``); then the store grants them."""
+
+    hold_id: str
+    owner: str
+    input_nano: int
+    output_nano: int  # per output token, rounded up
+    prompt_tokens: int
+    max_tokens: int | None
+    ceiling: int
+    margin: int
+    lease: float
+    model: str | None = None
+    #: Size a flexible grant against what is not spent (the call waits for holds) rather than not held.
+    patient: bool = True
+
+
+@dataclass(slots=True)
+class Grant:
+    """A hold taken: the output tokens granted, what is held, and the figures it was checked against."""
+
+    max_tokens: int | None
+    money: int
+    tokens: int
+    spent: dict[str, int] = field(default_factory=dict)  # name -> nano-dollars spent in its window
+
+
+@dataclass(slots=True)
+class Charge:
+    """What a settled call costs, for every shared budget of the hold, and its log entry."""
+
+    money: int
+    input_tokens: int
+    output_tokens: int
+    outcome: str  # "ok", "error" or "unknown"
+    model: str | None = None
+    provider: str | None = None
+    estimated: bool = False
+    budget_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """A shared budget's figures in its current window, across every process."""
+
+    spent: int  # nano-dollars
+    reserved: int
+    calls: int
+    failed: int
+    inflight: int
+    input_tokens: int
+    output_tokens: int
+    reserved_tokens: int
+    resets_at: float | None = None
+
+
+class StoreNoRoom(Exception):
+    """A call does not fit in shared budget ``name`` (``reason``: ``"usd"``, ``"calls"``, ``"tokens"``).
+
+    ``waitable``: it would fit if the holds of other callers were released (then waiting can help).
+    """
+
+    def __init__(self, name: str, reason: str, waitable: bool, figures: Figures, needed: int = 0) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+        self.waitable = waitable
+        self.figures = figures
+        self.needed = needed
+
+
+# ------------------------------------------------------------------------------------------ the interface
+class Store(ABC):
+    """Where shared budgets live. Each operation is atomic across processes; async twins never block."""
+
+    #: The store as shown in errors and reports (never with a password).
+    display: str
+
+    @abstractmethod
+    def reserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
+        """Hold the call on every budget (sweeping expired holds first), or raise :class:`StoreNoRoom`."""
+
+    @abstractmethod
+    def settle(self, names: list[str], hold_id: str, charge: Charge) -> None:
+        """Replace the hold by the charge, on every budget (a hold that expired meanwhile: its charge is
+        replaced, never doubled); log the call."""
+
+    @abstractmethod
+    def release(self, names: list[str], hold_id: str) -> None:
+        """Drop the hold: the call was never sent."""
+
+    @abstractmethod
+    def renew(self, names: list[str], hold_id: str, lease: float) -> None:
+        """Push the hold's deadline ``lease`` seconds from now (a long stream still being read)."""
+
+    @abstractmethod
+    def read(self, budget: SharedLimits) -> Figures:
+        """The budget's figures in its current window (expired holds swept first)."""
+
+    @abstractmethod
+    def reset(self, name: str) -> None:
+        """Forget the budget's spend (its holds of calls in flight stay, and are settled as usual)."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """The shared budgets in this store."""
+
+    @abstractmethod
+    def describe(self, name: str) -> dict[str, Any] | None:
+        """What the store knows of a budget: its last limits and window, as processes opened it."""
+
+    @abstractmethod
+    def log(self, name: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """Settled calls, oldest first: at, budget, model, provider, tokens, cost_nano, estimated, expired."""
+
+    def close(self) -> None:  # noqa: B027 - optional: stores without connections need nothing
+        """Close connections (the store reopens them when used again)."""
+
+    async def areserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
+        return await _in_thread(self.reserve, budgets, ask)
+
+    async def asettle(self, names: list[str], hold_id: str, charge: Charge) -> None:
+        await _in_thread(self.settle, names, hold_id, charge)
+
+    async def arelease(self, names: list[str], hold_id: str) -> None:
+        await _in_thread(self.release, names, hold_id)
+
+    async def aread(self, budget: SharedLimits) -> Figures:
+        return await _in_thread(self.read, budget)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.display}>"
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+# ------------------------------------------------------------------------------------------ identities
+_host = socket.gethostname()
+_counter = count(1)
+
+
+def owner() -> str:
+    """Who holds a hold: this host, process and thread (a call never waits for its own holds)."""
+    return f"{_host}:{os.getpid()}:{threading.get_ident()}"
+
+
+def new_hold_id() -> str:
+    return f"{owner()}:{next(_counter)}:{time.time_ns()}"
+
+
+def store_error(store: Store, action: str, error: BaseException) -> StoreError:
+    """A ``StoreError`` naming the store (without its password) and the fix."""
+    return StoreError(
+        f"shared budget store {store.display} could not {action}: {type(error).__name__}: "
+        f"{_scrub(str(error))}. Check that the store is reachable, or pass on_store_error='open' to let "
+        "calls go ahead, counted in this process only, while it is down."
+    )
+
+
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")
+
+
+def _scrub(text: str) -> str:
+    return _PASSWORD.sub(r"\1***@", text)
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password."""
+    return _scrub(url)

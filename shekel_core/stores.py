@@ -1,0 +1,107 @@
+"""Stores for shared budgets: ``budget(..., name="job", store="sqlite:///budgets.db")``.
+
+>>> from shekel.stores import SQLiteStore, open_store
+>>> store = open_store("sqlite:///budgets.db")  # the same object for the same URL, in one process
+
+URLs:
+
+* ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (the SQLAlchemy convention), and
+  ``sqlite://`` alone for ``budgets.db`` in the user's data directory (``platformdirs``): every process on one
+  machine;
+* ``redis://``, ``rediss://`` and ``unix://``, as redis-py reads them (Valkey works the same): every host.
+
+``store="env"`` in ``budget()`` takes the URL from the ``SHEKEL_STORE`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import BudgetConfigError
+from .ledger.shared import Store, display_url
+from .ledger.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from .ledger.redis import RedisStore
+
+#: The environment variable ``store="env"`` reads.
+STORE_ENV = "SHEKEL_STORE"
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_opened: dict[str, Store] = {}
+_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":  # imported on use: redis-py is an optional extra
+        from .ledger.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(name)
+
+
+def open_store(spec: str | Store) -> Store:
+    """The store a ``store=`` argument names: a :class:`Store` as given, or the one for a URL (one per URL
+    per process). Raises :class:`shekel.BudgetConfigError` for an unknown scheme or a missing
+    ``SHEKEL_STORE``."""
+    if isinstance(spec, Store):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise BudgetConfigError(
+            f"store must be a URL ('sqlite:///budgets.db', 'redis://host:6379/0'), 'env' or a store object, "
+            f"got {spec!r}."
+        )
+    url = spec.strip()
+    if url == "env":
+        url = os.environ.get(STORE_ENV, "").strip()
+        if not url:
+            raise BudgetConfigError(
+                f"store='env' reads the store URL from {STORE_ENV}, which is not set. Set it, e.g. "
+                f"{STORE_ENV}=sqlite:///budgets.db, or pass the URL itself."
+            )
+    with _lock:
+        store = _opened.get(url)
+        if store is None:
+            store = _opened[url] = _from_url(url)
+        return store
+
+
+def _from_url(url: str) -> Store:
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        if path in ("", "/"):
+            return SQLiteStore(_default_sqlite_path())
+        if not path.startswith("/"):
+            raise BudgetConfigError(
+                f"store URL {display_url(url)!r}: write sqlite:///relative.db or sqlite:////absolute/path.db."
+            )
+        return SQLiteStore(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
+    if url.startswith(_REDIS_SCHEMES):
+        try:
+            from .ledger.redis import RedisStore
+        except ImportError as error:
+            raise BudgetConfigError(
+                f'store URL {display_url(url)!r} needs redis-py: pip install "shekel[redis]" ({error}).'
+            ) from None
+        return RedisStore(url)
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    raise BudgetConfigError(
+        f"store URL scheme {scheme!r} is not one shekel knows: use sqlite:///path.db (one machine) or "
+        "redis://host:6379/0, rediss://... or unix://... (many hosts)."
+    )
+
+
+def _default_sqlite_path() -> Path:
+    try:
+        from platformdirs import user_data_dir
+    except ImportError:  # platformdirs is a dependency; a stripped install falls back to XDG's default
+        return (
+            Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "shekel" / "budgets.db"
+        )
+    return Path(user_data_dir("shekel", appauthor=False)) / "budgets.db"
+
+
+__all__ = ["STORE_ENV", "RedisStore", "SQLiteStore", "Store", "open_store"]
