@@ -4,50 +4,60 @@
 ``http://127.0.0.1:PORT/together/v1/chat/completions``: the scheme, host and port change, the path, query,
 headers (``Host`` included) and body do not. The SDK still sees the address it asked for on
 ``response.request``. Imported only when a test asks for a transport: the server itself needs no httpx.
+The classes are made for the HTTP package a client is built on: httpx (OpenAI, huggingface_hub) or httpx2
+(Anthropic 2.x).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import httpx
 
 
-def _local(request: httpx.Request, port: int) -> httpx.Request:
-    url = request.url.copy_with(scheme="http", host="127.0.0.1", port=port)
-    return httpx.Request(
-        request.method, url, headers=request.headers, stream=request.stream, extensions=request.extensions
-    )
+@cache
+def transport_classes(package: str = "httpx") -> tuple[type[Any], type[Any]]:
+    """The sync and async transports for ``package``: ``"httpx"``, or ``"httpx2"`` (the fork that the
+    Anthropic SDK 2.x is built on, whose clients refuse httpx's transports)."""
+    module = importlib.import_module(package)
 
+    def local(request: Any, port: int) -> Any:
+        url = request.url.copy_with(scheme="http", host="127.0.0.1", port=port)
+        return module.Request(
+            request.method, url, headers=request.headers, stream=request.stream, extensions=request.extensions
+        )
 
-class LocalTransport(httpx.BaseTransport):
-    """Sends each request to ``127.0.0.1:port``, keeping its path."""
+    class LocalTransport(module.BaseTransport):  # type: ignore[name-defined,misc]
+        """Sends each request to ``127.0.0.1:port``, keeping its path."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self._inner = httpx.HTTPTransport()
+        def __init__(self, port: int) -> None:
+            self.port = port
+            self._inner = module.HTTPTransport()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._inner.handle_request(_local(request, self.port))
+        def handle_request(self, request: Any) -> Any:
+            return self._inner.handle_request(local(request, self.port))
 
-    def close(self) -> None:
-        self._inner.close()
+        def close(self) -> None:
+            self._inner.close()
 
+    class AsyncLocalTransport(module.AsyncBaseTransport):  # type: ignore[name-defined,misc]
+        """The async twin of ``LocalTransport``."""
 
-class AsyncLocalTransport(httpx.AsyncBaseTransport):
-    """The async twin of :class:`LocalTransport`."""
+        def __init__(self, port: int) -> None:
+            self.port = port
+            self._inner = module.AsyncHTTPTransport()
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self._inner = httpx.AsyncHTTPTransport()
+        async def handle_async_request(self, request: Any) -> Any:
+            return await self._inner.handle_async_request(local(request, self.port))
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._inner.handle_async_request(_local(request, self.port))
+        async def aclose(self) -> None:
+            await self._inner.aclose()
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    return LocalTransport, AsyncLocalTransport
 
 
 def _hf_hooks() -> tuple[list[Callable[..., Any]], dict[str, list[Callable[..., Any]]]]:
@@ -78,10 +88,11 @@ def route_huggingface_hub(port: int) -> Iterator[None]:
             'routing huggingface_hub needs it installed: pip install "shekel[huggingface]"'
         ) from e
     sync_hooks, async_hooks = _hf_hooks()
+    local, async_local = transport_classes("httpx")
 
     def factory() -> httpx.Client:
         return httpx.Client(
-            transport=LocalTransport(port),
+            transport=local(port),
             event_hooks={"request": list(sync_hooks)},
             follow_redirects=True,
             timeout=None,
@@ -89,7 +100,7 @@ def route_huggingface_hub(port: int) -> Iterator[None]:
 
     def async_factory() -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            transport=AsyncLocalTransport(port),
+            transport=async_local(port),
             event_hooks={k: list(v) for k, v in async_hooks.items()},
             follow_redirects=True,
             timeout=None,

@@ -18,7 +18,8 @@ clients against it:
 * **The Hugging Face router and Hub, answered locally**: ``server.transport()`` (and ``async_transport()``)
   is an httpx transport that sends any URL (``https://router.huggingface.co/...``, ``https://api.openai.com``,
   ``https://api.anthropic.com``) to the server, path kept: ``openai.OpenAI(base_url=
-  "https://router.huggingface.co/v1", http_client=httpx.Client(transport=server.transport()))``. Inside
+  "https://router.huggingface.co/v1", http_client=httpx.Client(transport=server.transport()))``; the
+  Anthropic SDK 2.x is built on httpx2, so it takes ``httpx2.Client(transport=server.transport("httpx2"))``. Inside
   ``with server.route_huggingface_hub():`` every client huggingface_hub makes uses it, so
   ``InferenceClient(provider="together", api_key="hf_x")`` reaches the server, and so do the Hub look-ups it
   makes first (``/api/models/<model>``, answered from ``server.hub_models``).
@@ -45,7 +46,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ._fake_common import Answer, as_limit, prompt_tokens_of
 from ._fake_tasks import POLICIES, PROVIDERS, TASKS
@@ -246,22 +247,31 @@ class FakeInferenceServer:
         return f"{self.url}/tasks/{task}"
 
     # ---------------------------------------------------------------- routing real hosts here
-    def transport(self) -> httpx.BaseTransport:
+    @overload
+    def transport(self) -> httpx.BaseTransport: ...
+    @overload
+    def transport(self, package: str) -> Any: ...
+    def transport(self, package: str = "httpx") -> Any:
         """An httpx transport sending every request to this server, path kept, whatever its host.
 
         ``httpx.Client(transport=server.transport())`` makes ``https://router.huggingface.co/v1/...``,
         ``https://api.openai.com/...`` and ``https://api.anthropic.com/...`` land here. Closing the client
-        closes it.
+        closes it. The Anthropic SDK 2.x runs on httpx2, a fork of httpx whose clients take only its own
+        transports: ``anthropic.Anthropic(http_client=httpx2.Client(transport=server.transport("httpx2")))``.
         """
-        from ._fake_transport import LocalTransport
+        from ._fake_transport import transport_classes
 
-        return LocalTransport(self.port)
+        return transport_classes(package)[0](self.port)
 
-    def async_transport(self) -> httpx.AsyncBaseTransport:
-        """The async twin of :meth:`transport`, for ``httpx.AsyncClient``."""
-        from ._fake_transport import AsyncLocalTransport
+    @overload
+    def async_transport(self) -> httpx.AsyncBaseTransport: ...
+    @overload
+    def async_transport(self, package: str) -> Any: ...
+    def async_transport(self, package: str = "httpx") -> Any:
+        """The async twin of :meth:`transport`, for ``httpx.AsyncClient`` (or ``httpx2.AsyncClient``)."""
+        from ._fake_transport import transport_classes
 
-        return AsyncLocalTransport(self.port)
+        return transport_classes(package)[1](self.port)
 
     def route_huggingface_hub(self) -> AbstractContextManager[None]:
         """Make every HTTP client huggingface_hub creates use :meth:`transport` (and the async one).
