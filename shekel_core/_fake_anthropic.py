@@ -57,8 +57,8 @@ def messages_answer(server: FakeInferenceServer, body: Mapping[str, Any]) -> Ans
     """``POST /v1/messages``: the message, or its event stream when ``stream`` is set."""
     limit = as_limit(body.get("max_tokens"))
     if limit is None or limit < 1:
-        message = "max_tokens: Field required" if limit is None else "max_tokens: must be at least 1"
-        return Answer.json(error_body(400, message), status=400)
+        problem = "max_tokens: Field required" if limit is None else "max_tokens: must be at least 1"
+        return Answer.json(error_body(400, problem), status=400)
     words = server._words(limit)
     stop = "max_tokens" if len(words) < len(server.reply.split()) else "end_turn"
     prompt = input_tokens_of(body)
@@ -82,12 +82,17 @@ def messages_answer(server: FakeInferenceServer, body: Mapping[str, Any]) -> Ans
         "usage": usage,
     }
     headers = {"request-id": next_id("req_")}
-    billed = {"input_tokens": usage["input_tokens"], "output_tokens": len(words), "headers": headers}
+    billed_in, billed_out = usage["input_tokens"], len(words)
     if not body.get("stream"):
-        return Answer.json(message, **billed)
+        return Answer.json(message, headers=headers, input_tokens=billed_in, output_tokens=billed_out)
 
     def events() -> Iterator[tuple[str | None, Mapping[str, Any]]]:
-        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        start: dict[str, Any] = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {**usage, "output_tokens": 1},
+        }
         yield "message_start", {"type": "message_start", "message": start}
         yield (
             "content_block_start",
@@ -108,4 +113,10 @@ def messages_answer(server: FakeInferenceServer, body: Mapping[str, Any]) -> Ans
         )
         yield "message_stop", {"type": "message_stop"}
 
-    return Answer(events=events(), content_type="text/event-stream; charset=utf-8", **billed)
+    return Answer(
+        events=events(),
+        content_type="text/event-stream; charset=utf-8",
+        headers=headers,
+        input_tokens=billed_in,
+        output_tokens=billed_out,
+    )

@@ -142,10 +142,10 @@ def responses_answer(server: FakeInferenceServer, body: Mapping[str, Any]) -> An
         "role": "assistant",
         "content": [_text_part(text)],
     }
-    billed = {"input_tokens": prompt, "output_tokens": usage["output_tokens"]}
+    output = int(usage["output_tokens"])
     if not body.get("stream"):
         final = _response(server, body, response_id, status=status, output=[item], usage=usage)
-        return Answer.json(final, **billed)
+        return Answer.json(final, input_tokens=prompt, output_tokens=output)
 
     def events() -> Iterator[tuple[str | None, Mapping[str, Any]]]:
         started = _response(server, body, response_id, status="in_progress", output=[], usage=None)
@@ -175,7 +175,12 @@ def responses_answer(server: FakeInferenceServer, body: Mapping[str, Any]) -> An
         for sequence, (name, data) in enumerate(steps):
             yield name, {"type": name, "sequence_number": sequence, **data}
 
-    return Answer(events=events(), content_type="text/event-stream; charset=utf-8", **billed)
+    return Answer(
+        events=events(),
+        content_type="text/event-stream; charset=utf-8",
+        input_tokens=prompt,
+        output_tokens=output,
+    )
 
 
 # ---------------------------------------------------------------- embeddings

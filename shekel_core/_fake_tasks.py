@@ -271,22 +271,22 @@ def task_answer(server: FakeInferenceServer, task: str, body: Mapping[str, Any] 
         payload = [_labels(parameters.get("top_k"), ("POSITIVE", "NEGATIVE"))]
     elif task == "token-classification":
         payload, start = [], 0
-        source = inputs if isinstance(inputs, str) else ""
-        for word in source.split()[:2]:
-            start = source.index(word, start)
+        sentence = inputs if isinstance(inputs, str) else ""
+        for word in sentence.split()[:2]:
+            start = sentence.index(word, start)
             payload.append(
                 {"entity_group": "MISC", "score": 0.9, "word": word, "start": start, "end": start + len(word)}
             )
             start += len(word)
     elif task == "fill-mask":
-        source = inputs if isinstance(inputs, str) else ""
+        masked = inputs if isinstance(inputs, str) else ""
         k = as_limit(parameters.get("top_k")) or 2
         payload = [
             {
                 "score": round(0.9 / (i + 1), 4),
                 "token": 1000 + i,
                 "token_str": token,
-                "sequence": source.replace("[MASK]", token).replace("<mask>", token),
+                "sequence": masked.replace("[MASK]", token).replace("<mask>", token),
             }
             for i, token in enumerate(("paris", "london", "rome", "berlin", "madrid")[:k])
         ]

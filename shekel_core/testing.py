@@ -501,26 +501,25 @@ class FakeInferenceServer:
             }
 
     def _chat(self, body: Mapping[str, Any]) -> Answer:
-        words = len(self._words(body.get("max_tokens")))
-        billed = {
-            "input_tokens": prompt_tokens_of(body.get("messages")),
-            "output_tokens": words + self.extra_completion_tokens,
-        }
+        prompt = prompt_tokens_of(body.get("messages"))
+        output = len(self._words(body.get("max_tokens"))) + self.extra_completion_tokens
         if body.get("stream"):
             events = ((None, e) for e in self.chat_events(body))
-            return Answer(events=events, content_type="text/event-stream", **billed)
-        return Answer.json(self.chat_answer(body), **billed)
+            return Answer(
+                events=events, content_type="text/event-stream", input_tokens=prompt, output_tokens=output
+            )
+        return Answer.json(self.chat_answer(body), input_tokens=prompt, output_tokens=output)
 
     def _text_generation(self, body: Mapping[str, Any]) -> Answer:
         inputs = body.get("inputs")
-        billed = {
-            "input_tokens": len(inputs.split()) if isinstance(inputs, str) else 0,
-            "output_tokens": len(self._words((body.get("parameters") or {}).get("max_new_tokens", 20))),
-        }
+        prompt = len(inputs.split()) if isinstance(inputs, str) else 0
+        output = len(self._words((body.get("parameters") or {}).get("max_new_tokens", 20)))
         if body.get("stream"):
             events = ((None, e) for e in self.text_events(body))
-            return Answer(events=events, content_type="text/event-stream", **billed)
-        return Answer.json(self.text_answer(body), **billed)
+            return Answer(
+                events=events, content_type="text/event-stream", input_tokens=prompt, output_tokens=output
+            )
+        return Answer.json(self.text_answer(body), input_tokens=prompt, output_tokens=output)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

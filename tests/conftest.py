@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -27,3 +29,27 @@ def server() -> Iterator[FakeInferenceServer]:
 @pytest.fixture
 def prices() -> dict[str, float]:
     return dict(PRICES)
+
+
+_Client = TypeVar("_Client")
+
+
+@pytest.fixture
+async def aclosing() -> AsyncIterator[Callable[[_Client], _Client]]:
+    """``client = aclosing(AsyncInferenceClient(...))``: closed at the end of the test, inside its event loop.
+
+    An async client left open holds sockets whose event loop is gone by the time they are collected: Python
+    then warns (``ResourceWarning``) in whichever test happens to run the collector.
+    """
+    opened: list[Any] = []
+
+    def track(client: _Client) -> _Client:
+        opened.append(client)
+        return client
+
+    yield track
+    for client in reversed(opened):
+        close = getattr(client, "aclose", None) or client.close
+        result = close()
+        if inspect.isawaitable(result):
+            await result

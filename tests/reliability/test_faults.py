@@ -504,8 +504,9 @@ def test_a_stream_never_iterated_does_not_hold_its_reservation_forever(server: F
 
 async def test_an_async_stream_never_iterated_does_not_hold_its_reservation_forever(
     server: FakeInferenceServer,
+    aclosing: Any,
 ) -> None:
-    client = AsyncInferenceClient(base_url=server.url)
+    client = aclosing(AsyncInferenceClient(base_url=server.url))
     async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
         stream = await client.chat_completion(MESSAGES, max_tokens=MAX_TOKENS, stream=True)
         assert server.request_count == 1 and b.reserved > 0
@@ -644,8 +645,10 @@ async def test_a_warning_fired_by_a_broken_async_stream_does_not_replace_the_pro
 
 
 # ------------------------------------------------------------------------------------------ cancellation
-async def test_a_cancelled_request_releases_its_reservation(server: FakeInferenceServer) -> None:
-    client = AsyncInferenceClient(base_url=server.url)
+async def test_a_cancelled_request_releases_its_reservation(
+    server: FakeInferenceServer, aclosing: Any
+) -> None:
+    client = aclosing(AsyncInferenceClient(base_url=server.url))
     server.latency = 2.0
     async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
         task = asyncio.ensure_future(client.chat_completion(MESSAGES, max_tokens=MAX_TOKENS))
@@ -663,8 +666,9 @@ async def test_a_cancelled_request_releases_its_reservation(server: FakeInferenc
 
 async def test_a_stream_cancelled_half_way_is_charged_for_what_it_delivered(
     server: FakeInferenceServer,
+    aclosing: Any,
 ) -> None:
-    client = AsyncInferenceClient(base_url=server.url)
+    client = aclosing(AsyncInferenceClient(base_url=server.url))
     server.chunk_delay = 0.5
     got: list[Any] = []
 
