@@ -86,12 +86,12 @@ class Handler(BaseHTTPRequestHandler):
         path = self._path().rstrip("/")
         parts = [p for p in path.split("/") if p]
         headers = {k.lower(): v for k, v in self.headers.items()}
-        if path in ("/health", "/info"):
-            route, answer = "health", Answer.json({"status": "ok", "model_id": self.fake.model})
-        elif parts[:2] == ["api", "models"] and len(parts) > 2:
+        if parts[:2] == ["api", "models"] and len(parts) > 2:
             model = "/".join(parts[2:])
             task = _fake_tasks.hub_task(self.fake.hub_models, model)
             route, answer = "hub.model_info", Answer.json(_fake_tasks.hub_model_info(model, task))
+        elif parts[-1:] in (["health"], ["info"]):  # ``health_check`` and ``get_endpoint_info`` of any URL
+            route, answer = "health", Answer.json({"status": "ok", "model_id": self.fake.model})
         elif parts[:1] == ["files"] and len(parts) == 2:
             media = (
                 (_fake_tasks.png(), "image/png")

@@ -1,9 +1,15 @@
 """The Hugging Face task endpoints of the local test server, and the Hub API bits clients ask for first.
 
-``huggingface_hub.InferenceClient`` pointed at a URL (``InferenceClient(model=url)``) posts every task to
-that very URL: a JSON body ``{"inputs": ..., "parameters": ...}`` for text tasks, the raw file (no content
-type) for image and audio tasks without parameters, or the file in base64 inside JSON when there are
-parameters. The path therefore names the task: ``/tasks/<task>`` here, or on the router
+``huggingface_hub.InferenceClient`` pointed at a URL (``InferenceClient(model=url)``, or ``base_url=url``,
+its alias) posts every task to that very URL, with no suffix (only chat appends ``/v1/chat/completions``):
+a JSON body ``{"inputs": ..., "parameters": ...}`` for text tasks (feature extraction puts its parameters
+at the top level, tabular tasks send ``{"table": ...}``, visual question answering adds ``question`` and
+``image``), the raw file with no content type for image and audio tasks without parameters, or the file in
+base64 inside JSON when there are parameters. It asks for ``Accept: image/png`` for text-to-image and
+image-to-image, ``*/*`` otherwise. Video tasks and tabular regression have no hf-inference helper: they
+only go to a provider (together's ``/v2/videos`` here).
+
+The path therefore names the task: ``/tasks/<task>`` here, or on the router
 ``/hf-inference/models/<model>/pipeline/<task>`` and ``/hf-inference/models/<model>`` (the model's task is
 then what the Hub says it is: ``server.hub_models``). Answers have the hf-inference shapes; media answers are
 real files made here: an 8x8 PNG, a short silent WAV, a minimal MP4. Standard library only.
