@@ -17,12 +17,21 @@ clients against it:
   ``/hf-inference/models/<model>`` the task is the model's in ``server.hub_models``.
 * **The Hugging Face router and Hub, answered locally**: ``server.transport()`` (and ``async_transport()``)
   is an httpx transport that sends any URL (``https://router.huggingface.co/...``, ``https://api.openai.com``,
-  ``https://api.anthropic.com``) to the server, path kept: ``openai.OpenAI(base_url=
-  "https://router.huggingface.co/v1", http_client=httpx.Client(transport=server.transport()))``; the
-  Anthropic SDK 2.x is built on httpx2, so it takes ``httpx2.Client(transport=server.transport("httpx2"))``. Inside
-  ``with server.route_huggingface_hub():`` every client huggingface_hub makes uses it, so
+  ``https://api.anthropic.com``) to the server, path and ``Host`` header kept: ``openai.OpenAI(base_url=
+  "https://router.huggingface.co/v1", http_client=httpx.Client(transport=server.transport()))``. The
+  Anthropic SDK 2.x is built on httpx2, so it takes ``httpx2.Client(transport=server.transport("httpx2"))``.
+  Inside ``with server.route_huggingface_hub():`` every client huggingface_hub makes uses it, so
   ``InferenceClient(provider="together", api_key="hf_x")`` reaches the server, and so do the Hub look-ups it
-  makes first (``/api/models/<model>``, answered from ``server.hub_models``).
+  makes first (``/api/models/<model>``, answered from ``server.hub_models``). With
+  ``FakeInferenceServer(router="hf-inference")`` answers name their provider in ``x-inference-provider`` as
+  the router's do (the model's ``:together`` suffix, the path's ``/together/`` prefix, else the one given);
+  ``server.headers`` sets any header by hand.
+
+Errors: ``fail_next(status)`` answers in the protocol of the route it hits (Hugging Face, OpenAI or
+Anthropic error bodies); ``respond_next`` and ``replay_next`` send exact bodies, ``drop_stream_after`` cuts a
+stream. Knobs script what real servers vary: where chat streams put usage, cached and reasoning tokens
+(``openai_cached_tokens``, ``openai_reasoning_tokens``, ``anthropic_cache_read``, ``anthropic_cache_write``),
+the embedding width.
 
 Token counting is deterministic so tests can assert exact spend: a prompt costs one token per
 whitespace-separated word plus 3 per chat message (an OpenAI ``instructions``, a Responses string ``input``
