@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: ``python -m benchmarks`` (or ``python benchmarks/run.py``).
 
 Options: ``--quick`` (fewer repeats, a smoke run), ``--only NAME`` (overhead, stream, enter, concurrency,
-memory; repeatable), ``--json PATH`` (also write the rows as JSON).
+memory, tokenizer; repeatable), ``--json PATH`` (also write the rows as JSON).
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ import huggingface_hub  # noqa: E402
 
 import shekel  # noqa: E402
 
-from . import bench_concurrency, bench_enter, bench_memory, bench_overhead, bench_stream  # noqa: E402
+from . import (  # noqa: E402
+    bench_concurrency,
+    bench_enter,
+    bench_memory,
+    bench_overhead,
+    bench_stream,
+    bench_tokenizer,
+)
 from ._harness import Row  # noqa: E402
 
 BENCHMARKS = {
@@ -35,6 +42,7 @@ BENCHMARKS = {
     "enter": bench_enter,
     "concurrency": bench_concurrency,
     "memory": bench_memory,
+    "tokenizer": bench_tokenizer,
 }
 
 

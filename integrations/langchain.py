@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import suppress
 from contextvars import ContextVar, Token
 from decimal import Decimal
@@ -61,7 +61,7 @@ from shekel._call import CallAccounting, call_observer
 from shekel._context import current_budget
 from shekel._patching import ensure_installed
 from shekel._usage import Usage, prompt_tokens_estimates, text_tokens_fair, text_tokens_high
-from shekel.errors import BudgetExceededError, PricingError
+from shekel.errors import BudgetExceededError
 
 __all__ = ["BudgetCallbackHandler"]
 
@@ -408,33 +408,13 @@ def _step_out(run: _Run) -> None:
 # ---------------------------------------------------------------------------------- enforcement
 def _check(budget: Budget, model: str | None, prompt_tokens: int, max_tokens: int | None) -> None:
     """Raise ``BudgetExceededError`` now if the budget could not pay for the call. Holds nothing."""
-    try:
-        reservation = budget.reserve(model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    except PricingError:
-        return  # the model id is not known yet (chat models): the adapter prices it when it sees it
-    budget.release(reservation)
-
-
-def _room(chain: Sequence[Budget]) -> tuple[Budget, Decimal] | None:
-    """The tightest capped budget of ``chain`` and what it has neither spent nor promised, or None.
-
-    ``Budget._reserve_locked`` reads the same, inline: it runs under the budget's lock on every call.
-    """
-    tightest: tuple[Budget, Decimal] | None = None
-    for budget in chain:
-        limit = budget._limit
-        if limit is None:
-            continue
-        room = limit - budget._spent - budget._reserved
-        if tightest is None or room < tightest[1]:
-            tightest = (budget, room)
-    return tightest
+    budget.check(model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
 
 
 def _check_stream(run: _Run) -> None:
     call = run.call
     reservation: Reservation | None = call.reservation if call is not None else None
-    chain = reservation.chain if reservation is not None else run.budget._chain
+    owner = reservation.chain[0] if reservation is not None else run.budget
     price = reservation.price if reservation is not None else run.budget.price_for(run.model)
     if price is None:
         return
@@ -442,7 +422,7 @@ def _check_stream(run: _Run) -> None:
     streamed = run.streamed_tokens()
     if allowed is not None and streamed < allowed + OUTPUT_MARGIN_TOKENS:
         return  # still inside what was reserved for the call
-    tightest = _room(chain)
+    tightest = owner.room()
     if tightest is None:
         return
     budget, room = tightest
@@ -451,8 +431,8 @@ def _check_stream(run: _Run) -> None:
     if next_cost > held + room:
         raise BudgetExceededError(
             budget_name=budget.path,
-            spent=budget._spent,
-            limit=budget._limit,
+            spent=budget.spent_exact,
+            limit=budget.limit_exact,
             model=run.model if reservation is None else reservation.model,
             needed=next_cost,
         )
@@ -466,25 +446,21 @@ def _settle_here(run: _Run, usage: Usage | None, label: str | None, *, text: str
     the prompt and the output received (streamed, or ``text``), at most the run's ``max_tokens``, marked.
     """
     budget = run.budget
-    chain = budget._chain
-    reservation = Reservation(chain, Decimal(0), run.model, budget.price_for(run.model), run.max_tokens, None)
+    call = CallAccounting(
+        (run.model, 0, run.max_tokens, 0, None),
+        prompt_fair=run.prompt_fair,
+        source=SOURCE,
+        streamed=bool(run.output_chunks),
+        model_label=label,
+    )
     observer = call_observer.set(None)  # the handler's own charge: not a call made below a run
     try:
-        call = CallAccounting(
-            reservation,
-            prompt_fair=run.prompt_fair,
-            source=SOURCE,
-            streamed=bool(run.output_chunks),
-            model_label=label,
-        )
+        call.begin(budget.unreserved(model=run.model, max_tokens=run.max_tokens))
     finally:
         call_observer.reset(observer)
     call.output_chunks = run.output_chunks
     call.output_chars = max(run.output_chars, len(text))
     call.saw_usage(usage)
-    with budget._lock:
-        for member in chain:
-            member._inflight += 1  # settle() gives back one call slot per call
     call.finish()
 
 

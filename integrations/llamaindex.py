@@ -59,13 +59,11 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         'shekel.integrations.llamaindex needs LlamaIndex: pip install "shekel[llamaindex]"'
     ) from exc
 
-from shekel._budget import DEFAULT_MAX_TOKENS_CEILING, Budget, Reservation
+from shekel._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from shekel._call import CallAccounting, call_in_progress, call_observer
 from shekel._context import activated, current_budget
-from shekel._money import exact_money
 from shekel._usage import Usage, prompt_tokens_fair, prompt_tokens_high, read_usage, text_tokens_fair
 from shekel._usage import text_tokens_high as _text_tokens_high
-from shekel.errors import PricingError
 
 __all__ = ["COUNTED_BY_ADAPTER", "BudgetCallbackHandler", "install", "uninstall"]
 
@@ -181,8 +179,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         else:
             prompt = str(payload.get(EventPayload.PROMPT) or "")
             high, fair = _text_tokens_high(prompt), text_tokens_fair(prompt)
-        reservation = target.reserve(model=model, prompt_tokens=high, max_tokens=max_tokens)
-        call = CallAccounting(reservation, prompt_fair=fair, source=SOURCE, streamed=False, model_label=model)
+        ask = (model, high, max_tokens, DEFAULT_MAX_TOKENS_CEILING, None)
+        call = CallAccounting(ask, prompt_fair=fair, source=SOURCE, streamed=False, model_label=model)
+        call.begin(target.reserve_call(ask))
         event = _Event(event_id, call, traces, active_span_id.get())
         # Never reset: the event closes itself when it ends (a stream's end runs in another frame).
         _open_llm_event.set(event)
@@ -446,28 +445,11 @@ def _charge_target(bound: Budget | None) -> Budget | None:
 def _refuse_if_spent(target: Budget, text: str) -> None:
     """Raise ``BudgetExceededError`` when no call with this text as its prompt could be paid for.
 
-    The core's own rule decides (``Budget.reserve``, released at once): calls made and calls in flight
-    against ``max_llm_calls``, tokens against ``max_total_tokens``, and money, for one output token.
+    The core's own rule decides (``Budget.check``): calls made and calls in flight against
+    ``max_llm_calls``, tokens against ``max_total_tokens``, and money, for one output token. The model of
+    the next call is not known yet: each call checks its own price when it is made.
     """
-    prompt_tokens = _text_tokens_high(text)
-    if target.price_for(None) is not None:
-        reservation = target.reserve(model=None, prompt_tokens=prompt_tokens, max_tokens=1)
-    else:
-        # The model of the next call is not known yet, and without a default price it cannot be priced here.
-        # The same ledger check runs without ``reserve``'s unknown-price warning (it would name model None;
-        # each call warns for its own model); its PricingError (on_unknown_price="raise") comes only after
-        # the call and token checks passed: each call checks its price itself.
-        try:
-            reservation = _reserve_unpriced(target, prompt_tokens)
-        except PricingError:
-            return
-    target.release(reservation)
-
-
-@exact_money
-def _reserve_unpriced(target: Budget, prompt_tokens: int) -> Reservation:
-    with target._lock:
-        return target._reserve_locked(None, prompt_tokens, 1, DEFAULT_MAX_TOKENS_CEILING, None)
+    target.check(model=None, prompt_tokens=_text_tokens_high(text), max_tokens=1)
 
 
 def _query_text(payload: Mapping[Any, Any]) -> str:

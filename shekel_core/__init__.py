@@ -9,13 +9,22 @@ Importing shekel imports no framework; the Hugging Face patch is installed when 
 
 from __future__ import annotations
 
-from ._budget import Budget, CallRecord, ModelTotals, budget
+from . import _namesake  # noqa: F401  (first: an unrelated PyPI 'shekel' mixed in, or installed alongside)
+from ._budget import Budget, budget
 from ._context import carry, current_budget
 from ._patching import install, uninstall
 from ._price_lookup import prices
 from ._pricing import Price
+from ._records import CallRecord, ModelTotals
 from ._usage import Usage
-from .errors import BudgetConfigError, BudgetExceededError, PricingError, ShekelError
+from .errors import (
+    BudgetConfigError,
+    BudgetExceededError,
+    ForkedBudgetError,
+    PricingError,
+    RequestError,
+    ShekelError,
+)
 
 __version__ = "2.0.0.dev0"
 
@@ -24,9 +33,11 @@ __all__ = [
     "BudgetConfigError",
     "BudgetExceededError",
     "CallRecord",
+    "ForkedBudgetError",
     "ModelTotals",
     "Price",
     "PricingError",
+    "RequestError",
     "ShekelError",
     "Usage",
     "__version__",

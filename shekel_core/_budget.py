@@ -1,21 +1,26 @@
-"""The budget: a shared, locked ledger that nests, reserves before a call and settles after it."""
+"""The budget: configuration, pricing and reports of a spending limit that nests.
+
+What a call holds and is charged is kept by the ledger (:mod:`shekel.ledger`); a budget decides what a call
+asks for (its price, a fallback model, how many output tokens), hands that to the ledger of every budget of
+its chain, waits when calls in flight hold the room (``wait=``), and keeps records and per-model totals.
+"""
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import os
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from . import _context
-from ._money import ZERO, exact_money, to_decimal
+from . import _validate as validate
+from ._money import ZERO, exact_money
 from ._pricing import (
     Price,
     PriceTable,
@@ -25,89 +30,57 @@ from ._pricing import (
     unknown_price_message,
 )
 from ._pricing_files import env_pricing, load_pricing_file
+from ._records import CallRecord, ModelTotals, RecordFields, record_dict, totals_dict
+from ._redact import redact_model
 from ._usage import Usage
-from .errors import BudgetConfigError, BudgetExceededError, PricingError
+from ._warn import warn_user
+from .errors import BudgetConfigError, BudgetExceededError, ForkedBudgetError, PricingError
+from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN, Account, NoRoom
+from .ledger import memory as ledger
+from .ledger.waiting import Tree, Waiter
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Output tokens asked for when the caller gave no ``max_tokens`` (capped further by what the budget can pay).
 DEFAULT_MAX_TOKENS_CEILING = 4096
-#: Extra output tokens reserved per call: some providers report one token more than ``max_tokens``.
-OUTPUT_MARGIN_TOKENS = 2
 #: Per-call records kept by each budget; older ones are folded into the per-model aggregates only.
 MAX_RECORDS = 1000
 #: Direct children remembered by each budget for ``summary()``; their spend always reaches the parent.
 MAX_CHILDREN = 256
+#: Seconds a call waits for room that calls in flight hold, unless the budget says otherwise.
+DEFAULT_WAIT = 60.0
 #: (model, provider) pairs whose price from the chain's tables each budget caches.
 _PRICE_CACHE_SIZE = 256
 
-_FALLBACK_KEYS = frozenset({"at_pct", "model"})
-_UNKNOWN_PRICE_POLICIES = ("warn", "raise", "zero")
+#: Entering a budget for the first time fixes its parent: one lock for every first entry in the process, so
+#: two threads entering a fresh budget under different parents cannot both attach it.
+_ATTACH_LOCK = threading.Lock()
+
+#: Counts the forks this process descends from. A budget remembers the generation it was made in: one made
+#: before a fork lives on in the child as a private copy of its ledger, which must not be spent from there.
+_generation = 0
 
 
-@dataclass(slots=True)
-class ModelTotals:
-    """Aggregates of every call made with one model (in this budget and its children)."""
-
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: Decimal = ZERO
-    estimated_calls: int = 0
-    unpriced_calls: int = 0
+def _after_fork_in_child() -> None:
+    global _generation
+    _generation += 1
 
 
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One settled call, as recorded by the budget that was innermost when it was made."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
-    model: str | None
-    input_tokens: int
-    output_tokens: int
-    cost: Decimal
-    estimated: bool
-    priced: bool
-    streamed: bool
-    source: str
-    fallback_from: str | None = None
-    at: float = field(default_factory=time.time)
-    #: The Inference Provider the call was priced for (the one that served it, when known).
-    provider: str | None = None
-    #: Where the price came from (a budget, a pricing file, the bundled data).
-    price_source: str | None = None
-    #: Price parts shekel could not charge exactly (cached input without a cached price, say).
-    notes: tuple[str, ...] = ()
+_UNSET: Any = object()
 
 
-#: A ``CallRecord``'s fields, in order, as a budget keeps them: building the frozen record (an
-#: ``object.__setattr__`` per field) is left to whoever reads ``records``, not done on every call.
-_RecordFields = tuple[
-    str | None,
-    int,
-    int,
-    Decimal,
-    bool,
-    bool,
-    bool,
-    str,
-    str | None,
-    float,
-    str | None,
-    str | None,
-    tuple[str, ...],
-]
-
-
-@dataclass(slots=True, unsafe_hash=True)
+@dataclass(slots=True, eq=False)
 class Reservation:
-    """Money and a call slot held on every budget of ``chain`` for one call in flight.
+    """Money, tokens and a call slot held on every budget of ``chain`` for one call in flight.
 
     It keeps its own reference to the chain, so the call settles on the budgets that paid for it even when
-    it finishes after the ``with`` block (an async stream finalised later by the event loop).
-
-    Never changed once made (it is not frozen only because a frozen dataclass sets each field through
-    ``object.__setattr__``, on every call); it compares and hashes by value, as a frozen one would.
+    it finishes after the ``with`` block (an async stream finalised later by the event loop). ``thread`` and
+    ``task`` are who made the call: a call never waits for room that its own thread or task holds.
+    Compared and hashed by identity: each is one call.
     """
 
     chain: tuple[Budget, ...]
@@ -118,6 +91,9 @@ class Reservation:
     fallback_from: str | None
     provider: str | None = None
     tokens: int = 0
+    prompt_tokens: int = 0
+    thread: int = 0
+    task: object = None
 
 
 class Budget:
@@ -142,6 +118,7 @@ class Budget:
         pricing: str | os.PathLike[str] | None = None,
         on_unknown_price: str | None = None,
         max_total_tokens: int | None = None,
+        wait: float | None = _UNSET,
     ) -> None:
         self._config: dict[str, Any] = {
             "pricing": pricing,
@@ -154,49 +131,47 @@ class Budget:
             "on_warn": on_warn,
             "fallback": fallback,
             "max_llm_calls": max_llm_calls,
+            "wait": wait,
         }
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise BudgetConfigError(f"name must be a non-empty string, got {name!r}.")
         self._name = name if name is not None else "budget"
-        self._limit = _validate_limit(max_usd)
+        limit = validate.limit(max_usd)
         self._prices: PriceTable | None = (
             None
             if price_per_1k_tokens is None
             else parse_price_table(price_per_1k_tokens, budget_name=self._name)
         )
-        self._warn_at = _validate_warn_at(warn_at, self._limit)
+        self._warn_at = validate.warn_at(warn_at, limit)
         if on_warn is not None and not callable(on_warn):
             raise BudgetConfigError(f"on_warn must be callable as on_warn(spent, limit), got {on_warn!r}.")
-        _check_on_warn_signature(on_warn)
+        validate.check_on_warn_signature(on_warn)
         self._on_warn = on_warn
-        self._fallback_at, self._fallback_model = _validate_fallback(fallback, self._limit)
-        self._max_calls = _validate_max_calls(max_llm_calls)
+        self._fallback_at, self._fallback_model = validate.fallback(fallback, limit)
+        max_calls = validate.max_calls(max_llm_calls)
         self._file_prices = None if pricing is None else load_pricing_file(pricing)
         self._env_prices = env_pricing()
-        self._on_unknown = _validate_on_unknown(on_unknown_price)
-        self._max_total_tokens = _validate_max_total_tokens(max_total_tokens)
-        self._reserved_tokens = 0
+        self._on_unknown = validate.on_unknown(on_unknown_price)
+        max_tokens = validate.max_total_tokens(max_total_tokens)
+        self._wait: float | None = _UNSET if wait is _UNSET else validate.wait(wait)
+        self._account = Account(self, limit, max_calls, max_tokens)
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
+        self._accounts: tuple[Account, ...] = (self._account,)
         self._root: Budget = self
-        # Derived from the chain, which is fixed when the budget is first entered (``_attach``): the budgets
-        # of the chain with a token cap, whether any has a fallback, and prices found in the chain's tables
-        # (which never change once built) by (model, provider).
-        self._token_capped: tuple[Budget, ...] = () if self._max_total_tokens is None else (self,)
+        self._tree = Tree()
+        self._lock = self._tree.lock
+        self._born = _generation
+        # Derived from the chain, which is fixed when the budget is first entered (``_attach``): whether any
+        # budget of it has a fallback, the wait that applies, and prices found in the chain's tables (which
+        # never change once built) by (model, provider).
         self._chain_fallback = self._fallback_model is not None
+        self._patience: float | None = DEFAULT_WAIT if self._wait is _UNSET else self._wait
         self._table_prices: dict[tuple[str | None, str | None], Price | None] = {}
-        # Reentrant: garbage collection may settle a dropped stream inside this thread's locked section.
-        self._lock = threading.RLock()
         self._attached = False
 
-        self._spent = ZERO
         self._own_spent = ZERO
-        self._reserved = ZERO
-        self._calls = 0
-        self._inflight = 0
-        self._input_tokens = 0
-        self._output_tokens = 0
         self._estimated_calls = 0
         self._unpriced_calls = 0
         self._unpriced_input_tokens = 0
@@ -204,7 +179,7 @@ class Budget:
         self._warned = False
         self._unpriced_warned: set[str | None] = set()
         self._models: dict[str | None, ModelTotals] = {}
-        self._records: deque[_RecordFields] = deque(maxlen=MAX_RECORDS)
+        self._records: deque[RecordFields] = deque(maxlen=MAX_RECORDS)
         self._children: deque[Budget] = deque(maxlen=MAX_CHILDREN)
 
     # ---------------------------------------------------------------- public read-only view
@@ -221,47 +196,69 @@ class Budget:
     @property
     def limit(self) -> float | None:
         """``max_usd`` as a float, or None for a budget without a dollar cap."""
-        return None if self._limit is None else float(self._limit)
+        limit = self._account.limit
+        return None if limit is None else float(limit)
+
+    @property
+    def limit_exact(self) -> Decimal | None:
+        """``max_usd`` as an exact ``Decimal``, or None."""
+        return self._account.limit
 
     @property
     def spent(self) -> float:
         """USD spent by calls in this budget and its children (settled calls only)."""
-        return float(self._spent)
+        return float(self._account.spent)
 
     @property
     def spent_exact(self) -> Decimal:
         """``spent`` as an exact ``Decimal``."""
-        return self._spent
+        return self._account.spent
 
     @property
     @exact_money
     def remaining(self) -> float | None:
         """``limit - spent`` (never negative), or None without a dollar cap. Calls in flight hold part of it."""
-        if self._limit is None:
+        account = self._account
+        if account.limit is None:
             return None
-        return float(max(self._limit - self._spent, ZERO))
+        return float(max(account.limit - account.spent, ZERO))
 
     @property
     def reserved(self) -> float:
         """USD held for calls in flight (their worst-case cost)."""
-        return float(self._reserved)
+        return float(self._account.reserved)
 
     @property
     def calls(self) -> int:
-        """Settled LLM calls in this budget and its children."""
-        return self._calls
+        """LLM calls answered in this budget and its children."""
+        return self._account.calls
+
+    @property
+    def failed_calls(self) -> int:
+        """Requests sent that failed: an error answer (costs nothing) or no answer at all (a timeout, a dropped
+        connection, a cancellation: charged what the call held). They count against ``max_llm_calls``."""
+        return self._account.failed
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls holding a reservation now."""
+        return self._account.inflight
 
     @property
     def max_llm_calls(self) -> int | None:
-        return self._max_calls
+        return self._account.max_calls
+
+    @property
+    def max_total_tokens(self) -> int | None:
+        return self._account.max_tokens
 
     @property
     def input_tokens(self) -> int:
-        return self._input_tokens
+        return self._account.input_tokens
 
     @property
     def output_tokens(self) -> int:
-        return self._output_tokens
+        return self._account.output_tokens
 
     @property
     def estimated_calls(self) -> int:
@@ -272,6 +269,11 @@ class Budget:
     def unpriced_calls(self) -> int:
         """Calls for which no price was known: counted in tokens, charged $0."""
         return self._unpriced_calls
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds a call waits for room that calls in flight hold (None: as long as calls are in flight)."""
+        return self._patience
 
     @property
     def children(self) -> list[Budget]:
@@ -289,13 +291,27 @@ class Budget:
     def by_model(self) -> dict[str | None, ModelTotals]:
         """Per-model aggregates of this budget and its children (copies)."""
         with self._lock:
-            return {
-                m: ModelTotals(**{k: getattr(t, k) for k in t.__slots__}) for m, t in self._models.items()
-            }
+            return {m: _copy_totals(t) for m, t in self._models.items()}
 
     def __repr__(self) -> str:
-        limit = "no limit" if self._limit is None else f"${self._limit}"
-        return f"<Budget {self.path!r} spent=${self._spent} of {limit}, calls={self._calls}>"
+        account = self._account
+        limit = "no limit" if account.limit is None else f"${account.limit}"
+        return f"<Budget {self.path!r} spent=${account.spent} of {limit}, calls={account.calls}>"
+
+    # ---------------------------------------------------------------- copies
+    def __reduce__(self) -> NoReturn:
+        raise TypeError(
+            f"budget {self._name!r} cannot be pickled or copied: its ledger lives in this process, and a "
+            "copy in another process would spend a private copy of the cap. Give the budget a shared store "
+            "(budget(..., name=..., store='sqlite:///budgets.db')) to share one cap between processes, or "
+            "use b.fresh() for a new budget with the same configuration."
+        )
+
+    def __copy__(self) -> NoReturn:
+        self.__reduce__()
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        self.__reduce__()
 
     # ---------------------------------------------------------------- entering and leaving
     def __enter__(self) -> Budget:
@@ -304,8 +320,12 @@ class Budget:
         ensure_installed()
         active = _context.current_budget()
         if not self._attached:
-            self._attach(active)
-        elif active is not None and active is not self and active not in self._chain:
+            with _ATTACH_LOCK:
+                if not self._attached:
+                    self._attach(active)
+                    _context.push(self)
+                    return self
+        if active is not None and active is not self and active not in self._chain:
             raise BudgetConfigError(
                 f"budget {self.path!r} was first entered under {self.parent.path if self.parent else 'no budget'}"
                 f" and cannot be re-entered inside budget {active.path!r}; create a new budget() there instead."
@@ -327,18 +347,24 @@ class Budget:
         self.__exit__(exc_type, exc, tb)
 
     def _attach(self, parent: Budget | None) -> None:
-        self._attached = True
+        """Fix the budget's place in a tree (under ``_ATTACH_LOCK``; once)."""
         if parent is None:
+            self._attached = True
             return
         with parent._lock:
             self.parent = parent
             self._chain = (self, *parent._chain)
-            self._token_capped += parent._token_capped
+            self._accounts = (self._account, *parent._accounts)
             self._chain_fallback = self._chain_fallback or parent._chain_fallback
+            if self._wait is _UNSET:
+                self._patience = parent._patience
+            self._born = min(self._born, parent._born)
             self._table_prices = {}
             self._root = parent._root
+            self._tree = parent._tree
             self._lock = parent._lock
             parent._children.append(self)
+            self._attached = True
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a function: each call runs inside a fresh budget with this configuration.
@@ -390,12 +416,16 @@ class Budget:
                 return budget._on_unknown
         return "warn"
 
+    def _has_limit(self) -> bool:
+        return any(a.limit is not None for a in self._accounts)
+
     def _fallback_due(self) -> str | None:
         for budget in self._chain:
+            account = budget._account
             if (
                 budget._fallback_model is not None
-                and budget._limit is not None
-                and budget._spent >= budget._fallback_at * budget._limit
+                and account.limit is not None
+                and account.spent >= budget._fallback_at * account.limit
             ):
                 return budget._fallback_model
         return None
@@ -406,8 +436,7 @@ class Budget:
                 return budget._fallback_model
         return None
 
-    # ---------------------------------------------------------------- the ledger
-    @exact_money
+    # ---------------------------------------------------------------- reserving
     def reserve(
         self,
         *,
@@ -419,160 +448,338 @@ class Budget:
     ) -> Reservation:
         """Hold the worst-case cost of one call on this budget and every ancestor, atomically.
 
-        ``prompt_tokens`` must err high. When ``max_tokens`` is None and a dollar cap applies, the reservation
-        grants the most output tokens the budget can pay for (at most ``max_tokens_ceiling``); the caller must
-        send that value. Raises :class:`BudgetExceededError` when the call cannot be paid for; then nothing is
-        held. Fallback models take over once their share of the budget is spent, or when only they fit.
-        ``provider`` is passed to :meth:`price_for`. With ``on_unknown_price="raise"`` a call without a price
-        raises :class:`PricingError` here, before anything is sent.
+        ``prompt_tokens`` must err high. When ``max_tokens`` is None and a cap applies, the reservation grants
+        the most output tokens the budget can pay for (at most ``max_tokens_ceiling``); the caller must send
+        that value. When the call does not fit only because calls in flight hold the room, it waits for them
+        (up to the budget's ``wait``, blocking this thread; from asyncio use :meth:`areserve_call`). Raises
+        :class:`BudgetExceededError` when the call cannot be paid for; then nothing is held. Fallback models
+        take over once their share of the budget is spent, or when only they fit. With
+        ``on_unknown_price="raise"`` a call without a price raises :class:`PricingError` here, before
+        anything is sent.
         """
-        notices: list[str | None] = []
-        with self._lock:
-            fallback = self._fallback_due() if self._chain_fallback else None
-            if fallback is not None and fallback != model:
-                reservation = self._reserve_locked(
-                    fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model, provider
-                )
-            else:
+        return self.reserve_call((model, prompt_tokens, max_tokens, max_tokens_ceiling, provider))
+
+    @exact_money
+    def reserve_call(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
+        """:meth:`reserve`, for adapters: ``ask`` is (model, prompt_tokens, max_tokens, ceiling, provider)."""
+        tree = self._tree
+        refusal: NoRoom | None = None
+        with tree.lock:
+            if not tree.waiters:
                 try:
-                    reservation = self._reserve_locked(
-                        model, prompt_tokens, max_tokens, max_tokens_ceiling, None, provider
-                    )
-                except BudgetExceededError as exc:
-                    fallback = self._any_fallback() if self._chain_fallback else None
-                    if exc.reason != "usd" or fallback is None or fallback == model:
-                        raise
-                    reservation = self._reserve_locked(
-                        fallback, prompt_tokens, max_tokens, max_tokens_ceiling, model, provider
-                    )
-            if (
-                reservation.price is None
-                and self._has_limit()
-                and self._unknown_policy() == "warn"
-                and reservation.model not in self._root._unpriced_warned
-            ):
-                self._root._unpriced_warned.add(reservation.model)
-                notices.append(reservation.model)
+                    reservation = self._take(*ask, None)
+                except NoRoom as no_room:
+                    refusal = no_room
+                else:
+                    if reservation.price is None:
+                        self._after_unpriced(reservation)
+                    return reservation
+        waiting = _Waiting(ask, None, refusal)
         try:
-            for model_name in notices:
-                warnings.warn(
-                    f"shekel: {unknown_price_message(model_name, reservation.provider, self.path)} Until then "
-                    "its calls are counted in tokens but cost $0, so max_usd cannot stop them.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-        except BaseException:  # a warning turned error (-W error): the call is not sent, so it holds nothing
-            self.release(reservation)
-            raise
-        return reservation
+            while True:
+                reservation_or_timeout = self._step(waiting)
+                if isinstance(reservation_or_timeout, Reservation):
+                    break
+                assert waiting.event is not None
+                waiting.event.wait(reservation_or_timeout)
+        finally:
+            self._leave(waiting)
+        if reservation_or_timeout.price is None:
+            self._after_unpriced(reservation_or_timeout)
+        return reservation_or_timeout
 
-    def _has_limit(self) -> bool:
-        return any(b._limit is not None for b in self._chain)
+    async def areserve_call(
+        self, ask: tuple[str | None, int, int | None, int, str | None], task: object = None
+    ) -> Reservation:
+        """:meth:`reserve_call` for asyncio: a call that waits for room awaits, never blocking the event loop.
 
-    def _reserve_locked(
+        ``task`` is the asyncio task making the call (it never waits for room it holds itself).
+        """
+        import asyncio
+
+        waiting = _Waiting(ask, task, None, asyncio.get_running_loop())
+        try:
+            while True:
+                reservation_or_timeout = self._step_exactly(waiting)
+                if isinstance(reservation_or_timeout, Reservation):
+                    break
+                assert waiting.future is not None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(waiting.future, reservation_or_timeout)
+        finally:
+            self._leave(waiting)
+        if reservation_or_timeout.price is None:
+            self._after_unpriced(reservation_or_timeout)
+        return reservation_or_timeout
+
+    @exact_money
+    def _step_exactly(self, waiting: _Waiting) -> Reservation | float | None:
+        return self._step(waiting)
+
+    def _step(self, waiting: _Waiting) -> Reservation | float | None:
+        """One try of a call that may wait: the reservation, or how long to wait before the next try (None:
+        until woken). Raises ``BudgetExceededError`` when waiting cannot help or the wait ran out."""
+        tree = self._tree
+        ask, task = waiting.ask, waiting.task
+        with tree.lock:
+            refusal, waiting.refusal = waiting.refusal, None
+            blocked: Account | None = None
+            if refusal is None:
+                if self._patience != 0:  # wait=0 takes no place in the queue: it refuses at once, as it did
+                    blocked = tree.blocker(self._accounts, waiting.waiter)
+                if blocked is None:
+                    try:
+                        return self._take(*ask, task)
+                    except NoRoom as no_room:
+                        refusal = no_room
+            if refusal is not None:
+                if (
+                    self._patience == 0
+                    or (waiting.loop is None and _event_loop_running())
+                    or not self._waitable(refusal, task)
+                ):
+                    raise self._refused(refusal)
+                blocked = refusal.account
+            assert blocked is not None
+            timeout = waiting.time_left(self._patience)
+            if timeout is not None and timeout <= 0:
+                # The wait ran out: one last try, then the refusal says how long it waited.
+                try:
+                    return self._take(*ask, task)
+                except NoRoom as no_room:
+                    raise self._refused(no_room, waited=waiting.waited()) from None
+            waiting.enqueue(tree, self._accounts, blocked)
+            return timeout
+
+    def _leave(self, waiting: _Waiting) -> None:
+        waiter = waiting.waiter
+        if waiter is None:
+            return
+        tree = self._tree
+        with tree.lock:
+            if waiter in tree.waiters:
+                tree.waiters.remove(waiter)
+                tree.wake()
+
+    def _take(
+        self,
+        model: str | None,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        ceiling: int,
+        provider: str | None,
+        task: object,
+    ) -> Reservation:
+        """Hold the call now, with a fallback model where one is due or only it fits (lock held)."""
+        if self._born != _generation:
+            self._refuse_inherited()
+        if self._chain_fallback:
+            fallback = self._fallback_due()
+            if fallback is not None and fallback != model:
+                return self._hold(fallback, prompt_tokens, max_tokens, ceiling, model, provider, task)
+            try:
+                return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task)
+            except NoRoom as no_room:
+                fallback = self._any_fallback()
+                if no_room.reason != "usd" or fallback is None or fallback == model:
+                    raise
+                if self._patience != 0 and self._waitable(no_room, task):
+                    raise  # the model asked for fits once calls in flight settle: wait for it
+                return self._hold(fallback, prompt_tokens, max_tokens, ceiling, model, provider, task)
+        return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task)
+
+    def _hold(
         self,
         model: str | None,
         prompt_tokens: int,
         max_tokens: int | None,
         ceiling: int,
         fallback_from: str | None,
-        provider: str | None = None,
+        provider: str | None,
+        task: object,
     ) -> Reservation:
-        chain = self._chain
-        for budget in chain:
-            if budget._max_calls is not None and budget._calls + budget._inflight >= budget._max_calls:
-                raise BudgetExceededError(
-                    budget_name=budget.path,
-                    spent=budget._spent,
-                    limit=budget._limit,
-                    model=model,
-                    reason="calls",
-                    calls=budget._calls + budget._inflight,
-                    max_calls=budget._max_calls,
-                )
         price = self.price_for(model, provider)
-        if price is None and self._unknown_policy() == "raise":
-            raise PricingError(
-                "shekel refused the call before sending it (on_unknown_price='raise'): "
-                + unknown_price_message(model, provider, self.path)
-            )
-        tightest: Budget | None = None
-        room = ZERO
-        for budget in chain:
-            if budget._limit is not None:
-                budget_room = budget._limit - budget._spent - budget._reserved
-                if tightest is None or budget_room < room:
-                    tightest, room = budget, budget_room
-        cost = ZERO
-        requested = max_tokens
-        if price is not None:
-            prompt_cost = price.input_per_token * prompt_tokens
-            if max_tokens is None and tightest is not None and price.output_per_token > 0:
-                affordable = int((room - prompt_cost) / price.output_per_token) - OUTPUT_MARGIN_TOKENS
-                max_tokens = max(min(ceiling, affordable), 1)
-            output_bound = 0 if max_tokens is None else max_tokens + OUTPUT_MARGIN_TOKENS
-            cost = prompt_cost + price.output_per_token * output_bound
-        tokens = 0
-        if self._token_capped:
-            # A max_tokens shekel chose for the dollars is a ceiling for the token cap, not a caller's demand.
-            token_ceiling = (
-                ceiling if requested is not None or max_tokens is None else min(ceiling, max_tokens)
-            )
-            max_tokens, tokens = self._reserve_tokens_locked(model, prompt_tokens, requested, token_ceiling)
-            if price is not None and max_tokens is not None:
-                # The token cap may have set or lowered max_tokens: hold money for what will be asked.
-                cost = price.input_per_token * prompt_tokens + price.output_per_token * (
-                    max_tokens + OUTPUT_MARGIN_TOKENS
+        if price is None:
+            if self._unknown_policy() == "raise":
+                raise PricingError(
+                    "shekel refused the call before sending it (on_unknown_price='raise'): "
+                    + unknown_price_message(redact_model(model), provider, self.path)
                 )
-        if tightest is not None and cost > room:
-            raise BudgetExceededError(
-                budget_name=tightest.path,
-                spent=tightest._spent,
-                limit=tightest._limit,
-                model=model,
-                needed=cost,
-                reserved=tightest._reserved,
+            input_cost = output_price = ZERO
+        else:
+            input_cost = price.input_per_token * prompt_tokens
+            output_price = price.output_per_token
+        try:
+            granted, cost, tokens = ledger.hold(
+                self._accounts,
+                input_cost,
+                output_price,
+                prompt_tokens,
+                max_tokens,
+                ceiling,
+                self._patience != 0,
             )
-        for budget in chain:
-            budget._reserved += cost
-            budget._inflight += 1
-            budget._reserved_tokens += tokens
-        return Reservation(chain, cost, model, price, max_tokens, fallback_from, provider, tokens)
+        except NoRoom as no_room:
+            no_room.ask = (input_cost, output_price, prompt_tokens, max_tokens, model)
+            raise
+        reservation = Reservation(
+            self._chain,
+            cost,
+            model,
+            price,
+            granted,
+            fallback_from,
+            provider,
+            tokens,
+            prompt_tokens,
+            threading.get_ident(),
+            task,
+        )
+        self._tree.holds[reservation] = None
+        return reservation
 
-    def _reserve_tokens_locked(
-        self, model: str | None, prompt_tokens: int, max_tokens: int | None, ceiling: int
-    ) -> tuple[int | None, int]:
-        """Fit the call under every ``max_total_tokens`` of the chain: (max_tokens to send, tokens to hold)."""
-        capped = self._token_capped
-        if not capped:
-            return max_tokens, 0
-        tightest = min(capped, key=lambda b: b._tokens_room())
-        room = tightest._tokens_room()
-        if max_tokens is None:
-            max_tokens = max(min(ceiling, room - prompt_tokens - OUTPUT_MARGIN_TOKENS), 1)
-        tokens = prompt_tokens + max_tokens + OUTPUT_MARGIN_TOKENS
-        if tokens > room:
-            raise BudgetExceededError(
-                budget_name=tightest.path,
-                spent=tightest._spent,
-                limit=tightest._limit,
-                model=model,
-                reason="tokens",
+    def _waitable(self, refusal: NoRoom, task: object) -> bool:
+        """Whether the call fits once calls in flight (other than the caller's own) settle (lock held)."""
+        assert refusal.ask is not None
+        input_cost, output_price, prompt_tokens, max_tokens, _ = refusal.ask
+        own, others = self._own_holds(task)
+        if not others:
+            return False  # nothing in flight that could make room
+        return ledger.fits_without_others(
+            self._accounts, input_cost, output_price, prompt_tokens, max_tokens, own
+        )
+
+    def _own_holds(self, task: object) -> tuple[dict[Account, tuple[Decimal, int, int]], bool]:
+        """What calls in flight of this thread (and ``task``, when given) hold, per account; and whether
+        calls of others are in flight too (lock held)."""
+        thread = threading.get_ident()
+        own: dict[Account, tuple[Decimal, int, int]] = {}
+        others = False
+        for held in self._tree.holds:
+            if held.thread == thread and (task is None or held.task is None or held.task is task):
+                for account in held.chain[0]._accounts:
+                    money, tokens, calls = own.get(account, (ZERO, 0, 0))
+                    own[account] = (money + held.cost, tokens + held.tokens, calls + 1)
+            else:
+                others = True
+        return own, others
+
+    def _refused(self, refusal: NoRoom, waited: float | None = None) -> BudgetExceededError:
+        account = refusal.account
+        model = refusal.ask[4] if refusal.ask is not None else None
+        return BudgetExceededError(
+            budget_name=account.budget.path,
+            spent=account.spent,
+            limit=account.limit,
+            model=redact_model(model),
+            needed=refusal.needed,
+            reason=refusal.reason,
+            calls=account.calls + account.failed + account.inflight,
+            max_calls=account.max_calls,
+            reserved=account.reserved,
+            waited=waited,
+        )
+
+    def _refuse_inherited(self) -> NoReturn:
+        raise ForkedBudgetError(
+            f"budget {self.path!r} was created before this process (pid {os.getpid()}) was forked from its "
+            "parent: spending it here would spend a private copy of the cap that the other processes never "
+            "see. Share one cap between processes with a shared store: budget(max_usd=..., name='job', "
+            "store='sqlite:///budgets.db'), or create the budget inside the worker process."
+        )
+
+    def _after_unpriced(self, reservation: Reservation) -> None:
+        """Warn once per model that calls without a price cost $0, so ``max_usd`` cannot stop them."""
+        model = reservation.model
+        with self._lock:
+            if (
+                not self._has_limit()
+                or self._unknown_policy() != "warn"
+                or model in self._root._unpriced_warned
+            ):
+                return
+            self._root._unpriced_warned.add(model)
+        try:
+            warn_user(
+                f"shekel: {unknown_price_message(redact_model(model), reservation.provider, self.path)} "
+                "Until then its calls are counted in tokens but cost $0, so max_usd cannot stop them."
             )
-        return max_tokens, tokens
-
-    def _tokens_room(self) -> int:
-        assert self._max_total_tokens is not None
-        return self._max_total_tokens - self._input_tokens - self._output_tokens - self._reserved_tokens
+        except BaseException:  # a warning turned error (-W error): the call is not sent, so it holds nothing
+            self.release(reservation)
+            raise
 
     @exact_money
-    def release(self, reservation: Reservation) -> None:
-        """Give back everything a call held: it failed, so it costs nothing."""
+    def check(self, *, model: str | None, prompt_tokens: int, max_tokens: int | None) -> None:
+        """Raise :class:`BudgetExceededError` if a call like this could not be paid for now; hold nothing.
+
+        For a layer that wants to refuse work before it starts (an integration's chain or query). It never
+        warns about prices and never raises :class:`PricingError` (the call itself does that). A budget that
+        waits (``wait`` > 0) refuses here only what calls in flight settling could not make room for.
+        """
         with self._lock:
-            for budget in reservation.chain:
-                budget._reserved -= reservation.cost
-                budget._inflight -= 1
-                budget._reserved_tokens -= reservation.tokens
+            try:
+                if self._patience != 0:
+                    price = self.price_for(model)
+                    input_cost = ZERO if price is None else price.input_per_token * prompt_tokens
+                    output_price = ZERO if price is None else price.output_per_token
+                    own, _ = self._own_holds(None)
+                    ledger.check_unheld(
+                        self._accounts, input_cost, output_price, prompt_tokens, max_tokens, own
+                    )
+                    return
+                reservation = self._hold(
+                    model, prompt_tokens, max_tokens, DEFAULT_MAX_TOKENS_CEILING, None, None, None
+                )
+            except PricingError:
+                return
+            except NoRoom as no_room:
+                raise self._refused(no_room) from None
+            self._release_locked(reservation)
+
+    def room(self) -> tuple[Budget, Decimal] | None:
+        """The capped budget of the chain with the least money neither spent nor held, and that amount."""
+        with self._lock:
+            tightest: tuple[Budget, Decimal] | None = None
+            for account in self._accounts:
+                if account.limit is None:
+                    continue
+                left = account.limit - account.spent - account.reserved
+                if tightest is None or left < tightest[1]:
+                    tightest = (account.budget, left)
+            return tightest
+
+    def unreserved(self, *, model: str | None, max_tokens: int | None = None) -> Reservation:
+        """A reservation holding nothing, for a call that was made without one (an integration learning of
+        it only after it ran): settling it charges the call on every budget of the chain."""
+        with self._lock:
+            for account in self._accounts:
+                account.inflight += 1
+            reservation = Reservation(
+                self._chain,
+                ZERO,
+                model,
+                self.price_for(model),
+                max_tokens,
+                None,
+                thread=threading.get_ident(),
+            )
+            self._tree.holds[reservation] = None
+            return reservation
+
+    # ---------------------------------------------------------------- releasing and settling
+    @exact_money
+    def release(self, reservation: Reservation) -> None:
+        """Give back everything a call held: it was never sent, so it costs nothing and counts nowhere."""
+        with self._lock:
+            self._release_locked(reservation)
+
+    def _release_locked(self, reservation: Reservation) -> None:
+        tree = reservation.chain[0]._tree
+        if tree.holds.pop(reservation, _GONE) is _GONE:
+            return  # released or settled already
+        ledger.release(reservation.chain[0]._accounts, reservation.cost, reservation.tokens)
+        if tree.waiters:
+            tree.wake()
 
     @exact_money
     def settle(
@@ -584,37 +791,70 @@ class Budget:
         source: str,
         label: str | None = None,
         provider: str | None = None,
+        outcome: str = OK,
+        note: str | None = None,
     ) -> Decimal:
         """Charge a finished call at its real usage on every budget that held it, release the rest.
 
         ``label`` names the model in records when the priced id is unknown (a URL endpoint, say). Returns the
         cost charged. Warnings (``warn_at``) fire after the ledger is updated, outside the lock. ``provider``
         is the Inference Provider that served the call, when the answer said so: the call is charged at its
-        price (an auto-routed call was reserved at the highest one).
+        price (an auto-routed call was reserved at the highest one). ``outcome`` is ``"ok"``; ``"error"`` for
+        an error answer (charged nothing; counted as a failed request); ``"unknown"`` when the request left
+        and no answer came back (charged what it held, since the provider most likely did the work).
         """
         notes: list[str]
         if provider is None or provider == reservation.provider:  # _settle_price's usual case, inline
             price, served, notes = reservation.price, reservation.provider, []
         else:
             price, served, notes = self._settle_price(reservation, provider)
-        cached = usage.cached_input_tokens
-        if cached:
-            cached = min(cached, usage.input_tokens)
-        if cached and price is not None and price.cached_input_per_token is None:
+        if outcome == OK:
+            cached = usage.cached_input_tokens
+            if cached:
+                cached = min(cached, usage.input_tokens)
+            if cached and price is not None and price.cached_input_per_token is None:
+                notes.append(
+                    f"{cached} cached input tokens were charged at the full input price: the price has no "
+                    "cached-input part"
+                )
+            allowed = reservation.max_tokens
+            if allowed is not None and usage.output_tokens > allowed + OUTPUT_MARGIN_TOKENS:
+                # Charged as reported: the ledger mirrors what the provider bills, even past the cap.
+                notes.append(
+                    f"the server reported {usage.output_tokens} output tokens for a request allowed {allowed}; "
+                    "charged as reported"
+                )
+            if (
+                usage.input_tokens > reservation.prompt_tokens
+                and not usage.estimated
+                and reservation.prompt_tokens
+            ):
+                notes.append(
+                    f"the server reported {usage.input_tokens} input tokens for a prompt estimated at most "
+                    f"{reservation.prompt_tokens}; charged as reported"
+                )
+            cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
+            if note:
+                notes.append(note)
+        elif outcome == ERROR:
+            usage = Usage(0, 0)
+            cost = ZERO
+            notes.append("the server answered with an error: not charged, counted as a failed request")
+        elif outcome == UNKNOWN:
+            # ``usage`` is what the call held (``CallAccounting.held_usage``): its cost is the reservation's
+            # at the reserved price, or less at the price of the provider that answered.
+            cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens)
             notes.append(
-                f"{cached} cached input tokens were charged at the full input price: the price has no "
-                "cached-input part"
+                note
+                or "no answer came back after the request was sent (a timeout, a dropped connection or a "
+                "cancellation): charged what the call held, since the provider most likely did the work"
             )
-        allowed = reservation.max_tokens
-        if allowed is not None and usage.output_tokens > allowed + OUTPUT_MARGIN_TOKENS:
-            # Charged as reported: the ledger mirrors what the provider bills, even past the cap.
-            notes.append(
-                f"the server reported {usage.output_tokens} output tokens for a request allowed {allowed}; "
-                "charged as reported"
-            )
-        cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
+        else:
+            raise ValueError(f"outcome must be 'ok', 'error' or 'unknown', got {outcome!r}")
         model = reservation.model if reservation.model is not None else label
-        record: _RecordFields = (  # CallRecord's fields, in order
+        if reservation.fallback_from is not None:
+            model = redact_model(model)
+        record: RecordFields = (  # CallRecord's fields, in order
             model,
             usage.input_tokens,
             usage.output_tokens,
@@ -628,44 +868,56 @@ class Budget:
             served,
             None if price is None else price.source,
             tuple(notes),
+            outcome,
         )
         to_warn: list[Budget] = []
-        with self._lock:
-            for budget in reservation.chain:
-                budget._reserved -= reservation.cost
-                budget._inflight -= 1
-                budget._reserved_tokens -= reservation.tokens
-                budget._spent += cost
-                budget._calls += 1
-                budget._input_tokens += usage.input_tokens
-                budget._output_tokens += usage.output_tokens
+        chain = reservation.chain
+        tree = chain[0]._tree
+        with tree.lock:
+            if tree.holds.pop(reservation, _GONE) is _GONE:
+                return ZERO  # settled or released already: never charged twice
+            ledger.settle(
+                chain[0]._accounts,
+                reservation.cost,
+                reservation.tokens,
+                cost,
+                usage.input_tokens,
+                usage.output_tokens,
+                outcome,
+            )
+            answered = outcome == OK
+            for budget in chain:
                 try:
                     totals = budget._models[model]
                 except KeyError:
                     totals = budget._models[model] = ModelTotals()
-                totals.calls += 1
+                if answered:
+                    totals.calls += 1
+                else:
+                    totals.failed_calls += 1
                 totals.input_tokens += usage.input_tokens
                 totals.output_tokens += usage.output_tokens
                 totals.cost += cost
+                if served is not None and served not in totals.providers:
+                    totals.providers.add(served)
                 if usage.estimated:
                     budget._estimated_calls += 1
                     totals.estimated_calls += 1
-                if price is None:
+                if price is None and answered:
                     budget._unpriced_calls += 1
                     budget._unpriced_input_tokens += usage.input_tokens
                     budget._unpriced_output_tokens += usage.output_tokens
                     totals.unpriced_calls += 1
-                if (
-                    budget._warn_at is not None
-                    and not budget._warned
-                    and budget._limit is not None
-                    and budget._spent >= budget._warn_at * budget._limit
-                ):
-                    budget._warned = True
-                    to_warn.append(budget)
-            owner = reservation.chain[0]
+                if budget._warn_at is not None and not budget._warned:
+                    account = budget._account
+                    if account.limit is not None and account.spent >= budget._warn_at * account.limit:
+                        budget._warned = True
+                        to_warn.append(budget)
+            owner = chain[0]
             owner._own_spent += cost
             owner._records.append(record)
+            if tree.waiters:
+                tree.wake()
         for budget in to_warn:
             budget._fire_warning()
         return cost
@@ -703,179 +955,152 @@ class Budget:
             price.input_per_token > reserved.input_per_token
             or price.output_per_token > reserved.output_per_token
         ):
+            asked = reservation.provider
+            asked_text = f" (the call asked for {asked!r})" if asked is not None else ""
             return (
-                reserved,
+                Price(
+                    min(price.input_per_token, reserved.input_per_token),
+                    min(price.output_per_token, reserved.output_per_token),
+                    f"{price.source}, capped at the price the call was reserved at{asked_text}",
+                    reserved.cached_input_per_token
+                    if price.cached_input_per_token is None
+                    else price.cached_input_per_token
+                    if reserved.cached_input_per_token is None
+                    else min(price.cached_input_per_token, reserved.cached_input_per_token),
+                    provider,
+                ),
                 provider,
-                [f"served by {provider!r} at {price}, above the price reserved: charged as reserved"],
+                [
+                    f"served by {provider!r} at {price}, above the price reserved{asked_text}: each part "
+                    "charged at the lower of the two"
+                ],
             )
         return price, provider, []
 
     def _fire_warning(self) -> None:
-        assert self._limit is not None
+        account = self._account
+        assert account.limit is not None
         if self._on_warn is not None:
-            self._on_warn(float(self._spent), float(self._limit))
+            self._on_warn(float(account.spent), float(account.limit))
             return
-        warnings.warn(
-            f"shekel: budget {self.path!r} has spent ${self._spent} of ${self._limit} "
-            f"({self._spent / self._limit:.0%}), past its warn_at of {self._warn_at:.0%}.",
-            UserWarning,
-            stacklevel=2,
+        warn_user(
+            f"shekel: budget {self.path!r} has spent ${account.spent} of ${account.limit} "
+            f"({account.spent / account.limit:.0%}), past its warn_at of {self._warn_at:.0%}."
         )
 
     # ---------------------------------------------------------------- reports
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot: totals, per-model aggregates, recent call records and child budgets."""
+        root = self._own_dict(self.path)
+        stack = [root]
+        while stack:  # children are walked without recursion: trees may be deep
+            snapshot = stack.pop()
+            budget: Budget = snapshot.pop("_budget")
+            for child in budget.children:
+                child_snapshot = child._own_dict(f"{snapshot['path']}/{child._name}")
+                snapshot["children"].append(child_snapshot)
+                stack.append(child_snapshot)
+        return root
+
+    def _own_dict(self, path: str) -> dict[str, Any]:
         with self._lock:
-            models = {
-                str(m): {
-                    "calls": t.calls,
-                    "input_tokens": t.input_tokens,
-                    "output_tokens": t.output_tokens,
-                    "cost_usd": str(t.cost),
-                    "estimated_calls": t.estimated_calls,
-                    "unpriced_calls": t.unpriced_calls,
-                }
-                for m, t in self._models.items()
-            }
-            records = [
-                {
-                    "model": r.model,
-                    "input_tokens": r.input_tokens,
-                    "output_tokens": r.output_tokens,
-                    "cost_usd": str(r.cost),
-                    "estimated": r.estimated,
-                    "priced": r.priced,
-                    "streamed": r.streamed,
-                    "source": r.source,
-                    "fallback_from": r.fallback_from,
-                    "at": r.at,
-                    "provider": r.provider,
-                    "price_source": r.price_source,
-                    "notes": list(r.notes),
-                }
-                for r in (CallRecord(*fields) for fields in self._records)
-            ]
-            children = list(self._children)
-            snapshot: dict[str, Any] = {
+            account = self._account
+            return {
+                "_budget": self,
                 "name": self._name,
-                "path": self.path,
-                "limit_usd": None if self._limit is None else str(self._limit),
-                "spent_usd": str(self._spent),
+                "path": path,
+                "limit_usd": None if account.limit is None else str(account.limit),
+                "spent_usd": str(account.spent),
                 "own_spent_usd": str(self._own_spent),
-                "reserved_usd": str(self._reserved),
-                "calls": self._calls,
-                "max_llm_calls": self._max_calls,
-                "max_total_tokens": self._max_total_tokens,
-                "input_tokens": self._input_tokens,
-                "output_tokens": self._output_tokens,
+                "reserved_usd": str(account.reserved),
+                "calls": account.calls,
+                "failed_calls": account.failed,
+                "calls_in_flight": account.inflight,
+                "max_llm_calls": account.max_calls,
+                "max_total_tokens": account.max_tokens,
+                "input_tokens": account.input_tokens,
+                "output_tokens": account.output_tokens,
                 "estimated_calls": self._estimated_calls,
                 "unpriced_calls": self._unpriced_calls,
                 "unpriced_input_tokens": self._unpriced_input_tokens,
                 "unpriced_output_tokens": self._unpriced_output_tokens,
-                "models": models,
-                "records": records,
+                "models": {str(m): totals_dict(t) for m, t in self._models.items()},
+                "records": [record_dict(CallRecord(*fields)) for fields in self._records],
+                "children": [],
             }
-        snapshot["children"] = [child.to_dict() for child in children]
-        return snapshot
 
     @exact_money
     def summary(self) -> str:
-        """A readable table of this budget: totals, per model, per child budget, and unpriced calls."""
+        """A readable table of this budget: totals, per model, per provider, per child budget, and unpriced
+        calls."""
         from ._report import render_summary
 
         return render_summary(self.to_dict())
 
 
-def _check_on_warn_signature(on_warn: object) -> None:
-    """Refuse a callback that cannot take ``(spent, limit)`` now, not with a TypeError inside a later call."""
-    if on_warn is None:
-        return
+_GONE: Any = object()
+
+
+def _copy_totals(totals: ModelTotals) -> ModelTotals:
+    copy = ModelTotals(**{k: getattr(totals, k) for k in totals.__slots__})
+    copy.providers = set(totals.providers)
+    return copy
+
+
+def _event_loop_running() -> bool:
+    """Whether this thread runs an asyncio event loop: a sync wait there would stop the tasks whose calls
+    could make room (a framework's callback reserving inside async code), so the call is refused at once."""
+    import asyncio
+
     try:
-        signature = inspect.signature(on_warn)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # no introspectable signature (some builtins): trust it
-        return
-    try:
-        signature.bind(0.0, 0.0)
-    except TypeError:
-        raise BudgetConfigError(
-            f"on_warn must accept two positional arguments, on_warn(spent, limit); {on_warn!r} takes "
-            f"{signature}."
-        ) from None
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
-def _validate_limit(max_usd: object) -> Decimal | None:
-    if max_usd is None:
-        return None
-    fix = "Pass max_usd as a positive number of US dollars, e.g. budget(max_usd=1.00), or None for no cap."
-    amount = to_decimal(max_usd, what="max_usd", fix=fix)
-    if amount <= 0:
-        raise BudgetConfigError(f"max_usd must be greater than 0, got {max_usd!r}. {fix}")
-    return amount
+class _Waiting:
+    """The state of one call that may wait for room: what it asks, its place in the queue, its clock."""
 
+    __slots__ = ("ask", "event", "future", "loop", "refusal", "started", "task", "waiter")
 
-def _validate_warn_at(warn_at: object, limit: Decimal | None) -> Decimal | None:
-    if warn_at is None:
-        return None
-    fix = "warn_at is a fraction of max_usd in (0, 1], e.g. warn_at=0.8 to be warned at 80%."
-    fraction = to_decimal(warn_at, what="warn_at", fix=fix)
-    if not (0 < fraction <= 1):
-        raise BudgetConfigError(f"warn_at must be in (0, 1], got {warn_at!r}. {fix}")
-    if limit is None:
-        raise BudgetConfigError(f"warn_at={warn_at!r} needs max_usd: it is a fraction of the dollar cap.")
-    return fraction
+    def __init__(
+        self,
+        ask: tuple[str | None, int, int | None, int, str | None],
+        task: object,
+        refusal: NoRoom | None,
+        loop: Any = None,
+    ) -> None:
+        self.ask = ask
+        self.task = task
+        self.refusal = refusal
+        self.loop = loop
+        self.started = time.monotonic()
+        self.waiter: Waiter | None = None
+        self.event: threading.Event | None = None
+        self.future: Any = None
 
+    def waited(self) -> float:
+        return time.monotonic() - self.started
 
-def _validate_fallback(fallback: object, limit: Decimal | None) -> tuple[Decimal, str | None]:
-    if fallback is None:
-        return ZERO, None
-    fix = 'Use fallback={"at_pct": 0.8, "model": "<cheaper model id>"}.'
-    if not isinstance(fallback, Mapping):
-        raise BudgetConfigError(f"fallback must be a mapping, got {fallback!r}. {fix}")
-    unknown = sorted(str(k) for k in fallback if k not in _FALLBACK_KEYS)
-    if unknown:
-        raise BudgetConfigError(f"fallback has unknown key(s) {', '.join(map(repr, unknown))}. {fix}")
-    model = fallback.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise BudgetConfigError(f"fallback needs a 'model' (a non-empty model id), got {model!r}. {fix}")
-    at_pct = to_decimal(fallback.get("at_pct", 0.8), what="fallback['at_pct']", fix=fix)
-    if not (0 < at_pct <= 1):
-        raise BudgetConfigError(
-            f"fallback['at_pct'] must be in (0, 1], got {fallback.get('at_pct')!r}. {fix}"
-        )
-    if limit is None:
-        raise BudgetConfigError(f"fallback needs max_usd: it switches models at a share of the cap. {fix}")
-    return at_pct, model
+    def time_left(self, patience: float | None) -> float | None:
+        return None if patience is None else patience - self.waited()
 
-
-def _validate_max_calls(max_llm_calls: object) -> int | None:
-    if max_llm_calls is None:
-        return None
-    if isinstance(max_llm_calls, bool) or not isinstance(max_llm_calls, int) or max_llm_calls < 1:
-        raise BudgetConfigError(
-            f"max_llm_calls must be a whole number of calls >= 1, got {max_llm_calls!r}. "
-            "Pass e.g. max_llm_calls=20, or None for no call limit."
-        )
-    return max_llm_calls
-
-
-def _validate_on_unknown(policy: object) -> str | None:
-    if policy is None or policy in _UNKNOWN_PRICE_POLICIES:
-        return policy
-    raise BudgetConfigError(
-        f"on_unknown_price must be 'warn', 'raise' or 'zero', got {policy!r}. 'warn' (the default) warns once "
-        "per model, 'raise' refuses unpriced calls, 'zero' counts them as free without a warning."
-    )
-
-
-def _validate_max_total_tokens(max_total_tokens: object) -> int | None:
-    if max_total_tokens is None:
-        return None
-    if isinstance(max_total_tokens, bool) or not isinstance(max_total_tokens, int) or max_total_tokens < 1:
-        raise BudgetConfigError(
-            f"max_total_tokens must be a whole number of tokens >= 1, got {max_total_tokens!r}. "
-            "Pass e.g. max_total_tokens=100_000 (input plus output tokens), or None for no token limit."
-        )
-    return max_total_tokens
+    def enqueue(self, tree: Tree, accounts: tuple[Account, ...], blocked: Account) -> None:
+        """Join (or stay in) the queue, blocked on ``blocked``; arm the event or future a wake sets."""
+        waiter = self.waiter
+        if waiter is None:
+            waiter = self.waiter = Waiter(accounts, blocked)
+            tree.waiters.append(waiter)
+        else:
+            waiter.blocked = blocked
+        if self.loop is None:
+            if self.event is None:
+                self.event = waiter.event = threading.Event()
+            self.event.clear()
+        else:
+            self.future = waiter.future = self.loop.create_future()
+            waiter.loop = self.loop
 
 
 def budget(
@@ -890,6 +1115,7 @@ def budget(
     pricing: str | os.PathLike[str] | None = None,
     on_unknown_price: str | None = None,
     max_total_tokens: int | None = None,
+    wait: float | None = _UNSET,
 ) -> Budget:
     """Create a :class:`Budget`: a hard spending cap for the LLM calls made inside it.
 
@@ -903,7 +1129,8 @@ def budget(
             ``UserWarning`` is emitted when no callback is given).
         fallback: ``{"at_pct": 0.8, "model": "cheaper/model"}``: once ``at_pct`` of the cap is spent, later
             calls use the cheaper model.
-        max_llm_calls: The most LLM calls the budget (with its children) may make.
+        max_llm_calls: The most LLM calls the budget (with its children) may make. Every request sent
+            counts, including those that failed.
         pricing: A TOML or JSON pricing file (see docs/pricing.md), used after ``price_per_1k_tokens`` and
             before the bundled Hugging Face prices. ``SHEKEL_PRICING`` names one for every budget.
         on_unknown_price: ``"warn"`` (the default: warn once per model, count tokens, charge $0),
@@ -911,6 +1138,9 @@ def budget(
             (count it as free, silently). Nested budgets inherit it.
         max_total_tokens: The most input plus output tokens the budget (with its children) may use; reserved
             before each call like dollars, so it caps free-tier calls too.
+        wait: Seconds a call may wait when it does not fit only because calls in flight hold the room (their
+            worst case): it goes ahead once they settle. ``0`` refuses at once; ``None`` waits as long as
+            calls are in flight. Nested budgets inherit it; the default is 60.
     """
     return Budget(
         max_usd,
@@ -923,4 +1153,18 @@ def budget(
         pricing=pricing,
         on_unknown_price=on_unknown_price,
         max_total_tokens=max_total_tokens,
+        wait=wait,
     )
+
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS_CEILING",
+    "MAX_CHILDREN",
+    "MAX_RECORDS",
+    "OUTPUT_MARGIN_TOKENS",
+    "Budget",
+    "CallRecord",
+    "ModelTotals",
+    "Reservation",
+    "budget",
+]

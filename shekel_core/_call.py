@@ -1,11 +1,25 @@
 """The accounting core of one LLM call: reserve before, observe the stream, settle or release after.
 
-Adapters and integrations build a :class:`CallAccounting` after ``Budget.reserve`` succeeded and hand the
-response (or each stream chunk) to it. The sync and async stream drivers below differ only by ``await``.
+Adapters build a :class:`CallAccounting` (or a subclass that reads their SDK's answers) with what the call
+asks for (``ask``), have the budget reserve it (``Budget.reserve_call``, or ``areserve_call`` from async
+code), ``begin`` the call with the reservation, and hand the response (or each stream chunk) to it. The
+sync and async stream drivers below differ only by ``await``.
+
+How a call ends, and what it costs (docs/hard-caps.md, "Failed calls"):
+
+* answered: charged its reported usage, or an estimate marked as such;
+* never sent (the arguments were refused, the connection could not be opened): released, counts nowhere;
+* answered with an error (4xx/5xx): costs nothing, but counts against ``max_llm_calls`` as a failed request;
+* no answer after the request left (a timeout, a dropped connection, a cancellation), or an answer shekel
+  could not read: charged what it held, since the provider most likely did the work.
+
+Nothing shekel does after the request may change what the caller gets: reading the answer is defensive,
+and an answer it cannot read is passed on as it came.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import weakref
@@ -15,10 +29,11 @@ from typing import Any, Final
 
 from ._budget import Budget, Reservation
 from ._usage import Usage, read_usage
+from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN
 
 #: Truthy while a counted call runs, so that layers below it (a recursive retry inside huggingface_hub, the
 #: adapter patch under an integration's handler) do not count the same call again. Integrations set True;
-#: the huggingface_hub adapter sets the call it counts, where its answer-header hook notes who served it.
+#: adapters set the call they count, where their HTTP hooks note what happened to the request.
 call_in_progress: ContextVar[bool | CallAccounting] = ContextVar("shekel_call_in_progress", default=False)
 
 #: Set by an integration around a framework run it charges (a LangChain LLM run): each call counted below
@@ -27,9 +42,16 @@ call_observer: ContextVar[Callable[[CallAccounting], None] | None] = ContextVar(
     "shekel_call_observer", default=None
 )
 
+#: What a call asks a budget for: (model, prompt tokens (high), max_tokens or None, ceiling, provider).
+Ask = tuple[str | None, int, int | None, int, str | None]
+
+_UNREADABLE_NOTE = (
+    "the answer could not be read (malformed usage, content or choices): charged what the call held"
+)
+
 
 def before_reserve() -> Budget | None:
-    """Called by the adapter just before it reserves a call it counts; returns the budget to charge instead
+    """Called by an adapter just before it reserves a call it counts; returns the budget to charge instead
     of the active one, or None.
 
     An observer that itself holds a reservation for what may be this very call (a LlamaIndex LLM event whose
@@ -72,42 +94,59 @@ class Hold:
 
 
 class CallAccounting:
-    """State of one call in flight. Settles exactly once: ``finish``/``settle_*`` charge, ``fail`` releases."""
+    """State of one call in flight. Settles exactly once: ``finish``/``end_with`` charge or release."""
 
     __slots__ = (
         "_done",
         "_prompt_fair",
         "_usage",
+        "answered",
+        "ask",
         "model_label",
         "output_chars",
         "output_chunks",
         "reservation",
+        "sent",
         "served_by",
         "source",
+        "status",
         "streamed",
+        "unreadable",
     )
 
     def __init__(
         self,
-        reservation: Reservation,
+        ask: Ask,
         *,
         prompt_fair: int,
         source: str,
         streamed: bool,
         model_label: str | None = None,
     ) -> None:
-        self.reservation = reservation
+        self.ask = ask
         self.source = source
         self.streamed = streamed
         self.model_label = model_label
         #: The Inference Provider the answer says served the call (``x-inference-provider``), when known.
         self.served_by: str | None = None
+        #: Whether the request was handed to the HTTP client (None: shekel cannot tell), and the status of
+        #: its answer, from the adapter's HTTP hooks.
+        self.sent: bool | None = None
+        self.status: int | None = None
+        #: Whether part of the answer could not be read (a malformed field): charged what the call held.
+        self.unreadable = False
+        #: Whether a stream delivered the end of its answer (a finish reason): its usage is then final.
+        self.answered = False
         self._prompt_fair = prompt_fair
         self._usage: Usage | None = None
         # Observers of streams add to these directly: they run once per chunk, so no method call is spent.
         self.output_chars = 0
         self.output_chunks = 0
         self._done = False
+
+    def begin(self, reservation: Reservation) -> None:
+        """The call holds ``reservation`` and is about to be sent."""
+        self.reservation = reservation
         observer = call_observer.get()
         if observer is not None:
             observer(self)
@@ -118,9 +157,9 @@ class CallAccounting:
         if usage is not None:
             self._usage = usage
 
-    def saw_output(self, text: str | None) -> None:
+    def saw_output(self, text: object) -> None:
         """Count generated text, the basis of an estimate when the server reports no usage."""
-        if text:
+        if isinstance(text, str) and text:
             self.output_chars += len(text)
             self.output_chunks += 1
 
@@ -146,13 +185,32 @@ class CallAccounting:
             output = min(output, allowed)
         return Usage(self._prompt_fair, output, estimated=True)
 
+    def held_usage(self) -> Usage:
+        """The worst case the call held: its prompt estimate and every output token it was allowed."""
+        reservation = self.reservation
+        allowed = reservation.max_tokens
+        output = self.usage().output_tokens if allowed is None else allowed + OUTPUT_MARGIN_TOKENS
+        return Usage(reservation.prompt_tokens, output, estimated=True)
+
     def finish(self) -> None:
-        """Settle at the usage seen so far (a stream that ended, broke or was abandoned). Idempotent."""
+        """Settle at the usage seen so far (a stream that ended or was abandoned). Idempotent."""
         if self._done:
             return
         self._done = True
         reservation = self.reservation
         usage = self._usage
+        if usage is None and self.unreadable:
+            # Answered, but not readably: charged the worst case the call held, as a call made.
+            reservation.chain[0].settle(
+                reservation,
+                self.held_usage(),
+                streamed=self.streamed,
+                source=self.source,
+                label=self.model_label,
+                provider=self.served_by,
+                note=_UNREADABLE_NOTE,
+            )
+            return
         reservation.chain[0].settle(
             reservation,
             usage if usage is not None else self.usage(),
@@ -162,18 +220,116 @@ class CallAccounting:
             provider=self.served_by,
         )
 
+    def end_with(self, error: BaseException) -> None:
+        """The call raised ``error`` before an answer was read: release it when the request never left,
+        count it as failed when the server answered with an error, charge what it held when the outcome is
+        unknown. Idempotent; never raises (the caller's own error must come out unchanged)."""
+        if self._done:
+            return
+        outcome = failure_outcome(error, self.sent, self.status)
+        if outcome is None:
+            self._done = True
+            self.reservation.chain[0].release(self.reservation)
+            return
+        self._done = True
+        with contextlib.suppress(Exception):  # a warn_at turned error must not replace the provider's
+            self._settle(outcome, None)
+
     def fail(self) -> None:
-        """The call raised before anything was delivered: release the reservation. Idempotent."""
+        """The call was not sent after all: release the reservation. Idempotent."""
         if self._done:
             return
         self._done = True
         self.reservation.chain[0].release(self.reservation)
 
+    def _settle(self, outcome: str, note: str | None) -> None:
+        self._done = True
+        reservation = self.reservation
+        usage = self.held_usage() if outcome == UNKNOWN else Usage(0, 0)
+        reservation.chain[0].settle(
+            reservation,
+            usage,
+            streamed=self.streamed,
+            source=self.source,
+            label=self.model_label,
+            provider=self.served_by,
+            outcome=outcome,
+            note=note,
+        )
+
+
+def failure_outcome(error: BaseException, sent: bool | None, status: int | None) -> str | None:
+    """What a call that raised ``error`` cost: None (never sent: free, counts nowhere), ``"error"`` (the
+    server answered with an error status) or ``"unknown"`` (the request left and no usable answer came).
+
+    ``sent`` and ``status`` come from the HTTP client's hooks (None: unknown); without them the type of the
+    error decides.
+    """
+    if status is not None:
+        return ERROR if status >= 400 else UNKNOWN
+    if sent is False or _never_left(error):
+        return None
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return ERROR if status >= 400 else UNKNOWN
+    if sent is True or _lost_in_flight(error):
+        return UNKNOWN
+    return None
+
+
+#: Errors that mean the request never reached the server (by name, across httpx, the SDKs and asyncio).
+_NEVER_LEFT = frozenset(
+    {
+        "ConnectError",
+        "ConnectTimeout",
+        "PoolTimeout",
+        "UnsupportedProtocol",
+        "LocalProtocolError",
+        "InvalidURL",
+    }
+)
+_LOST_IN_FLIGHT = frozenset(
+    {
+        "ReadTimeout",
+        "WriteTimeout",
+        "ReadError",
+        "WriteError",
+        "RemoteProtocolError",
+        "InferenceTimeoutError",
+        "APITimeoutError",
+        "APIConnectionError",
+        "TimeoutException",
+        "NetworkError",
+    }
+)
+
+
+def _chain_names(error: BaseException) -> set[str]:
+    names: set[str] = set()
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:
+        names.update(cls.__name__ for cls in type(current).__mro__)
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return names
+
+
+def _never_left(error: BaseException) -> bool:
+    return bool(_chain_names(error) & _NEVER_LEFT)
+
+
+def _lost_in_flight(error: BaseException) -> bool:
+    if isinstance(error, (asyncio.CancelledError, KeyboardInterrupt, TimeoutError)):
+        return True
+    return bool(_chain_names(error) & _LOST_IN_FLIGHT)
+
 
 def _settle_if_never_started(call: CallAccounting, stream: Any) -> None:
-    # The request was sent (huggingface_hub opens streams eagerly), so the prompt is charged; a generator
-    # dropped before its first ``next`` never runs its ``finally``, so without this it would hold its
-    # reservation forever.
+    # The request was sent (the clients open streams eagerly), so the prompt is charged; a generator dropped
+    # before its first ``next`` never runs its ``finally``, so without this it would hold its reservation
+    # forever.
     if not call._done:
         close = getattr(stream, "close", None)
         try:
@@ -202,14 +358,29 @@ def iterate_async(
     return wrapped
 
 
+def _observe(call: CallAccounting, observe: Callable[[Any], Any], chunk: Any) -> Any:
+    """``observe(chunk)``, except that a chunk it cannot read is handed on as it came (and the call is
+    charged what it held, since its usage can no longer be trusted)."""
+    try:
+        return observe(chunk)
+    except Exception:
+        call.unreadable = True
+        return chunk
+
+
 def _iterate_sync(
     call: CallAccounting, stream: Iterator[Any], observe: Callable[[Any], Any]
 ) -> Iterator[Any]:
-    completed = failed = False
+    error: BaseException | None = None
+    completed = False
     try:
         chunks = iter(stream)
         for chunk in chunks:
-            item = observe(chunk)
+            try:
+                item = observe(chunk)
+            except Exception:  # _observe, inline: a chunk shekel cannot read is handed on as it came
+                call.unreadable = True
+                item = chunk
             if item is SKIP:
                 continue
             if item.__class__ is Hold:
@@ -218,12 +389,12 @@ def _iterate_sync(
                 except BaseException:
                     yield item.chunk  # the caller gets what it would have got before the error
                     raise
-                yield from _release(item, after, observe)
+                yield from _release(call, item, after, observe)
                 continue
             yield item
         completed = True
-    except Exception:
-        failed = True
+    except Exception as exc:
+        error = exc
         raise
     finally:
         try:
@@ -231,17 +402,22 @@ def _iterate_sync(
             if close is not None:
                 close()
         finally:
-            _finish(call, completed, failed)
+            _finish(call, completed, error)
 
 
 async def _iterate_async(
     call: CallAccounting, stream: AsyncIterator[Any], observe: Callable[[Any], Any]
 ) -> AsyncIterator[Any]:
-    completed = failed = False
+    error: BaseException | None = None
+    completed = False
     try:
         chunks = stream.__aiter__()
         async for chunk in chunks:
-            item = observe(chunk)
+            try:
+                item = observe(chunk)
+            except Exception:  # _observe, inline
+                call.unreadable = True
+                item = chunk
             if item is SKIP:
                 continue
             if item.__class__ is Hold:
@@ -252,13 +428,13 @@ async def _iterate_async(
                 except BaseException:
                     yield item.chunk
                     raise
-                for released in _release(item, after, observe):
+                for released in _release(call, item, after, observe):
                     yield released
                 continue
             yield item
         completed = True
-    except Exception:
-        failed = True
+    except Exception as exc:
+        error = exc
         raise
     finally:
         try:
@@ -266,39 +442,59 @@ async def _iterate_async(
             if aclose is not None:
                 await aclose()
         finally:
-            _finish(call, completed, failed)
+            _finish(call, completed, error)
 
 
-def _release(held: Hold, after: Any, observe: Callable[[Any], Any]) -> tuple[Any, ...]:
+def _release(call: CallAccounting, held: Hold, after: Any, observe: Callable[[Any], Any]) -> tuple[Any, ...]:
     """What to hand on once the chunk behind a held one was read: the held chunk, then that one unless it
     was the usage chunk shekel asked for."""
     if after is _END:
         return (held.chunk,)
-    after = observe(after)
+    after = _observe(call, observe, after)
     if after is SKIP:
         return (held.chunk,)
     return (held.chunk, after.chunk if after.__class__ is Hold else after)
 
 
-def _finish(call: CallAccounting, completed: bool, failed: bool) -> None:
+def _finish(call: CallAccounting, completed: bool, error: BaseException | None) -> None:
     if completed:
         call.finish()
         return
-    if failed and not call.output_chunks and call.reported_usage() is None:
-        call.fail()  # the stream broke before it delivered anything: a failed call costs nothing
-        return
-    # The stream broke after delivering part of the answer, or was abandoned (GeneratorExit, a cancelled
-    # task): charge what was received. Nothing that a ``warn_at`` warning turned error or a failing
-    # ``on_warn`` raises may replace the provider's error: the ledger is already updated when warnings fire.
+    # Nothing that a ``warn_at`` warning turned error or a failing ``on_warn`` raises may replace the
+    # provider's error: the ledger is already updated when warnings fire.
     with contextlib.suppress(Exception):
-        call.finish()
+        if error is None or (call.answered and call.reported_usage() is not None):
+            # Abandoned by the caller (closed, dropped, its task cancelled): the connection is closed and
+            # the provider stops, so what was received is what it cost. Or the answer and its usage came
+            # before the error.
+            call.finish()
+        elif _error_answer(error):
+            if call.output_chunks:
+                call.finish()  # the server ended its answer with an error after part of it: charge that part
+            else:
+                call._settle(ERROR, None)  # an error answered in the stream before any output: free
+        elif call.output_chunks and not _lost_in_flight(error):
+            call.finish()  # part of the answer, then one the client could not read: the client stopped there
+        else:
+            # The connection broke, or nothing of the answer could be read: what the provider did is unknown.
+            call.end_with(error)
+
+
+#: Errors that carry an error the server sent inside a stream (by name: each SDK has its own).
+_ERROR_ANSWERS = frozenset({"TextGenerationError"})
+
+
+def _error_answer(error: BaseException) -> bool:
+    return bool(_chain_names(error) & _ERROR_ANSWERS)
 
 
 __all__ = [
+    "OK",
     "SKIP",
     "CallAccounting",
     "Hold",
     "call_in_progress",
+    "failure_outcome",
     "iterate_async",
     "iterate_sync",
     "read_usage",

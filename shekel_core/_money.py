@@ -44,11 +44,12 @@ def exact_money(fn: Callable[P, R]) -> Callable[P, R]:
     return exact
 
 
-def to_decimal(value: object, *, what: str, fix: str) -> Decimal:
+def to_decimal(value: object, *, what: str, fix: str, below: Decimal = _TOO_LARGE) -> Decimal:
     """Convert a user-supplied amount to ``Decimal`` exactly as written.
 
     Floats go through ``repr`` so that ``0.001`` becomes ``Decimal("0.001")``, not its binary expansion.
-    Raises ``ValueError`` naming ``what`` and ``fix`` for bools, non-numbers, NaN and infinities.
+    Raises ``ValueError`` naming ``what`` and ``fix`` for bools, non-numbers, NaN and infinities, and for
+    amounts of ``below`` (a power of ten) or more, either way.
     """
     # Concrete types first: ``Real`` is an ABC, whose check costs several Python calls per amount.
     if isinstance(value, bool) or not isinstance(value, (float, int, Decimal, str, Real)):
@@ -64,7 +65,7 @@ def to_decimal(value: object, *, what: str, fix: str) -> Decimal:
         raise BudgetConfigError(f"{what} must be a number, got {value!r}. {fix}") from exc
     if not amount.is_finite():
         raise BudgetConfigError(f"{what} must be a finite number, got {value!r}. {fix}")
-    if amount.copy_abs() >= _TOO_LARGE:
+    if amount.copy_abs() >= below:
         # Far past any real amount, and large enough to overflow Decimal arithmetic inside a later call.
-        raise BudgetConfigError(f"{what} must be below 1e15, got {value!r}. {fix}")
+        raise BudgetConfigError(f"{what} must be below 1e{below.adjusted()}, got {value!r}. {fix}")
     return amount

@@ -20,6 +20,20 @@ AUTO = "auto"
 #: Routing policies the router accepts in place of a provider name (``model:fastest``); they mean AUTO.
 ROUTING_POLICIES = frozenset({AUTO, "fastest", "cheapest", "preferred"})
 
+# The bounds of a price. Money arithmetic has at least MONEY_PRECISION (28) significant digits: Python's
+# default context, which exact_money keeps (it swaps in 40 digits only for a narrower or trapping one). With
+# every per-token price a whole number of 1e-12 USD below 1e8 USD, a call of fewer than 100 million tokens
+# costs a whole number of 1e-12 USD below 1e16 USD: at most 16 + 12 = 28 digits, exact, and so are the sums of
+# a capped ledger (caps are below 1e15). A settled call has at most 20 million tokens (10 million input and
+# 10 million output, what _usage accepts as reported); a reservation adds the prompt estimate and max_tokens.
+# A reservation so large that it rounds costs more than any cap and is refused. Finer prices are rounded inside
+# a reservation, and tiny ones (1e-999999) overflow Decimal when shekel works out how many output tokens a
+# budget can pay for.
+#: The finest per-token price shekel keeps exact (USD).
+PRICE_QUANTUM = Decimal("1e-12")
+#: Per-token prices are below this (USD).
+MAX_PRICE_PER_TOKEN = Decimal("1e8")
+
 _PRICE_KEYS = frozenset({"input", "output"})
 _OPTIONAL_KEYS = frozenset({"cached_input"})
 _PRICE_FIX = (
@@ -84,6 +98,33 @@ class Price:
 def _plain(amount: Decimal) -> str:
     # Display only: some published prices carry float noise (1.0399999999999998); the Price stays exact.
     return f"{amount.quantize(Decimal('0.000001')).normalize():f}"
+
+
+def price_problem(amount: Decimal, per: Decimal) -> str | None:
+    """What is wrong with a price of ``amount`` USD per ``per`` tokens (a power of ten), or None when it is
+    within the bounds above. ``amount`` is finite and not negative."""
+    ceiling = MAX_PRICE_PER_TOKEN * per
+    unit = f"USD per {per:,} tokens"
+    if amount >= ceiling:
+        return (
+            f"must be below 1e{ceiling.adjusted()} {unit} (so that shekel counts calls of up to 100 million "
+            "tokens exactly)"
+        )
+    step = PRICE_QUANTUM * per
+    if amount and _last_digit(amount) < step.adjusted():
+        return (
+            f"must be 0 or a whole number of {step.normalize():f} {unit} (at most {-step.adjusted()} decimal "
+            "places: $1e-12 per token is the finest price shekel keeps exact; round it, or give 0 for free)"
+        )
+    return None
+
+
+def _last_digit(amount: Decimal) -> int:
+    """The exponent of the last non-zero digit of ``amount`` (non-zero): -3 for 1.500 or 0.001, 2 for 500."""
+    _, digits, exponent = amount.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    trailing = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return exponent + trailing
 
 
 def highest(prices: Iterable[Price], source: str) -> Price | None:
@@ -171,11 +212,16 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
     for key in ("input", "output", "cached_input"):
         if key not in value:
             continue
-        amount = to_decimal(value[key], what=f"{where}[{key!r}]", fix=_PRICE_FIX)
+        amount = to_decimal(
+            value[key], what=f"{where}[{key!r}]", fix=_PRICE_FIX, below=MAX_PRICE_PER_TOKEN * THOUSAND
+        )
         if amount < 0:
             raise BudgetConfigError(
                 f"{where}[{key!r}] must not be negative, got {value[key]!r}. {_PRICE_FIX}"
             )
+        problem = price_problem(amount, THOUSAND)
+        if problem is not None:
+            raise BudgetConfigError(f"{where}[{key!r}] {problem}, got {value[key]!r}. {_PRICE_FIX}")
         per_1k[key] = amount
     cached = per_1k.get("cached_input")
     return Price(
@@ -253,6 +299,11 @@ def unknown_price_message(model: str | None, provider: str | None, budget_path: 
             " hf-inference is billed by compute time, not per token, so no per-token price is bundled;"
             " give an estimate or cap it with max_llm_calls / max_total_tokens."
         )
+    elif provider is not None:  # the bundled data was asked
+        from ._bundled_prices import unavailable_reason
+
+        missing = unavailable_reason()
+        why = "" if missing is None else f" {missing}"
     name = model if model is not None else "*"
     return (
         f"no price for model {model!r} on {served} in budget {budget_path!r}.{why} Give one with "

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-__all__ = ["BudgetConfigError", "BudgetExceededError", "PricingError", "ShekelError"]
+__all__ = [
+    "BudgetConfigError",
+    "BudgetExceededError",
+    "ForkedBudgetError",
+    "PricingError",
+    "RequestError",
+    "ShekelError",
+]
 
 
 class ShekelError(Exception):
@@ -20,6 +27,19 @@ class BudgetConfigError(ShekelError, ValueError):
 
 class PricingError(ShekelError, ValueError):
     """A price is missing or malformed for a model that a budget must price."""
+
+
+class RequestError(ShekelError, ValueError):
+    """A call's arguments say something shekel cannot reserve for (a ``max_tokens`` that is not a whole
+    number, say). Raised before the request is sent; nothing is held or charged."""
+
+
+class ForkedBudgetError(ShekelError, RuntimeError):
+    """An in-process budget made before ``os.fork()`` was used in the child process.
+
+    The child holds a private copy of the parent's ledger: spending it would allow a fresh cap per process.
+    Share one cap between processes with a shared store (``budget(..., name=..., store=...)``).
+    """
 
 
 def _usd(amount: Decimal) -> str:
@@ -40,6 +60,7 @@ class BudgetExceededError(ShekelError):
         needed: The worst-case cost (USD) the call would have needed.
         reserved: USD that calls in flight held in that budget when the call was refused.
         reason: ``"usd"``, ``"calls"`` or ``"tokens"``: which limit refused the call.
+        waited: Seconds the call waited for calls in flight to settle before it was refused, or None.
     """
 
     def __init__(
@@ -54,6 +75,7 @@ class BudgetExceededError(ShekelError):
         calls: int = 0,
         max_calls: int | None = None,
         reserved: Decimal = Decimal(0),
+        waited: float | None = None,
     ) -> None:
         self.budget_name = budget_name
         self.spent = float(spent)
@@ -64,7 +86,12 @@ class BudgetExceededError(ShekelError):
         self.reason = reason
         self.spent_exact = spent
         self.limit_exact = limit
-        super().__init__(self._message(spent, limit, needed, calls, max_calls, reserved))
+        #: Seconds the call waited for calls in flight to settle before it was refused (None: it did not).
+        self.waited = waited
+        message = self._message(spent, limit, needed, calls, max_calls, reserved)
+        if waited is not None:
+            message += f" (It waited {waited:.3g} s for calls in flight to settle.)"
+        super().__init__(message)
 
     def _message(
         self,

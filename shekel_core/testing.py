@@ -45,7 +45,9 @@ token arrays their length); the reply is ``reply`` cut to the request's limit (`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -69,6 +71,7 @@ __all__ = [
     "FakeInferenceServer",
     "RecordedRequest",
     "StreamUsage",
+    "add_to_hub_cache",
     "prompt_tokens_of",
 ]
 
@@ -119,6 +122,42 @@ class _Scripted:
     content_type: str
     headers: Mapping[str, str]
     streamed: bool
+
+
+def add_to_hub_cache(
+    cache_dir: str | os.PathLike[str],
+    repo_id: str,
+    files: Mapping[str, str | bytes],
+    *,
+    commit: str | None = None,
+) -> Path:
+    """Put a model's files into a Hugging Face cache folder the way ``hf_hub_download`` leaves them, offline.
+
+    ``models--{org}--{name}/blobs/{hash}`` holds each file (named by its SHA-256 here), ``snapshots/{commit}/{filename}``
+    links to it (a relative symlink; a copy where the system allows none) and ``refs/main`` names the commit.
+    Point ``HF_HUB_CACHE`` at ``cache_dir`` and shekel finds the files as it finds downloaded ones, e.g. a
+    ``tokenizer.json`` and ``tokenizer_config.json`` for exact prompt counts. Returns the snapshot folder.
+    """
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for filename, content in files.items():
+        data = content.encode() if isinstance(content, str) else content
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / filename
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        try:
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        except OSError:
+            link.write_bytes(data)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
 
 
 class FakeInferenceServer:

@@ -12,7 +12,14 @@ import pytest
 from shekel.testing import FakeInferenceServer
 
 # Never let a developer's token reach a request or a report made by the tests.
-for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN", "SHEKEL_PRICING"):
+# Nor a download of a tokenizer: tests count with tokenizers they build and lay out in a temporary cache.
+for _name in (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HUGGINGFACEHUB_API_TOKEN",
+    "SHEKEL_PRICING",
+    "SHEKEL_TOKENIZER_DOWNLOAD",
+):
     os.environ.pop(_name, None)
 os.environ.setdefault("HF_HUB_OFFLINE", "0")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

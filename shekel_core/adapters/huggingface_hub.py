@@ -13,16 +13,19 @@ nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Mapping
 from importlib.util import find_spec
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
+from .._budget import DEFAULT_MAX_TOKENS_CEILING, Reservation
 from .._call import SKIP, CallAccounting, Hold, before_reserve, call_in_progress, iterate_async, iterate_sync
 from .._context import _active as active_frame
 from .._hf_routing import call_provider, is_url
+from .._limits import whole_number
+from .._pricing import AUTO, ROUTING_POLICIES, split_model
+from .._redact import redact_model
 from .._usage import (
     _field,
     _token_count,
@@ -32,13 +35,14 @@ from .._usage import (
     text_tokens_high,
 )
 from .._versions import check as check_version
-from . import _served_by as served_by
+from . import _http_hooks as http_hooks
+from ._patches import Patches
 
 #: TGI's own default ``max_new_tokens``: used as the ceiling when the caller gave none, so that text
 #: generation inside a budget returns what it would without shekel whenever the budget can pay for it.
 TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS = 100
 
-_originals: dict[tuple[type, str], Any] = {}
+_patches = Patches()
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -46,21 +50,7 @@ def _model_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
     model = kwargs.get("model") or getattr(client, "model", None)
     if not isinstance(model, str):
         return None
-    return _without_secrets(model) if ("@" in model or "?" in model or "#" in model) else model
-
-
-def _without_secrets(model: str) -> str:
-    """An endpoint URL without its ``user:password@`` part, query string and fragment, any of which may carry
-    a token: the model id reaches records, reports and errors. The request itself still goes to the full URL."""
-    parts = urlsplit(model)
-    if not parts.scheme:
-        return model
-    netloc = parts.netloc
-    if parts.username is not None or parts.password is not None:
-        host = parts.hostname or ""
-        host = f"[{host}]" if ":" in host else host
-        netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+    return redact_model(model)
 
 
 def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
@@ -70,7 +60,14 @@ def _provider_of(client: Any, kwargs: Mapping[str, Any]) -> str | None:
         address = kwargs.get("model")
         if not is_url(address):
             address = None
-    return call_provider(getattr(client, "provider", None), address)
+    provider = call_provider(getattr(client, "provider", None), address)
+    if provider == AUTO:
+        # ``org/model:together`` names the provider the router sends the call to.
+        model = kwargs.get("model") or getattr(client, "model", None)
+        _, suffix = split_model(model if isinstance(model, str) else None)
+        if suffix is not None and suffix not in ROUTING_POLICIES:
+            return suffix
+    return provider
 
 
 #: ``(_model_of, _provider_of)`` by (client's model, client's provider, ``model`` argument), all str or None:
@@ -108,32 +105,11 @@ def _target(client: Any, kwargs: dict[str, Any]) -> tuple[str | None, str | None
 _EXTRA_BODY_LIMITS = ("max_tokens", "n", "max_completion_tokens")
 
 
-def _count(value: object) -> int | None:
-    """The positive whole number a lenient provider reads ``value`` as (``1000``, ``1000.0``, ``"1000"``), or
-    None. The value is sent as given; shekel reserves for what it means. Anything else (negative, fractional,
-    not a number) a provider rejects, or reads as less than the budget's own limit."""
-    if type(value) is int:
-        return value if value > 0 else None
-    if isinstance(value, bool):
-        return None
-    readable = (
-        isinstance(value, int)
-        or (isinstance(value, float) and value.is_integer())
-        or (isinstance(value, str) and value.strip().isdecimal())
-    )
-    if not readable:
-        return None
-    try:
-        whole = int(value)  # type: ignore[call-overload]
-    except ValueError:  # a digit int() does not read (some scripts' digits): not a limit
-        return None
-    return whole if whole > 0 else None
-
-
 def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
     """huggingface_hub merges ``extra_body`` into the request last, so its limits are the ones the provider
     applies. Move ``max_tokens`` and ``n`` from (a copy of) it to the arguments shekel reserves for, which
-    sends the same request; return ``max_completion_tokens``, which has no argument of its own."""
+    sends the same request; return ``max_completion_tokens`` (sent as the whole number it is read as),
+    which has no argument of its own."""
     extra = kwargs["extra_body"]
     if not isinstance(extra, Mapping) or not any(k in extra for k in _EXTRA_BODY_LIMITS):
         return None
@@ -142,63 +118,82 @@ def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
         if key in extra:
             kwargs[key] = extra.pop(key)
     kwargs["extra_body"] = extra
-    return _count(extra.get("max_completion_tokens"))
+    cap = extra.get("max_completion_tokens")
+    if cap is None:
+        return None
+    cap = extra["max_completion_tokens"] = whole_number(cap, "max_completion_tokens")
+    return cap
 
 
 # The plain-dict reads below (``key in kwargs``) are ``kwargs.get(key)`` without a function call: this runs on
 # every counted call.
-def _plan_chat(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
-    """Reserve for a chat completion and adjust its arguments (model, max_tokens, stream_options)."""
+def _plan_chat(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
+    """What a chat completion asks the budget for; its limits are normalised to what is sent."""
     messages = args[0] if args else kwargs.get("messages") or ()
     model, provider = _target(client, kwargs)
     streamed = "stream" in kwargs and bool(kwargs["stream"])
     extra_body = kwargs["extra_body"] if "extra_body" in kwargs else None  # noqa: SIM401
     completion_cap = _limits_from_extra_body(kwargs) if extra_body else None
     n = kwargs["n"] if "n" in kwargs else None  # noqa: SIM401
-    if not (type(n) is int and n > 0):  # _count(n) or 1, with the usual case inline
-        n = (_count(n) or 1) if n is not None else 1
+    if n is None:
+        n = 1
+    elif not (type(n) is int and n > 0):
+        n = kwargs["n"] = whole_number(n, "n")
     max_tokens = kwargs["max_tokens"] if "max_tokens" in kwargs else None  # noqa: SIM401
-    # Sent as given; shekel reserves for what the provider will read it as (_count, the usual case inline).
-    limit = max_tokens if type(max_tokens) is int and max_tokens > 0 else _count(max_tokens)
+    if max_tokens is not None and not (type(max_tokens) is int and max_tokens > 0):
+        max_tokens = kwargs["max_tokens"] = whole_number(max_tokens, "max_tokens")
+    limit = max_tokens
     if completion_cap is not None:
         limit = completion_cap if limit is None else max(limit, completion_cap)
     prompt_high, prompt_fair = prompt_tokens_estimates(
         messages,
         kwargs["tools"] if "tools" in kwargs else None,  # noqa: SIM401
     )
-    reservation = budget.reserve(
-        model=model,
-        prompt_tokens=prompt_high,
-        max_tokens=None if limit is None else limit * n,
-        max_tokens_ceiling=DEFAULT_MAX_TOKENS_CEILING * n,
-        provider=provider,
-    )
-    if reservation.fallback_from is not None:
-        kwargs["model"] = reservation.model
-    if max_tokens is None and limit is None and reservation.max_tokens is not None:
-        kwargs["max_tokens"] = max(1, reservation.max_tokens // n)
-    strip = False
-    if streamed and kwargs.get("stream_options") is None:
-        kwargs["stream_options"] = {"include_usage": True}
-        strip = True
     call = _ChatCall(
-        reservation,
+        (
+            model,
+            prompt_high,
+            None if limit is None else limit * n,
+            DEFAULT_MAX_TOKENS_CEILING * n,
+            provider,
+        ),
         prompt_fair=prompt_fair,
         source="huggingface_hub.chat_completion",
         streamed=streamed,
     )
-    call.strip = strip
+    call.n = n
+    call.strip = streamed and kwargs.get("stream_options") is None
     return call
 
 
 class _ChatCall(CallAccounting):
     """A chat completion in flight: settles a response, or observes each stream chunk."""
 
-    __slots__ = ("strip",)
-    #: Whether shekel asked for the usage chunk (so it must hide it); set by ``_plan_chat``.
+    __slots__ = ("n", "strip")
+    #: Choices asked for (``n``); whether shekel asks for the usage chunk (so it must hide it). Set by
+    #: ``_plan_chat``.
+    n: int
     strip: bool
 
+    def start(self, reservation: Reservation, kwargs: dict[str, Any]) -> None:
+        """Send what was reserved for: the fallback model, the granted ``max_tokens``, the usage chunk."""
+        self.begin(reservation)
+        if reservation.fallback_from is not None:
+            kwargs["model"] = reservation.model
+        if reservation.max_tokens is not None and kwargs.get("max_tokens") is None and self.ask[2] is None:
+            kwargs["max_tokens"] = max(1, reservation.max_tokens // self.n)
+        if self.strip:
+            kwargs["stream_options"] = {"include_usage": True}
+
     def settle(self, response: Any) -> Any:
+        try:
+            self._read(response)
+        except Exception:  # an answer shekel cannot read is the caller's, as it came
+            self.unreadable = True
+        self.finish()
+        return response
+
+    def _read(self, response: Any) -> None:
         usage = read_usage(response)
         if usage is not None:
             self._usage = usage
@@ -214,6 +209,8 @@ class _ChatCall(CallAccounting):
             except AttributeError:
                 message = content = None
             if content:  # saw_output, inline
+                if content.__class__ is not str:
+                    raise TypeError(f"message content is a {type(content).__name__}")
                 self.output_chars += len(content)
                 self.output_chunks += 1
             elif message is not None:
@@ -222,11 +219,10 @@ class _ChatCall(CallAccounting):
                     self.output_chars += generated
                     self.output_chunks += 1
         try:
-            self.model_label = response.model or None
+            model = response.model
         except AttributeError:
-            self.model_label = None
-        self.finish()
-        return response
+            model = None
+        self.model_label = model if isinstance(model, str) and model else None
 
     def observe(self, chunk: Any) -> Any:
         usage = chunk.usage
@@ -241,6 +237,8 @@ class _ChatCall(CallAccounting):
             delta = choice.delta
             content = delta.content if delta is not None else None
             if content:
+                if content.__class__ is not str:
+                    raise TypeError(f"delta content is a {type(content).__name__}")
                 self.output_chars += len(content)
                 self.output_chunks += 1
             elif delta is not None:
@@ -249,7 +247,7 @@ class _ChatCall(CallAccounting):
                     self.output_chars += generated
                     self.output_chunks += 1
             if choice.finish_reason is not None:
-                finished = True
+                finished = self.answered = True
         if finished and self.strip and usage is None:
             # Read the usage chunk we asked for before handing on the last one: callers may stop here.
             return Hold(chunk)
@@ -281,36 +279,31 @@ def _unsupported_text_generation_kwargs(model: str | None) -> list[str]:
     return list(_get_unsupported_text_generation_kwargs(model))
 
 
-def _plan_text(budget: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _TextCall:
-    """Reserve for a text generation; ask for token ``details`` (exact output counts) when the server has them."""
+def _plan_text(client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _TextCall:
+    """What a text generation asks the budget for; ``details`` are asked for (exact output counts) when the
+    server has them."""
     prompt = args[0] if args else kwargs.get("prompt", "")
     prompt = prompt if isinstance(prompt, str) else str(prompt)
     model = _model_of(client, kwargs)
     max_new = kwargs.get("max_new_tokens")
-    reservation = budget.reserve(
-        model=model,
-        prompt_tokens=text_tokens_high(prompt),
-        max_tokens=_count(max_new),
-        max_tokens_ceiling=TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS,
-        provider=_provider_of(client, kwargs),
-    )
-    if reservation.fallback_from is not None:
-        kwargs["model"] = reservation.model
-    if max_new is None and reservation.max_tokens is not None:
-        kwargs["max_new_tokens"] = reservation.max_tokens
-    added_details = False
-    if kwargs.get("details") is None and "details" not in _unsupported_text_generation_kwargs(model):
-        kwargs["details"] = True
-        added_details = True
-    streamed = bool(kwargs.get("stream"))
+    if max_new is not None:
+        max_new = kwargs["max_new_tokens"] = whole_number(max_new, "max_new_tokens")
     call = _TextCall(
-        reservation,
+        (
+            model,
+            text_tokens_high(prompt),
+            max_new,
+            TEXT_GENERATION_DEFAULT_MAX_NEW_TOKENS,
+            _provider_of(client, kwargs),
+        ),
         prompt_fair=text_tokens_fair(prompt),
         source="huggingface_hub.text_generation",
-        streamed=streamed,
+        streamed=bool(kwargs.get("stream")),
         model_label=model,
     )
-    call.added_details = added_details
+    call.added_details = kwargs.get(
+        "details"
+    ) is None and "details" not in _unsupported_text_generation_kwargs(model)
     return call
 
 
@@ -318,22 +311,40 @@ class _TextCall(CallAccounting):
     """A text generation in flight. Gives the caller exactly what it asked for (details or not)."""
 
     __slots__ = ("added_details",)
-    #: Whether shekel asked for ``details`` (so it must hand back plain text); set by ``_plan_text``.
+    #: Whether shekel asks for ``details`` (so it must hand back plain text); set by ``_plan_text``.
     added_details: bool
+
+    def start(self, reservation: Reservation, kwargs: dict[str, Any]) -> None:
+        self.begin(reservation)
+        if reservation.fallback_from is not None:
+            kwargs["model"] = reservation.model
+        if kwargs.get("max_new_tokens") is None and reservation.max_tokens is not None:
+            kwargs["max_new_tokens"] = reservation.max_tokens
+        if self.added_details:
+            kwargs["details"] = True
 
     def settle(self, response: Any) -> Any:
         if isinstance(response, str):
             self.saw_output(response)
             self.finish()
             return response
-        # Malformed counts (negative, absurd, not whole) are ignored, as in ``usage``: the text is estimated.
-        tokens = _token_count(getattr(getattr(response, "details", None), "generated_tokens", None))
-        if tokens is not None:
-            self.saw_output_tokens(tokens)
-        else:
-            self.saw_output(getattr(response, "generated_text", None))
+        try:
+            # Malformed counts (negative, absurd, not whole) are ignored, as in ``usage``: the text is
+            # estimated.
+            tokens = _token_count(getattr(getattr(response, "details", None), "generated_tokens", None))
+            if tokens is not None:
+                self.saw_output_tokens(tokens)
+            else:
+                self.saw_output(getattr(response, "generated_text", None))
+        except Exception:
+            self.unreadable = True
         self.finish()
-        return response.generated_text if self.added_details else response
+        if not self.added_details:
+            return response
+        try:
+            return response.generated_text  # what the caller gets without details
+        except Exception:
+            return response
 
     def observe(self, chunk: Any) -> Any:
         self.output_chunks += 1  # TGI streams one token per event
@@ -341,6 +352,7 @@ class _TextCall(CallAccounting):
             return chunk
         details = chunk.details
         if details is not None:
+            self.answered = True
             tokens = _token_count(details.generated_tokens)
             if tokens is not None:
                 self.output_chunks = tokens
@@ -348,7 +360,7 @@ class _TextCall(CallAccounting):
 
 
 # ------------------------------------------------------------------------------------------ wrappers
-Planner = Callable[[Budget, Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | _TextCall"]
+Planner = Callable[[Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | _TextCall"]
 
 
 def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
@@ -358,13 +370,16 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return original(self, *args, **kwargs)
-        pending = plan(before_reserve() or budget, self, args, kwargs)
+        target = before_reserve() or budget
+        pending = plan(self, args, kwargs)
+        pending.start(target.reserve_call(pending.ask), kwargs)
         token = call_in_progress.set(pending)
         try:
-            served_by.attach_sync()
+            if http_hooks.attach_sync():
+                pending.sent = False
             result = original(self, *args, **kwargs)
-        except BaseException:
-            pending.fail()
+        except BaseException as error:
+            pending.end_with(error)
             raise
         finally:
             call_in_progress.reset(token)
@@ -383,13 +398,16 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         budget = None if frame is None else frame.budget
         if budget is None or call_in_progress.get():
             return await original(self, *args, **kwargs)
-        pending = plan(before_reserve() or budget, self, args, kwargs)
+        target = before_reserve() or budget
+        pending = plan(self, args, kwargs)
+        pending.start(await target.areserve_call(pending.ask, asyncio.current_task()), kwargs)
         token = call_in_progress.set(pending)
         try:
-            await served_by.attach_async(self)
+            if await http_hooks.attach_async(self):
+                pending.sent = False
             result = await original(self, *args, **kwargs)
-        except BaseException:
-            pending.fail()
+        except BaseException as error:
+            pending.end_with(error)
             raise
         finally:
             call_in_progress.reset(token)
@@ -424,19 +442,11 @@ def install() -> bool:
         return False
     check_version("huggingface_hub", "huggingface")
     for cls, name, wrap in _targets():
-        current = cls.__dict__[name]
-        if (cls, name) in _originals or hasattr(current, "__shekel_original__"):
-            continue
-        _originals[(cls, name)] = current
-        setattr(cls, name, wrap(current))
+        _patches.install(cls, name, wrap)
     return True
 
 
 def uninstall() -> None:
     """Put back the exact original methods, where our wrapper is still the one in place. Idempotent."""
-    for (cls, name), original in list(_originals.items()):
-        current = cls.__dict__.get(name)
-        if getattr(current, "__shekel_original__", None) is original:
-            setattr(cls, name, original)
-            del _originals[(cls, name)]
-    served_by.detach()
+    _patches.uninstall()
+    http_hooks.detach()

@@ -379,19 +379,24 @@ def test_an_application_trapping_inexact_or_lowering_precision_gets_exact_money(
     assert remaining == float(Decimal("1.23456789") - b.spent_exact)
 
 
-@pytest.mark.parametrize("odd", ["²", "١٠", "-5", "1e3", 10.5, True])
-def test_odd_max_tokens_never_break_inside_shekel(server: FakeInferenceServer, odd: Any) -> None:
+@pytest.mark.parametrize("odd", ["²", "١٠", "-5", "1e3", 10.5, True, "", "abc", 2.5, 0, -1, "0"])
+def test_a_max_tokens_shekel_cannot_read_is_refused_before_sending(
+    server: FakeInferenceServer, odd: Any
+) -> None:
+    # Reserved for one value and sent as another would let a call pass the cap: refused, nothing held.
     client = InferenceClient(base_url=server.url)
-    shekel.uninstall()
-    try:
-        chat(client, max_tokens=odd)
-        expected: Any = None
-    except Exception as exc:  # whatever the provider (here: the local server) and huggingface_hub make of it
-        expected = type(exc)
     with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
-        try:
+        with pytest.raises(shekel.RequestError, match="max_tokens=") as refused:
             chat(client, max_tokens=odd)
-            got: Any = None
-        except Exception as exc:
-            got = type(exc)
-    assert got is expected and b.reserved == 0
+    assert "not sent" in str(refused.value) and isinstance(refused.value, ValueError)
+    assert server.request_count == 0 and b.reserved == 0 and b.calls_in_flight == 0 and b.failed_calls == 0
+
+
+@pytest.mark.parametrize(("given", "sent"), [(1000.0, 1000), ("1000", 1000), (" 12 ", 12), (7, 7)])
+def test_a_max_tokens_a_server_reads_as_a_whole_number_is_sent_as_that_number(
+    server: FakeInferenceServer, given: Any, sent: int
+) -> None:
+    client = InferenceClient(base_url=server.url)
+    with budget(max_usd=5, price_per_1k_tokens=PRICES):
+        chat(client, max_tokens=given, n=float(1))
+    assert server.requests[-1].body["max_tokens"] == sent and server.requests[-1].body["n"] == 1

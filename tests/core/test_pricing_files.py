@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 
 import shekel
 from shekel import PricingError, budget
+from shekel._pricing_files import MAX_FILE_BYTES
 
 GOOD_TOML = """\
 unit = "per_1m_tokens"
@@ -164,3 +168,111 @@ def test_a_broken_environment_file_names_the_variable(
         budget()
     with pytest.raises(PricingError, match=r"gone\.toml"):
         shekel.prices("org/model")
+
+
+# ------------------------------------------------------------------------------------------ what is read
+# A file that never ends (a FIFO without a writer blocks open(); /dev/zero never stops) is tried in a child
+# process with a deadline and a memory cap, so that a regression fails the test instead of hanging the suite.
+_TRY_IN_A_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))
+from shekel import PricingError, budget
+try:
+    budget(pricing=sys.argv[1])
+except PricingError as exc:
+    print(exc)
+else:
+    print("no error")
+"""
+
+
+def _budget_in_a_child(path: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", _TRY_IN_A_CHILD, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_is_refused_without_being_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "prices.toml"
+    os.mkfifo(fifo)
+    out = _budget_in_a_child(fifo)
+    assert "prices.toml" in out and "is a named pipe (FIFO), not a regular file" in out
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero here")
+def test_a_device_is_refused_without_being_read(tmp_path: Path) -> None:
+    zero = tmp_path / "prices.json"
+    zero.symlink_to("/dev/zero")  # the suffix is right; what it points at is not a file
+    out = _budget_in_a_child(zero)
+    assert "prices.json" in out and "is a character device, not a regular file" in out
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "prices.toml").mkdir()
+    with pytest.raises(PricingError, match=r"prices\.toml' .*is a directory, not a regular file"):
+        budget(pricing=tmp_path / "prices.toml")
+
+
+def test_a_file_of_the_wrong_kind_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    # No suffix check after the fact: a '.yaml' FIFO must not block either.
+    with pytest.raises(PricingError, match=r"must end in \.toml or \.json, got '\.txt'"):
+        budget(pricing=tmp_path / "gone.txt")  # not even there: the suffix is checked first
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    big = tmp_path / "prices.json"
+    with big.open("wb") as f:  # sparse: no disk is used
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(PricingError, match=rf"prices\.json' is {MAX_FILE_BYTES + 1:,} bytes.* at most"):
+        budget(pricing=big)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", '{"unit": "per_1k_tokens", "models": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ("deep.toml", 'unit = "per_1k_tokens"\nmodels = ' + "[" * 100_000 + "]" * 100_000 + "\n"),
+    ],
+)
+def test_deeply_nested_files_are_a_pricing_error_not_a_recursion_error(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    with pytest.raises(PricingError, match=rf"{name}' is nested too deeply"):
+        budget(pricing=write(tmp_path, name, text))
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (
+            "long.json",
+            '{"unit": "per_1k_tokens", "models": {"m": {"input": 1' + "0" * 5000 + ', "output": 1}}}',
+        ),
+        ("long.toml", 'unit = "per_1k_tokens"\n[models.m]\ninput = 1' + "0" * 5000 + "\noutput = 1\n"),
+    ],
+)
+def test_numbers_of_thousands_of_digits_are_a_pricing_error_not_a_value_error(
+    tmp_path: Path, name: str, text: str
+) -> None:
+    with pytest.raises(PricingError, match=name) as caught:
+        budget(pricing=write(tmp_path, name, text))
+    assert "0" * 100 not in str(caught.value)  # the number is not printed in full
+
+
+def test_a_token_given_as_the_path_is_not_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "hf_NotARealTokenButLooksLikeOne12345678"
+    monkeypatch.setenv("SHEKEL_PRICING", token)  # the wrong variable, set by mistake
+    with pytest.raises(PricingError, match="SHEKEL_PRICING") as caught:
+        budget()
+    assert token not in str(caught.value) and "must end in .toml or .json" in str(caught.value)
+
+
+def test_a_token_in_a_price_is_not_printed(tmp_path: Path) -> None:
+    token = "hf_NotARealTokenButLooksLikeOne12345678"
+    path = write(tmp_path, "p.toml", f'unit = "per_1k_tokens"\n[models.m]\ninput = "{token}"\noutput = 1\n')
+    with pytest.raises(PricingError, match=r"models\.m\.input must be a number") as caught:
+        budget(pricing=path)
+    assert token not in str(caught.value)

@@ -238,15 +238,15 @@ def test_cached_prompt_tokens_are_recorded_when_the_price_has_no_cached_part(
 
 
 def test_uninstall_takes_the_header_hook_off_the_shared_http_client(server: FakeInferenceServer) -> None:
-    from shekel.adapters import _served_by
+    from shekel.adapters import _http_hooks
 
     client = InferenceClient(base_url=server.url + "/v1", provider="together")
     with budget():
         chat(client)
     session = huggingface_hub.get_session()
-    assert _served_by._record in session.event_hooks["response"]
+    assert _http_hooks._on_response in session.event_hooks["response"]
     shekel.uninstall()
-    assert _served_by._record not in session.event_hooks["response"]
+    assert _http_hooks._on_response not in session.event_hooks["response"]
     with budget() as b:  # entering a budget installs the patch, and the hook, again
         chat(client)
-    assert _served_by._record in session.event_hooks["response"] and b.calls == 1
+    assert _http_hooks._on_response in session.event_hooks["response"] and b.calls == 1

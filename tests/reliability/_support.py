@@ -59,17 +59,19 @@ def walk(budget: Budget) -> list[Budget]:
 def assert_ledger_consistent(root: Budget) -> None:
     """The invariants that must hold once every call in the tree has finished."""
     for b in walk(root):
-        assert b._reserved == 0, f"{b.path}: {b._reserved} still reserved"
-        assert b._inflight == 0, f"{b.path}: {b._inflight} calls still in flight"
-        assert b._spent >= 0 and b._own_spent >= 0
+        account = b._account
+        assert account.reserved == 0, f"{b.path}: {account.reserved} still reserved"
+        assert account.inflight == 0, f"{b.path}: {account.inflight} calls still in flight"
+        assert account.spent >= 0 and b._own_spent >= 0
         assert b.calls >= 0 and b.input_tokens >= 0 and b.output_tokens >= 0
-        if b._limit is not None:
-            assert b._spent <= b._limit, f"{b.path}: spent {b._spent} over its limit {b._limit}"
+        if account.limit is not None:
+            assert account.spent <= account.limit, f"{b.path}: spent {account.spent} over {account.limit}"
         children = b.children
-        assert b._spent == b._own_spent + sum((c._spent for c in children), Decimal(0))
+        assert account.spent == b._own_spent + sum((c.spent_exact for c in children), Decimal(0))
         records = b.records
         if len(records) < MAX_RECORDS:  # older records are folded into the aggregates only
-            assert b.calls == len(records) + sum(c.calls for c in children)
+            attempts = b.calls + b.failed_calls
+            assert attempts == len(records) + sum(c.calls + c.failed_calls for c in children)
             assert b._own_spent == sum((r.cost for r in records), Decimal(0))
         for record in records:
             assert record.cost >= 0 and record.input_tokens >= 0 and record.output_tokens >= 0

@@ -244,8 +244,9 @@ def test_a_budget_that_builds_runs_real_calls() -> None:
     huggingface_hub = pytest.importorskip("huggingface_hub")
     configs_ok: list[dict[str, Any]] = [
         {"max_usd": "0.5", "price_per_1k_tokens": {"input": "0.001", "output": Decimal("0.002")}},
-        {"max_usd": Fraction(1, 3), "price_per_1k_tokens": {"input": Fraction(1, 7), "output": 0}},
-        {"max_usd": 10**6, "price_per_1k_tokens": {"*": {"input": 1e-9, "output": 5e-324}}},
+        # Prices at their bounds (tests/core/test_price_bounds.py): 1/7 or 5e-324 are refused at construction.
+        {"max_usd": Fraction(1, 3), "price_per_1k_tokens": {"input": Fraction(1, 8), "output": 0}},
+        {"max_usd": 10**6, "price_per_1k_tokens": {"*": {"input": 1e-9, "output": "99999999999.999999999"}}},
         {"max_usd": Decimal("1e-6"), "price_per_1k_tokens": {"input": 0, "output": 0}},
         {
             "max_usd": 1,

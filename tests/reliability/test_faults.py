@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 import shekel
@@ -169,10 +170,12 @@ FAULTS: list[Fault] = [
     Fault("dropped_mid_stream", lambda s: s.drop_stream_after(3), stream=True, estimated=True),
     Fault("dropped_before_first_chunk", lambda s: s.drop_stream_after(0), stream=True),
     Fault(
-        "dropped_after_cumulative_usage",  # hyperbolic/novita style: the last running total is a fair charge
+        # hyperbolic/novita style: a running total, then the connection drops before the answer finished; the
+        # provider may have gone on generating, so the call is charged what it held
+        "dropped_after_cumulative_usage",
         lambda s: (_set(stream_usage="cumulative")(s), s.drop_stream_after(3)),
         stream=True,
-        estimated=False,
+        estimated=True,
     ),
     # streams that end oddly but deliver
     Fault("stream_without_done", _set(send_done=False), stream=True, estimated=False),
@@ -325,20 +328,42 @@ async def run_async(fault: Fault, server: FakeInferenceServer, dead_url: str) ->
         _reset(server)
 
 
+def _lost_in_flight(error_type: type[BaseException]) -> bool:
+    """A transport error: the connection broke or timed out, so what the provider did is unknown."""
+    return issubclass(error_type, (httpx.TransportError, TimeoutError))
+
+
 def check_budget(b: shekel.Budget, fault: Fault, outcome: tuple[Any, ...]) -> None:
+    """What each way of failing costs (docs/hard-caps.md, "Failed calls")."""
     assert_ledger_consistent(b)
-    if outcome[0] == "error" or (outcome[0] == "broken" and not outcome[1]):
-        # Failed before anything was delivered (an error status, or a stream that broke before its first
-        # chunk): a failed call, so nothing charged, nothing counted.
-        assert b.spent_exact == 0 and b.calls == 0, f"charged {b.spent_exact} for a failed call"
-        return
-    assert b.calls == 1
-    (record,) = b.records
     price_in, price_out = Decimal("0.001"), Decimal("0.002")
-    assert record.cost == price_in * record.input_tokens + price_out * record.output_tokens
-    assert b.spent_exact == record.cost
-    # Fair: within what was reserved (so it can never pass the cap), and at least what was delivered.
     max_tokens = fault.kwargs.get("max_tokens", DEFAULT_MAX_TOKENS_CEILING)
+    records = b.records
+    for record in records:
+        assert record.cost == price_in * record.input_tokens + price_out * record.output_tokens
+    status = outcome[1][2] if outcome[0] == "error" else None
+    if fault.dead_server:
+        # Never reached a server: nothing charged, nothing counted.
+        assert records == [] and b.spent_exact == 0 and b.calls == b.failed_calls == 0
+        return
+    if isinstance(status, int) and status >= 400:
+        # The server answered with an error: free, but a request that counts against max_llm_calls.
+        (record,) = records
+        assert record.outcome == "error" and b.spent_exact == 0 and (b.calls, b.failed_calls) == (0, 1)
+        return
+    if outcome[0] == "error" or (outcome[0] == "broken" and _lost_in_flight(outcome[2][0])):
+        # The request left and no usable answer came back (a timeout, a dropped connection, an answer the
+        # client could not read): charged what the call held, since the provider most likely did the work.
+        (record,) = records
+        assert record.outcome == "unknown" and record.estimated and (b.calls, b.failed_calls) == (0, 1)
+        assert record.input_tokens == prompt_tokens_high(fault.messages)
+        assert record.output_tokens == max_tokens + MARGIN
+        assert b.spent_exact == record.cost > 0
+        return
+    assert b.calls == 1 and b.failed_calls == 0
+    (record,) = records
+    assert record.outcome == "ok" and b.spent_exact == record.cost
+    # Fair: within what was reserved (so it can never pass the cap), and at least what was delivered.
     assert record.input_tokens <= prompt_tokens_high(fault.messages)
     assert record.output_tokens <= max_tokens + MARGIN
     if outcome[0] == "broken":
@@ -622,7 +647,7 @@ def test_a_warning_fired_by_a_broken_stream_does_not_replace_the_provider_error(
     assert baseline[0] == "broken"
     assert counted == baseline
     assert_ledger_consistent(b)
-    assert b.calls == 1 and b.spent_exact > 0
+    assert b.failed_calls == 1 and b.spent_exact > 0  # a dropped connection: charged what it held
     del client
 
 
@@ -641,25 +666,26 @@ async def test_a_warning_fired_by_a_broken_async_stream_does_not_replace_the_pro
     assert baseline[0] == "broken"
     assert counted == baseline
     assert_ledger_consistent(b)
-    assert b.calls == 1 and b.spent_exact > 0
+    assert b.failed_calls == 1 and b.spent_exact > 0  # a dropped connection: charged what it held
 
 
 # ------------------------------------------------------------------------------------------ cancellation
-async def test_a_cancelled_request_releases_its_reservation(
-    server: FakeInferenceServer, aclosing: Any
-) -> None:
-    client = aclosing(AsyncInferenceClient(base_url=server.url))
+async def test_a_request_cancelled_on_the_wire_is_charged_what_it_held(server: FakeInferenceServer) -> None:
+    """Cancelled after the request left (``asyncio.wait_for``, a timeout around it): the provider most likely
+    did the work, so the call is charged its reservation and counted as a failed request."""
+    client = AsyncInferenceClient(base_url=server.url)
     server.latency = 2.0
     async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
         task = asyncio.ensure_future(client.chat_completion(MESSAGES, max_tokens=MAX_TOKENS))
         while server.request_count == 0:  # wait until the request is on the wire
             await asyncio.sleep(0.01)
         assert b.reserved > 0
+        held = b.reserved
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert_ledger_consistent(b)
-        assert b.calls == 0 and b.spent_exact == 0
+        assert b.calls == 0 and b.failed_calls == 1 and b.spent == held and b.records[0].outcome == "unknown"
     server.latency = 0.0
     await client.close()
 
@@ -770,68 +796,74 @@ def test_affordable_limits_in_extra_body_reach_the_server_unchanged(server: Fake
 
 
 # ------------------------------------------------------------------------------------------ odd arguments
-ODD_LIMITS = {"negative": -1000, "zero": 0, "string": "10", "float": 1.5, "bool": True, "none": None}
+#: Limits a server reads as a whole number: sent as that number, and reserved for exactly it.
+READABLE_LIMITS = {"string": ("10", 10), "float": (10.0, 10), "padded": (" 10 ", 10)}
+#: Limits that one server rejects and another reads as some other number: refused before sending.
+UNREADABLE_LIMITS = {
+    "negative": -1000,
+    "zero": 0,
+    "fraction": 1.5,
+    "bool": True,
+    "exponent": "1e3",
+    "empty": "",
+}
 
 
-@pytest.mark.parametrize("value", ODD_LIMITS.values(), ids=ODD_LIMITS.keys())
+@pytest.mark.parametrize("value", UNREADABLE_LIMITS.values(), ids=UNREADABLE_LIMITS.keys())
 @pytest.mark.parametrize("argument", ["max_tokens", "n"])
-def test_odd_limits_reach_the_provider_as_given_and_never_shrink_a_reservation(
+def test_odd_limits_are_refused_before_sending(
     argument: str, value: Any, server: FakeInferenceServer
 ) -> None:
-    """shekel passes odd ``max_tokens``/``n`` values on to the provider unchanged (it decides what they mean)
-    and reserves for the worst case: it neither fails on them itself nor holds less (or less than nothing)."""
+    """A limit shekel cannot read is never sent: it would be reserved for one value and sent as another."""
     client = InferenceClient(base_url=server.url)
     kwargs: dict[str, Any] = {argument: value}
     if argument == "n":
         kwargs["max_tokens"] = MAX_TOKENS
-
-    def call() -> tuple[Any, ...]:
-        try:
-            return ("result", plain(client.chat_completion(MESSAGES, **kwargs)))
-        except Exception as exc:
-            return ("error", error_form(exc))
-
-    shekel.uninstall()
-    baseline = call()
-    sent = server.requests[-1].body.get(argument)
     with budget(max_usd=LIMIT, price_per_1k_tokens=PRICES) as b:
-        held: list[Decimal] = []
-        original_reserve = b.reserve
+        with pytest.raises(shekel.RequestError, match=argument):
+            client.chat_completion(MESSAGES, **kwargs)
+        with pytest.raises(shekel.RequestError, match=argument):
+            client.chat_completion(MESSAGES, extra_body=kwargs)
+    assert server.request_count == 0
+    assert_ledger_consistent(b)
+    assert b.calls == b.failed_calls == 0
 
-        def spy(**kw: Any) -> Any:
-            reservation = original_reserve(**kw)
-            held.append(reservation.cost)
+
+@pytest.mark.parametrize(("value", "whole"), READABLE_LIMITS.values(), ids=READABLE_LIMITS.keys())
+@pytest.mark.parametrize("argument", ["max_tokens", "n"])
+def test_readable_limits_are_sent_as_the_number_reserved_for(
+    argument: str, value: Any, whole: int, server: FakeInferenceServer
+) -> None:
+    client = InferenceClient(base_url=server.url)
+    kwargs: dict[str, Any] = {argument: value}
+    if argument == "n":
+        kwargs["max_tokens"] = MAX_TOKENS
+    with budget(max_usd=LIMIT, price_per_1k_tokens=PRICES) as b:
+        held: list[Any] = []
+        original_reserve = b.reserve_call
+
+        def spy(ask: Any) -> Any:
+            reservation = original_reserve(ask)
+            held.append(reservation)
             return reservation
 
-        b.reserve = spy  # type: ignore[method-assign]
-        counted = call()
-    assert counted == baseline
-    if value is not None:  # with no max_tokens at all, shekel sends the largest the budget can pay for
-        assert server.requests[-1].body.get(argument) == sent
+        b.reserve_call = spy  # type: ignore[method-assign]
+        client.chat_completion(MESSAGES, **kwargs)
+    assert server.requests[-1].body[argument] == whole
     assert_ledger_consistent(b)
-    assert held and held[0] > 0
-    if counted[0] == "result":
-        (record,) = b.records
-        assert record.cost <= held[0]
+    (record,) = b.records
+    expected_tokens = whole if argument == "max_tokens" else MAX_TOKENS * whole  # n choices of max_tokens
+    assert held[0].max_tokens == expected_tokens and record.cost <= held[0].cost
 
 
-@pytest.mark.parametrize("value", [v for v in ODD_LIMITS.values() if v is not None], ids=repr)
-def test_odd_max_new_tokens_reach_the_provider_as_given(value: Any, server: FakeInferenceServer) -> None:
+@pytest.mark.parametrize("value", UNREADABLE_LIMITS.values(), ids=UNREADABLE_LIMITS.keys())
+def test_odd_max_new_tokens_are_refused_before_sending(value: Any, server: FakeInferenceServer) -> None:
     client = InferenceClient(model=server.url)
-
-    def call() -> tuple[Any, ...]:
-        try:
-            return ("result", client.text_generation("hello world", max_new_tokens=value))
-        except Exception as exc:
-            return ("error", error_form(exc))
-
-    shekel.uninstall()
-    baseline = call()
-    sent = server.requests[-1].body["parameters"].get("max_new_tokens")
     with budget(max_usd=LIMIT, price_per_1k_tokens=PRICES) as b:
-        counted = call()
-    assert counted == baseline
-    assert server.requests[-1].body["parameters"].get("max_new_tokens") == sent
+        with pytest.raises(shekel.RequestError, match="max_new_tokens"):
+            client.text_generation("hello world", max_new_tokens=value)
+        client.text_generation("hello world", max_new_tokens="10")
+    assert server.request_count == 1 and server.requests[-1].body["parameters"]["max_new_tokens"] == 10
     assert_ledger_consistent(b)
 
 

@@ -68,7 +68,7 @@ def assert_warned_once(budgets: list[Budget]) -> None:
     for b in budgets:
         counter = b._config.get("on_warn")
         if isinstance(counter, WarnCounter):
-            reached = b.spent_exact >= Decimal(repr(b._config["warn_at"])) * b._limit
+            reached = b.spent_exact >= Decimal(repr(b._config["warn_at"])) * b.limit_exact
             assert len(counter.calls) == (1 if reached else 0), (b.path, counter.calls, b.spent_exact)
 
 
@@ -155,11 +155,12 @@ class Watch:
     def check(self) -> None:
         with self.budgets[0]._lock:
             for b in self.budgets:
-                if b._limit is not None:
-                    assert b._spent + b._reserved <= b._limit, f"{b.path} holds more than its limit"
-                assert b._reserved >= 0 and b._inflight >= 0
-                assert b._spent >= self.last_spent[id(b)], f"{b.path}: spend went down"
-                self.last_spent[id(b)] = b._spent
+                account = b._account
+                if account.limit is not None:
+                    assert account.spent + account.reserved <= account.limit, f"{b.path} holds too much"
+                assert account.reserved >= 0 and account.inflight >= 0
+                assert account.spent >= self.last_spent[id(b)], f"{b.path}: spend went down"
+                self.last_spent[id(b)] = account.spent
 
 
 # ------------------------------------------------------------------------------------------ ledger, threads
@@ -294,6 +295,7 @@ class Tally:
         self.lock = threading.Lock()
         self.delivered = 0  # calls that reached the server and returned or streamed something
         self.failed = 0  # calls the server refused (HTTP 503)
+        self.broken = 0  # streams whose connection dropped before the answer ended
         self.refused = 0  # calls shekel refused before sending
 
     def add(self, what: str) -> None:
@@ -306,9 +308,11 @@ def _check_run(budgets: list[Budget], tally: Tally, servers: Servers) -> None:
     assert_records_exact(budgets)
     assert_token_limits(budgets)
     assert_warned_once(budgets)
-    # Every call that was sent and answered is counted once; refused calls never reach a server.
+    # Every call that was sent and answered is counted once, every failed one as failed; refused calls never
+    # reach a server.
     assert budgets[0].calls == tally.delivered
-    assert servers.requests() == tally.delivered + tally.failed
+    assert budgets[0].failed_calls == tally.failed + tally.broken
+    assert servers.requests() == tally.delivered + tally.failed + tally.broken
 
 
 def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Servers, tally: Tally) -> None:
@@ -326,7 +330,6 @@ def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Serve
             tally.add("failed")
             return
         assert kind != "fail"
-        tally.add("delivered")
         if kind == "abandoned_stream":
             next(iter(result), None)
             del result
@@ -336,6 +339,9 @@ def _sync_call(b: Budget, kind: str, max_tokens: int, words: int, servers: Serve
                     pass
             except Exception:
                 assert kind == "broken_stream"
+                tally.add("broken")
+                return
+        tally.add("delivered")
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
@@ -390,7 +396,6 @@ async def _async_call(
                 tally.add("failed")
                 return
             assert kind != "fail"
-            tally.add("delivered")
             if kind == "abandoned_stream":
                 await result.__anext__()
                 await result.aclose()
@@ -400,6 +405,9 @@ async def _async_call(
                         pass
                 except Exception:
                     assert kind == "broken_stream"
+                    tally.add("broken")
+                    return
+            tally.add("delivered")
     finally:
         await client.close()
 
@@ -486,12 +494,12 @@ def test_every_charge_is_exactly_tokens_times_the_price_as_written(
 def test_money_is_exact_whatever_the_callers_decimal_context() -> None:
     with decimal.localcontext() as ctx:
         ctx.prec = 6
-        b = budget(price_per_1k_tokens={"input": "0.0001234567", "output": "0"})
+        b = budget(price_per_1k_tokens={"input": "0.000123457", "output": "0"})  # 9 places: the finest
         with b:
             reservation = b.reserve(model="m", prompt_tokens=1_234_567, max_tokens=1)
             b.settle(reservation, Usage(1_234_567, 0), streamed=False, source="t")
     with decimal.localcontext(decimal.Context(prec=50)):
-        assert b.spent_exact == Decimal("0.0001234567") / 1000 * 1_234_567
+        assert b.spent_exact == Decimal("0.000123457") / 1000 * 1_234_567
 
 
 # ------------------------------------------------------------------------------------------ usage and estimates

@@ -52,3 +52,18 @@ def errors() -> None:
 
 carried = shekel.carry(decorated)
 assert carried(3) == "3"
+
+
+def tokenizer_use() -> int:
+    import shekel.tokenizers
+
+    shekel.tokenizers.allow_download(False)
+    loaded: dict[str, bool] = shekel.tokenizers.preload("meta-llama/Llama-3.1-8B-Instruct")
+    exact: int | None = shekel.tokenizers.prompt_tokens(
+        "meta-llama/Llama-3.1-8B-Instruct:together", [{"role": "user", "content": "hi"}]
+    )
+    text: int | None = shekel.tokenizers.text_tokens("gpt2", "hello")
+    output: int | None = shekel.tokenizers.output_tokens("gpt2", ["hel", "lo"])
+    info: shekel.tokenizers.TokenizerCacheInfo = shekel.tokenizers.cache_info()
+    shekel.tokenizers.clear_cache()
+    return len(loaded) + (exact or 0) + (text or 0) + (output or 0) + info.loads

@@ -79,10 +79,11 @@ def charged_once(
     broken: bool = False,
 ) -> None:
     """The stream's call is charged to ``tenant`` alone, and nothing is left reserved."""
-    assert tenant.calls == 1 and tenant.reserved == 0
+    assert tenant.calls + tenant.failed_calls == 1 and tenant.reserved == 0
     assert tenant.spent_exact > 0
-    if broken:  # no usage came: estimated from the prompt and what was received, and marked so
-        assert tenant.records[0].estimated
+    if broken:  # the connection dropped: charged what the call held, marked so, counted as failed
+        assert tenant.records[0].estimated and tenant.records[0].outcome == "unknown"
+        assert tenant.failed_calls == 1
     else:
         assert tenant.spent_exact <= HELLO
     assert request is None or (request.calls == 0 and request.spent_exact == 0)

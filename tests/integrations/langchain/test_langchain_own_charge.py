@@ -78,7 +78,7 @@ def test_a_stream_without_usage_is_estimated_by_the_cores_rule(chat: ChatHugging
     assert record.source == "langchain" and record.estimated and record.streamed
     assert record.input_tokens == HELLO_FAIR
     assert record.output_tokens == WORDS == sum(1 for c in chunks if c.content)
-    assert b.reserved == 0 and b._inflight == 0
+    assert b.reserved == 0 and b.calls_in_flight == 0
 
 
 def _long_stream(words: int) -> str:
@@ -113,7 +113,7 @@ def test_a_broken_stream_is_charged_for_what_it_delivered(
     assert texts, "the connection broke after some chunks were read"
     # one token per chunk, four characters per token, whichever is more; at most max_tokens
     assert record.output_tokens == min(WORDS, max(len(texts), math.ceil(len("".join(texts)) / 4)))
-    assert b.reserved == 0 and b._inflight == 0
+    assert b.reserved == 0 and b.calls_in_flight == 0
 
 
 def test_a_text_answer_without_usage_is_estimated_from_its_text(llm: HuggingFaceEndpoint, b: Budget) -> None:

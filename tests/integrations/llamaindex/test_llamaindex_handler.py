@@ -87,7 +87,7 @@ def test_stream_chat_yields_every_chunk(
     assert body["stream_options"] == {"include_usage": True}
 
 
-def test_abandoned_and_broken_streams_are_charged_for_what_was_received(
+def test_abandoned_streams_are_charged_for_what_was_received_and_broken_ones_what_they_held(
     make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]
 ) -> None:
     llm = make_llm(BudgetCallbackHandler())
@@ -98,10 +98,13 @@ def test_abandoned_and_broken_streams_are_charged_for_what_was_received(
         server.drop_stream_after(2)
         with pytest.raises(httpx.RemoteProtocolError):
             list(llm.stream_chat(HELLO))
-    # No usage arrived: prompt estimate 7 (11 bytes / 4 + 4 per message), output "Transformers are" = 16 / 4.
-    assert [(r.input_tokens, r.output_tokens, r.estimated) for r in b.records] == [(7, 4, True)] * 2
-    assert b.spent_exact == 2 * cost(7, 4) and b.reserved == 0
-    assert len(chat_requests(server)) == 2
+    # Abandoned, no usage arrived: prompt estimate 7 (11 bytes / 4 + 4 per message), output "Transformers
+    # are" = 16 / 4. Broken by the server: what the provider did is unknown, so charged what the call held.
+    abandoned, broken = b.records
+    assert (abandoned.input_tokens, abandoned.output_tokens, abandoned.estimated) == (7, 4, True)
+    assert broken.outcome == "unknown" and broken.estimated and broken.output_tokens > 4
+    assert b.spent_exact == cost(7, 4) + broken.cost and b.reserved == 0
+    assert (b.calls, b.failed_calls) == (1, 1) and len(chat_requests(server)) == 2
 
 
 def test_stream_complete(make_llm: MakeLLM, server: FakeInferenceServer, prices: dict[str, float]) -> None:
