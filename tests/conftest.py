@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -25,6 +26,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "0")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 PRICES = {"input": 1.0, "output": 2.0}  # USD per 1k tokens: $0.001 per input token, $0.002 per output token
+
+
+@pytest.fixture(autouse=True)
+def _fresh_huggingface_hub_session() -> Iterator[None]:
+    """Retire huggingface_hub's shared HTTP client after each test.
+
+    A stream a test abandons (a parse error mid-stream, a ``break``) is finalised whenever the collector runs;
+    if that is inside the same connection pool's ``handle_request``, httpcore re-takes the pool's
+    non-reentrant lock on the same thread and the suite hangs (encode/httpcore#996, #1108). A stream of a
+    retired pool takes only that pool's lock, which nothing holds.
+    """
+    yield
+    hub = sys.modules.get("huggingface_hub")
+    close_session = getattr(hub, "close_session", None)
+    if close_session is not None:
+        close_session()
 
 
 @pytest.fixture

@@ -303,6 +303,9 @@ def run_sync(fault: Fault, server: FakeInferenceServer, dead_url: str) -> tuple[
     except Exception as exc:
         return ("error", error_form(exc))
     finally:
+        # Close the streams a fault left half read: finalised later by the collector, inside the pool's next
+        # request, they would re-take its lock and hang the run (encode/httpcore#996).
+        client.close()
         _reset(server)
 
 
