@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -25,6 +28,22 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 PRICES = {"input": 1.0, "output": 2.0}  # USD per 1k tokens: $0.001 per input token, $0.002 per output token
 
 
+@pytest.fixture(autouse=True)
+def _fresh_huggingface_hub_session() -> Iterator[None]:
+    """Retire huggingface_hub's shared HTTP client after each test.
+
+    A stream a test abandons (a parse error mid-stream, a ``break``) is finalised whenever the collector runs;
+    if that is inside the same connection pool's ``handle_request``, httpcore re-takes the pool's
+    non-reentrant lock on the same thread and the suite hangs (encode/httpcore#996, #1108). A stream of a
+    retired pool takes only that pool's lock, which nothing holds.
+    """
+    yield
+    hub = sys.modules.get("huggingface_hub")
+    close_session = getattr(hub, "close_session", None)
+    if close_session is not None:
+        close_session()
+
+
 @pytest.fixture
 def server() -> Iterator[FakeInferenceServer]:
     with FakeInferenceServer() as fake:
@@ -34,3 +53,27 @@ def server() -> Iterator[FakeInferenceServer]:
 @pytest.fixture
 def prices() -> dict[str, float]:
     return dict(PRICES)
+
+
+_Client = TypeVar("_Client")
+
+
+@pytest.fixture
+async def aclosing() -> AsyncIterator[Callable[[_Client], _Client]]:
+    """``client = aclosing(AsyncInferenceClient(...))``: closed at the end of the test, inside its event loop.
+
+    An async client left open holds sockets whose event loop is gone by the time they are collected: Python
+    then warns (``ResourceWarning``) in whichever test happens to run the collector.
+    """
+    opened: list[Any] = []
+
+    def track(client: _Client) -> _Client:
+        opened.append(client)
+        return client
+
+    yield track
+    for client in reversed(opened):
+        close = getattr(client, "aclose", None) or client.close
+        result = close()
+        if inspect.isawaitable(result):
+            await result

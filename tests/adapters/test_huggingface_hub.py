@@ -200,8 +200,8 @@ def test_a_stream_broken_mid_way_raises_and_is_charged_what_it_held(server: Fake
 
 
 # ------------------------------------------------------------------------------------------ async
-async def test_async_chat_and_stream_are_counted(server: FakeInferenceServer) -> None:
-    client = AsyncInferenceClient(base_url=server.url)
+async def test_async_chat_and_stream_are_counted(server: FakeInferenceServer, aclosing: Any) -> None:
+    client = aclosing(AsyncInferenceClient(base_url=server.url))
     async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
         await client.chat.completions.create(model="test/model", messages=MESSAGES, max_tokens=5)
         stream = await client.chat_completion(MESSAGES, model="test/model", max_tokens=6, stream=True)
@@ -211,8 +211,10 @@ async def test_async_chat_and_stream_are_counted(server: FakeInferenceServer) ->
     assert b.reserved == 0
 
 
-async def test_async_stream_finalized_after_the_block_charges_its_budget(server: FakeInferenceServer) -> None:
-    client = AsyncInferenceClient(base_url=server.url)
+async def test_async_stream_finalized_after_the_block_charges_its_budget(
+    server: FakeInferenceServer, aclosing: Any
+) -> None:
+    client = aclosing(AsyncInferenceClient(base_url=server.url))
     async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
         stream = await client.chat_completion(MESSAGES, model="test/model", max_tokens=6, stream=True)
         async for _ in stream:
@@ -222,8 +224,8 @@ async def test_async_stream_finalized_after_the_block_charges_its_budget(server:
     assert b.calls == 1 and b.reserved == 0 and b.spent > 0
 
 
-async def test_async_errors_release_the_reservation(server: FakeInferenceServer) -> None:
-    client = AsyncInferenceClient(base_url=server.url)
+async def test_async_errors_release_the_reservation(server: FakeInferenceServer, aclosing: Any) -> None:
+    client = aclosing(AsyncInferenceClient(base_url=server.url))
     server.fail_next(429, {"error": "Rate limit reached."})
     async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
         with pytest.raises(huggingface_hub.errors.HfHubHTTPError):
@@ -290,8 +292,9 @@ def test_a_caller_stopping_at_finish_reason_still_leaves_exact_usage(server: Fak
 
 async def test_async_caller_stopping_at_finish_reason_still_leaves_exact_usage(
     server: FakeInferenceServer,
+    aclosing: Any,
 ) -> None:
-    client = AsyncInferenceClient(base_url=server.url)
+    client = aclosing(AsyncInferenceClient(base_url=server.url))
     async with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
         stream = await client.chat_completion(MESSAGES, model="test/model", max_tokens=4, stream=True)
         async for chunk in stream:

@@ -149,8 +149,8 @@ def test_decorators_run_each_call_in_a_fresh_budget(server: FakeInferenceServer)
     assert seen[0] is not seen[1]
 
 
-async def test_async_decorator_and_async_with(server: FakeInferenceServer) -> None:
-    client = huggingface_hub.AsyncInferenceClient(base_url=server.url)
+async def test_async_decorator_and_async_with(server: FakeInferenceServer, aclosing: Any) -> None:
+    client = aclosing(huggingface_hub.AsyncInferenceClient(base_url=server.url))
 
     @budget(max_usd=1, price_per_1k_tokens=PRICES)
     async def task() -> Decimal:
@@ -269,8 +269,8 @@ def test_many_threads_never_pass_the_cap_and_money_adds_up(server: FakeInference
     assert server.request_count == b.calls and b.reserved == 0
 
 
-async def test_many_tasks_never_pass_the_cap(server: FakeInferenceServer) -> None:
-    client = huggingface_hub.AsyncInferenceClient(base_url=server.url)
+async def test_many_tasks_never_pass_the_cap(server: FakeInferenceServer, aclosing: Any) -> None:
+    client = aclosing(huggingface_hub.AsyncInferenceClient(base_url=server.url))
 
     async def one() -> bool:
         try:
@@ -319,9 +319,9 @@ def test_decorated_generators_run_every_step_inside_a_fresh_budget(server: FakeI
 
 
 async def test_decorated_async_generators_run_every_step_inside_a_fresh_budget(
-    server: FakeInferenceServer,
+    server: FakeInferenceServer, aclosing: Any
 ) -> None:
-    client = huggingface_hub.AsyncInferenceClient(base_url=server.url)
+    client = aclosing(huggingface_hub.AsyncInferenceClient(base_url=server.url))
 
     @budget(max_usd=1, name="agen", price_per_1k_tokens=PRICES)
     async def answers(n: int) -> Any:

@@ -144,8 +144,10 @@ def test_no_token_when_the_client_takes_it_from_hf_token(
     evidence.budget(root)
 
 
-async def test_no_token_from_the_async_client(server: FakeInferenceServer, evidence: Evidence) -> None:
-    client = AsyncInferenceClient(base_url=server.url, api_key=EXPLICIT_TOKEN)
+async def test_no_token_from_the_async_client(
+    server: FakeInferenceServer, evidence: Evidence, aclosing: Any
+) -> None:
+    client = aclosing(AsyncInferenceClient(base_url=server.url, api_key=EXPLICIT_TOKEN))
     async with budget(max_usd=0.5, price_per_1k_tokens=PRICES, warn_at=0.1) as b:
         await client.chat_completion(MESSAGES, max_tokens=5)
         stream = await client.chat_completion(MESSAGES, max_tokens=5, stream=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,11 +14,16 @@ WORDS = 5
 
 
 @pytest.fixture
-def llm(server: FakeInferenceServer) -> Any:
-    """A ``HuggingFaceEndpoint`` on the local server (imported here so that collection needs no LangChain)."""
+async def llm(server: FakeInferenceServer) -> AsyncIterator[Any]:
+    """A ``HuggingFaceEndpoint`` on the local server (imported here so that collection needs no LangChain).
+
+    Its async client is closed after the test, in the test's event loop: LangChain never closes it.
+    """
     from langchain_huggingface import HuggingFaceEndpoint
 
-    return HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=WORDS)
+    endpoint = HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=WORDS)
+    yield endpoint
+    await endpoint.async_client.close()
 
 
 @pytest.fixture

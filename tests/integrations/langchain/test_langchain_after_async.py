@@ -6,6 +6,8 @@ the caller's context; it neutralises it (a frame with no budget), which must mea
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 pytest.importorskip("langchain_core")
@@ -20,8 +22,12 @@ from shekel.testing import FakeInferenceServer
 PRICES = {"input": 1.0, "output": 2.0}
 
 
-async def test_calls_after_an_async_bound_run_outside_any_budget(server: FakeInferenceServer) -> None:
-    chat = ChatHuggingFace(llm=HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=5))
+async def test_calls_after_an_async_bound_run_outside_any_budget(
+    server: FakeInferenceServer, aclosing: Any
+) -> None:
+    endpoint = HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=5)
+    aclosing(endpoint.async_client)
+    chat = ChatHuggingFace(llm=endpoint)
     tenant = budget(max_usd=5, price_per_1k_tokens=PRICES, name="tenant")
     await chat.ainvoke("hi", config={"callbacks": [BudgetCallbackHandler(budget=tenant)]})
     assert current_budget() is None

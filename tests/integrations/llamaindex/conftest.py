@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -39,13 +39,22 @@ def clean_llamaindex() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_llm(server: FakeInferenceServer) -> Callable[..., HuggingFaceInferenceAPI]:
-    """A fresh HuggingFaceInferenceAPI pointed at the local server (its async client closes after a stream)."""
+async def make_llm(server: FakeInferenceServer) -> AsyncIterator[Callable[..., HuggingFaceInferenceAPI]]:
+    """A fresh HuggingFaceInferenceAPI pointed at the local server.
+
+    LlamaIndex closes its async client after a stream only: the others are closed after the test, in the
+    test's event loop.
+    """
+    made: list[HuggingFaceInferenceAPI] = []
 
     def make(*handlers: Any, **kwargs: Any) -> HuggingFaceInferenceAPI:
         kwargs.setdefault("num_output", NUM_OUTPUT)
-        return HuggingFaceInferenceAPI(
+        llm = HuggingFaceInferenceAPI(
             model=server.url, callback_manager=CallbackManager(list(handlers)), **kwargs
         )
+        made.append(llm)
+        return llm
 
-    return make
+    yield make
+    for llm in made:
+        await llm._async_client.close()

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.async_utils import asyncio_run
 from llama_index.core.base.response.schema import StreamingResponse
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
 from llama_index.core.embeddings import MockEmbedding
@@ -143,9 +144,8 @@ async def test_achat_and_acomplete(
 
 async def settled(b: Budget, calls: int) -> None:
     # astream_chat leaves the adapter's stream unfinished; the event loop finalises it (no clock involved).
-    for i in range(100):
+    for _ in range(100):
         if b.calls == calls:
-            print("SPINS", i)
             return
         await asyncio.sleep(0)
 
@@ -444,6 +444,9 @@ def test_chat_engine(make_llm: MakeLLM, server: FakeInferenceServer, prices: dic
         assert "".join(engine.stream_chat("And then?").response_gen) == REPLY
     first, second = chat_requests(server)
     assert b.spent_exact == server_cost(first) + server_cost(second) and b.calls == 2
+    # The engine's default memory keeps its chat in an in-memory SQLite database behind an async SQLAlchemy
+    # engine, whose aiosqlite connection nothing closes; dispose of it on the loop LlamaIndex ran it on.
+    asyncio_run(engine._memory.sql_store._async_engine.dispose())
 
 
 def react_agent(llm: HuggingFaceInferenceAPI) -> Any:

@@ -68,8 +68,8 @@ class HubLLM(CustomLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        client = AsyncInferenceClient(base_url=self.url)
-        out = await client.chat_completion(self._messages(prompt), max_tokens=NUM_OUTPUT)
+        async with AsyncInferenceClient(base_url=self.url) as client:
+            out = await client.chat_completion(self._messages(prompt), max_tokens=NUM_OUTPUT)
         return CompletionResponse(text=out.choices[0].message.content or "", raw=out)
 
     @llm_completion_callback()
@@ -77,13 +77,15 @@ class HubLLM(CustomLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         async def gen() -> AsyncIterator[CompletionResponse]:
-            client = AsyncInferenceClient(base_url=self.url)
-            stream = await client.chat_completion(self._messages(prompt), max_tokens=NUM_OUTPUT, stream=True)
-            text = ""
-            async for chunk in stream:
-                delta = chunk.choices[0].delta.content or "" if chunk.choices else ""
-                text += delta
-                yield CompletionResponse(text=text, delta=delta)
+            async with AsyncInferenceClient(base_url=self.url) as client:
+                stream = await client.chat_completion(
+                    self._messages(prompt), max_tokens=NUM_OUTPUT, stream=True
+                )
+                text = ""
+                async for chunk in stream:
+                    delta = chunk.choices[0].delta.content or "" if chunk.choices else ""
+                    text += delta
+                    yield CompletionResponse(text=text, delta=delta)
 
         return gen()
 
