@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from . import _context
+from . import _events as events
 from . import _sharing as sharing
 from . import _validate as validate
 from ._money import MONEY_CONTEXT, MONEY_PRECISION, ZERO, exact_money
@@ -36,7 +37,7 @@ from ._redact import redact_model
 from ._sharing import SharedPart, StoreHold
 from ._usage import Usage
 from ._warn import warn_user
-from .errors import BudgetConfigError, BudgetExceededError, ForkedBudgetError, PricingError
+from .errors import BudgetConfigError, BudgetExceededError, ForkedBudgetError, PricingError, ShekelError
 from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN, Account, NoRoom
 from .ledger import memory as ledger
 from .ledger.shared import Charge, Store, StoreNoRoom, from_nano, nano_up
@@ -44,6 +45,7 @@ from .ledger.waiting import Tree, Waiter
 
 P = ParamSpec("P")
 R = TypeVar("R")
+E = TypeVar("E", bound=ShekelError)
 
 #: Output tokens asked for when the caller gave no ``max_tokens`` (capped further by what the budget can pay).
 DEFAULT_MAX_TOKENS_CEILING = 4096
@@ -160,6 +162,8 @@ class Reservation:
     ceiling: int = 0
     #: The call's holds in the stores of shared budgets of its chain.
     shared: tuple[StoreHold, ...] = ()
+    #: ``time.monotonic()`` when it was taken, while anything listens to settled calls (else 0).
+    started: float = 0.0
 
 
 class Budget:
@@ -662,17 +666,20 @@ class Budget:
         member = next((b for b in self._chain if b._name == no_room.name and b._shared is not None), self)
         figures = no_room.figures
         where = f" (shared, in {member._shared.store.display})" if member._shared is not None else ""
-        return BudgetExceededError(
-            budget_name=member.path + where,
-            spent=from_nano(figures.spent),
-            limit=member._cap_usd,
-            model=None,
-            needed=from_nano(no_room.needed),
-            reason=no_room.reason,
-            calls=figures.calls + figures.failed + figures.inflight,
-            max_calls=member._cap_calls,
-            reserved=from_nano(figures.reserved),
-            waited=waited,
+        return self._emit_refusal(
+            BudgetExceededError(
+                budget_name=member.path + where,
+                spent=from_nano(figures.spent),
+                limit=member._cap_usd,
+                model=None,
+                needed=from_nano(no_room.needed),
+                reason=no_room.reason,
+                calls=figures.calls + figures.failed + figures.inflight,
+                max_calls=member._cap_calls,
+                reserved=from_nano(figures.reserved),
+                waited=waited,
+            ),
+            None,
         )
 
     def _release_locked_safely(self, reservation: Reservation) -> None:
@@ -818,9 +825,12 @@ class Budget:
         price = self.price_for(model, provider)
         if price is None:
             if self._unknown_policy() == "raise":
-                raise PricingError(
-                    "shekel refused the call before sending it (on_unknown_price='raise'): "
-                    + unknown_price_message(redact_model(model), provider, self.path)
+                raise self._emit_refusal(
+                    PricingError(
+                        "shekel refused the call before sending it (on_unknown_price='raise'): "
+                        + unknown_price_message(redact_model(model), provider, self.path)
+                    ),
+                    model,
                 )
             input_cost = output_price = ZERO
         else:
@@ -854,6 +864,8 @@ class Budget:
             max_tokens is None,
             ceiling,
         )
+        if events._listeners:
+            reservation.started = time.monotonic()
         self._tree.holds[reservation] = None
         return reservation
 
@@ -886,18 +898,26 @@ class Budget:
     def _refused(self, refusal: NoRoom, waited: float | None = None) -> BudgetExceededError:
         account = refusal.account
         model = refusal.ask[4] if refusal.ask is not None else None
-        return BudgetExceededError(
-            budget_name=account.budget.path,
-            spent=account.spent,
-            limit=account.limit,
-            model=redact_model(model),
-            needed=refusal.needed,
-            reason=refusal.reason,
-            calls=account.calls + account.failed + account.inflight,
-            max_calls=account.max_calls,
-            reserved=account.reserved,
-            waited=waited,
+        return self._emit_refusal(
+            BudgetExceededError(
+                budget_name=account.budget.path,
+                spent=account.spent,
+                limit=account.limit,
+                model=redact_model(model),
+                needed=refusal.needed,
+                reason=refusal.reason,
+                calls=account.calls + account.failed + account.inflight,
+                max_calls=account.max_calls,
+                reserved=account.reserved,
+                waited=waited,
+            ),
+            model,
         )
+
+    def _emit_refusal(self, error: E, model: str | None) -> E:
+        if events._listeners:
+            events.emit(events.Refused(error, self, redact_model(model)))
+        return error
 
     def _refuse_inherited(self) -> NoReturn:
         raise ForkedBudgetError(
@@ -1171,6 +1191,15 @@ class Budget:
                     usage.estimated,
                     chain[0].path,
                 ),
+            )
+        if events._listeners:
+            events.emit(
+                events.Settled(
+                    CallRecord(*record),
+                    chain,
+                    reservation.cost,
+                    time.monotonic() - reservation.started if reservation.started else 0.0,
+                )
             )
         for budget in to_warn:
             budget._fire_warning()

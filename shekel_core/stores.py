@@ -18,14 +18,12 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import BudgetConfigError
 from .ledger.shared import Store, display_url
 from .ledger.sqlite import SQLiteStore
 
-if TYPE_CHECKING:
-    from .ledger.redis import RedisStore
 
 #: The environment variable ``store="env"`` reads.
 STORE_ENV = "SHEKEL_STORE"
@@ -37,7 +35,7 @@ _lock = threading.Lock()
 
 def __getattr__(name: str) -> Any:
     if name == "RedisStore":  # imported on use: redis-py is an optional extra
-        from .ledger.redis import RedisStore
+        from .ledger.redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
 
         return RedisStore
     raise AttributeError(name)
@@ -81,12 +79,13 @@ def _from_url(url: str) -> Store:
         return SQLiteStore(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
     if url.startswith(_REDIS_SCHEMES):
         try:
-            from .ledger.redis import RedisStore
+            from .ledger.redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
         except ImportError as error:
             raise BudgetConfigError(
                 f'store URL {display_url(url)!r} needs redis-py: pip install "shekel[redis]" ({error}).'
             ) from None
-        return RedisStore(url)
+        store: Store = RedisStore(url)
+        return store
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise BudgetConfigError(
         f"store URL scheme {scheme!r} is not one shekel knows: use sqlite:///path.db (one machine) or "
@@ -104,4 +103,4 @@ def _default_sqlite_path() -> Path:
     return Path(user_data_dir("shekel", appauthor=False)) / "budgets.db"
 
 
-__all__ = ["STORE_ENV", "RedisStore", "SQLiteStore", "Store", "open_store"]
+__all__ = ["STORE_ENV", "SQLiteStore", "Store", "open_store"]  # and RedisStore, imported on use

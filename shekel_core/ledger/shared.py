@@ -284,7 +284,8 @@ class Store(ABC):
         """Close connections (the store reopens them when used again)."""
 
     async def areserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
-        return await _in_thread(self.reserve, budgets, ask)
+        grant: Grant = await _in_thread(self.reserve, budgets, ask)
+        return grant
 
     async def asettle(self, names: list[str], hold_id: str, charge: Charge) -> None:
         await _in_thread(self.settle, names, hold_id, charge)
@@ -293,7 +294,8 @@ class Store(ABC):
         await _in_thread(self.release, names, hold_id)
 
     async def aread(self, budget: SharedLimits) -> Figures:
-        return await _in_thread(self.read, budget)
+        figures: Figures = await _in_thread(self.read, budget)
+        return figures
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.display}>"
