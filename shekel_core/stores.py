@@ -24,7 +24,6 @@ from .errors import BudgetConfigError
 from .ledger.shared import Store, display_url
 from .ledger.sqlite import SQLiteStore
 
-
 #: The environment variable ``store="env"`` reads.
 STORE_ENV = "SHEKEL_STORE"
 
