@@ -24,6 +24,7 @@ from .errors import (
     PricingError,
     RequestError,
     ShekelError,
+    StoreError,
 )
 
 __version__ = "2.0.0.dev0"
@@ -39,6 +40,7 @@ __all__ = [
     "PricingError",
     "RequestError",
     "ShekelError",
+    "StoreError",
     "Usage",
     "__version__",
     "budget",

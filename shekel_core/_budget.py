@@ -619,7 +619,7 @@ class Budget:
     def _reserve_shared(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
         """Hold a call on a chain with shared budgets: this process's budgets, then each store's, polling a
         store with backoff while other processes' calls hold the room there."""
-        started, delay = time.monotonic(), sharing.POLL_FIRST
+        started, delay, slept = time.monotonic(), sharing.POLL_FIRST, False
         while True:
             reservation = self.reserve_call(ask, _local=True)
             try:
@@ -627,9 +627,9 @@ class Budget:
                 return reservation
             except StoreNoRoom as no_room:
                 self._release_locked_safely(reservation)
-                pause = self._shared_pause(no_room, started, delay, _event_loop_running())
+                pause = self._shared_pause(no_room, started, delay, _event_loop_running(), slept)
                 time.sleep(pause)
-                delay = min(delay * 2, sharing.POLL_LONGEST)
+                delay, slept = min(delay * 2, sharing.POLL_LONGEST), True
             except BaseException:
                 self._release_locked_safely(reservation)
                 raise
@@ -639,7 +639,7 @@ class Budget:
     ) -> Reservation:
         import asyncio
 
-        started, delay = time.monotonic(), sharing.POLL_FIRST
+        started, delay, slept = time.monotonic(), sharing.POLL_FIRST, False
         while True:
             reservation = await self.areserve_call(ask, task, _local=True)
             try:
@@ -647,19 +647,21 @@ class Budget:
                 return reservation
             except StoreNoRoom as no_room:
                 self._release_locked_safely(reservation)
-                pause = self._shared_pause(no_room, started, delay, False)
+                pause = self._shared_pause(no_room, started, delay, False, slept)
                 await asyncio.sleep(pause)
-                delay = min(delay * 2, sharing.POLL_LONGEST)
+                delay, slept = min(delay * 2, sharing.POLL_LONGEST), True
             except BaseException:
                 self._release_locked_safely(reservation)
                 raise
 
-    def _shared_pause(self, no_room: StoreNoRoom, started: float, delay: float, in_loop: bool) -> float:
+    def _shared_pause(
+        self, no_room: StoreNoRoom, started: float, delay: float, in_loop: bool, slept: bool
+    ) -> float:
         """How long to wait before asking the store again, or the refusal when waiting cannot help."""
         waited = time.monotonic() - started
         left = None if self._patience is None else self._patience - waited
         if self._patience == 0 or in_loop or not no_room.waitable or (left is not None and left <= 0):
-            raise self._refused_shared(no_room, waited if waited >= sharing.POLL_FIRST else None)
+            raise self._refused_shared(no_room, waited if slept else None)
         return delay if left is None else min(delay, left)
 
     def _refused_shared(self, no_room: StoreNoRoom, waited: float | None) -> BudgetExceededError:

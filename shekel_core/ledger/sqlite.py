@@ -96,10 +96,13 @@ class SQLiteStore(Store):
         try:
             connection = self._connection()
             connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
+        except (sqlite3.Error, OSError) as error:  # a locked or corrupt file, a folder that cannot be made
             raise store_error(self, action, error) from error
         try:
             yield connection
+        except sqlite3.Error as error:
+            connection.execute("ROLLBACK")
+            raise store_error(self, action, error) from error
         except BaseException:
             connection.execute("ROLLBACK")
             raise
