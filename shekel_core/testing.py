@@ -242,7 +242,7 @@ class FakeInferenceServer:
         from ._fake_http import Handler
 
         handler = type("_Handler", (Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -572,3 +572,9 @@ class FakeInferenceServer:
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class _Server(ThreadingHTTPServer):
+    # Many clients connect at once (a batch on 16 threads, 100 asyncio tasks): a listen backlog of 5, the
+    # standard library's default, drops connections while the accepting thread is busy.
+    request_queue_size = 256

@@ -16,6 +16,7 @@ def test_demo_runs_and_stops_a_loop() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Stopped at $" in result.stdout and "Cost: $" in result.stdout
+    assert "process 4" in result.stdout and "zero overshoot across processes" in result.stdout
     assert "Traceback" not in result.stderr
 
 
