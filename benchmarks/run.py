@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: ``python -m benchmarks`` (or ``python benchmarks/run.py``).
 
 Options: ``--quick`` (fewer repeats, a smoke run), ``--only NAME`` (overhead, stream, enter, concurrency,
-memory, tokenizer; repeatable), ``--json PATH`` (also write the rows as JSON).
+memory, tokenizer, reachable; repeatable), ``--json PATH`` (also write the rows as JSON).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from . import (  # noqa: E402
     bench_enter,
     bench_memory,
     bench_overhead,
+    bench_reachable,
     bench_stream,
     bench_tokenizer,
 )
@@ -43,6 +44,7 @@ BENCHMARKS = {
     "concurrency": bench_concurrency,
     "memory": bench_memory,
     "tokenizer": bench_tokenizer,
+    "reachable": bench_reachable,
 }
 
 
