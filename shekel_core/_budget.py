@@ -164,6 +164,8 @@ class Reservation:
     shared: tuple[StoreHold, ...] = ()
     #: ``time.monotonic()`` when it was taken, while anything listens to settled calls (else 0).
     started: float = 0.0
+    #: Store settles running in tasks (a call settled inside an event loop), awaited by async adapters.
+    settling: tuple[Any, ...] = ()
 
 
 class Budget:

@@ -454,6 +454,10 @@ async def _iterate_async(
                 await aclose()
         finally:
             _finish(call, completed, error)
+            if call.reservation.settling:  # a shared budget's store: settled before the caller goes on
+                from ._sharing import settled
+
+                await settled(call.reservation)
 
 
 def _release(call: CallAccounting, held: Hold, after: Any, observe: Callable[[Any], Any]) -> tuple[Any, ...]:

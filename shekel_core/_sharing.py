@@ -199,8 +199,17 @@ def settle(reservation: Reservation, charge: Charge) -> None:
             task = loop.create_task(_aquietly(held.store.asettle, held.names, held.hold_id, charge))
             _pending.add(task)
             task.add_done_callback(_pending.discard)
+            reservation.settling = (*reservation.settling, task)
         else:
             _quietly(held.store.settle, held.names, held.hold_id, charge)
+
+
+async def settled(reservation: Reservation) -> None:
+    """Wait for the store settles a call started in a task (the async adapters await this, so the shared
+    figures include the call when the caller's ``await`` returns)."""
+    tasks, reservation.settling = reservation.settling, ()
+    for task in tasks:
+        await asyncio.shield(task)
 
 
 def release(reservation: Reservation) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from importlib.util import find_spec
 from typing import Any
 
+from .. import _sharing as sharing
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget, Reservation
 from .._call import (
     SKIP,
@@ -440,7 +441,10 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
             call_in_progress.reset(token)
         if pending.streamed:
             return iterate_async(pending, result, pending.observe)
-        return pending.settle(result)
+        answer = pending.settle(result)
+        if pending.reservation.settling:  # a shared budget's store: settled before the caller goes on
+            await sharing.settled(pending.reservation)
+        return answer
 
     counted.__shekel_original__ = original  # type: ignore[attr-defined]
     return counted

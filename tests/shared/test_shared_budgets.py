@@ -297,3 +297,17 @@ def test_reset_clears_the_shared_spend(server: FakeInferenceServer, store_url: s
     assert b.spent_exact == CALL_COST
     b.reset()
     assert b.spent == 0 and b.calls == 0 and _shared(store_url, "resettable", max_usd=1).spent == 0
+
+
+async def test_an_async_call_is_in_the_shared_figures_when_its_await_returns(
+    server: FakeInferenceServer, store_url: str
+) -> None:
+    client = AsyncInferenceClient(base_url=server.url)
+    async with _shared(store_url, "awaited", max_usd=1) as b:
+        await client.chat_completion(MESSAGES, model="m", max_tokens=5)
+        assert b.spent_exact == CALL_COST and b.calls == 1
+        stream = await client.chat_completion(MESSAGES, model="m", max_tokens=5, stream=True)
+        async for _ in stream:
+            pass
+        assert b.spent_exact == 2 * CALL_COST and b.calls == 2 and b.reserved == 0
+    await client.close()
