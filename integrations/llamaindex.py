@@ -11,21 +11,37 @@ Count-once rule. Every LLM call is counted by exactly one layer:
   ``InferenceClient``) are counted by the Hugging Face adapter, which sees the HTTP request and response
   (it reserves, caps ``max_tokens``, reads the usage of streams). This handler never counts them: it skips
   LLM events of the classes in ``COUNTED_BY_ADAPTER`` and LLM events raised while the adapter is already
-  counting a call (``call_in_progress``). For a handler bound to a budget it only makes that budget the
-  active one around each call of ``HuggingFaceInferenceAPI`` (a patch of its eight call methods, because
-  that LLM emits no LLM events to hook).
-* Any other LlamaIndex LLM is counted here, from its LLM callback events: reserved when the event starts
-  (a refusal raises ``BudgetExceededError`` out of ``on_event_start``, which LlamaIndex propagates, so the
-  request is never sent), settled at the usage its response reports when the event ends, released when it
-  failed. A stream abandoned part-way ends with no response: it is charged for the chunks it handed to its
-  reader, seen through LlamaIndex's instrumentation (``_ChunkWatcher``). A stream dropped before it is read
-  sends no end event: it is released when it is garbage-collected (``_SpanWatcher`` sees the stream its LLM
-  method returns). An LLM event inside another LLM event (a ``CustomLLM``'s ``chat`` calling its ``complete``) is
-  the same call and is not counted again (see ``_open_llm_event``).
+  counting a call (``call_in_progress``).
+* Any other LlamaIndex LLM is counted here, from its LLM callback events, by the first
+  ``BudgetCallbackHandler`` of its manager that has a budget to charge (``_counted_events``): reserved when the
+  event starts (a refusal raises ``BudgetExceededError`` out of ``on_event_start``, which LlamaIndex
+  propagates, so the request is never sent), settled at the usage its response reports when the event ends,
+  released when it failed. A stream abandoned part-way ends with no response: it is charged for the chunks it
+  handed to its reader, seen through LlamaIndex's instrumentation (``_ChunkWatcher``). A stream dropped
+  before it is read sends no end event: it is released when it is garbage-collected (``_SpanWatcher`` sees
+  the stream its LLM method returns). An LLM event inside another LLM event (a ``CustomLLM``'s ``chat``
+  calling its ``complete``) is the same call and is not counted again (see ``_open_llm_event``).
 * An LLM of another package that calls ``InferenceClient`` itself emits LLM events the handler counts, and
   HTTP calls the adapter counts. The handler listens for the adapter's calls (``shekel._call.call_observer``)
   while the LLM method runs and while its stream is read: when the adapter counts a call for the event, the
   handler gives back its reservation and leaves the charge to the adapter.
+
+A handler bound to a budget counts nothing more: it only decides *which* budget the layer that counts a call
+charges, by making its budget the active one (``_activate``, never ``with``) where the call runs:
+
+* around each call of an LLM whose manager holds it (``HuggingFaceInferenceAPI`` emits no LLM events to
+  hook: a patch of its eight call methods does it, and carries the budget into the streams they return);
+* from the start to the end of each event (``_SCOPE_EVENTS``: query, retrieval, synthesis, ...) and of each
+  outermost trace (a chat engine's ``chat``) that its manager sees: a *scope*. The LLM calls made inside are
+  charged to it whatever manager the LLM has. A streaming response whose generator calls the LLM when it is
+  read, after the event ended, is read inside the budget too (``_carry_into_stream``).
+
+LlamaIndex gives an LLM the manager of the index or engine built around it (``resolve_llm``, the response
+synthesizers), dropping the LLM's own: a patch of ``BaseLLM.__setattr__`` keeps the LLM's
+BudgetCallbackHandlers in front of the new manager's (in a copy of it) when LlamaIndex's code does that. Where
+a form cannot work it says so: an LLM called inside a scope whose LLM events no handler sees is named in a
+warning when the scope ends, and a bound handler that is discarded without ever being called (a chat
+engine's ``from_defaults`` ignores ``callback_manager=``) warns as it goes.
 
 The handler also refuses to start a query, an agent step or a sub-question when its budget cannot pay
 even for the smallest call, before retrieval or embedding runs.
@@ -33,17 +49,20 @@ even for the smallest call, before retrieval or embedding runs.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 try:
-    from llama_index.core.callbacks import CBEventType, EventPayload
+    from llama_index.core.base.llms.base import BaseLLM
+    from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
     from llama_index.core.callbacks.base import global_stack_trace_ids
     from llama_index.core.callbacks.base_handler import BaseCallbackHandler
     from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -59,11 +78,15 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         'shekel.integrations.llamaindex needs LlamaIndex: pip install "shekel[llamaindex]"'
     ) from exc
 
+from shekel import _context
 from shekel._budget import DEFAULT_MAX_TOKENS_CEILING, Budget
 from shekel._call import CallAccounting, call_in_progress, call_observer
 from shekel._context import activated, current_budget
+from shekel._patching import ensure_installed
 from shekel._usage import Usage, prompt_tokens_fair, prompt_tokens_high, read_usage, text_tokens_fair
 from shekel._usage import text_tokens_high as _text_tokens_high
+from shekel._warn import warn_user
+from shekel.errors import BudgetExceededError
 
 __all__ = ["COUNTED_BY_ADAPTER", "BudgetCallbackHandler", "install", "uninstall"]
 
@@ -72,6 +95,22 @@ COUNTED_BY_ADAPTER = frozenset({"HuggingFaceInferenceAPI"})
 
 #: Events that start work which leads to LLM calls: refused up front when the budget has nothing left.
 _GATED_EVENTS = frozenset({CBEventType.QUERY, CBEventType.AGENT_STEP, CBEventType.SUB_QUESTION})
+
+#: Events around work that may call an LLM. A bound handler makes its budget the active one from the start of
+#: each to its end (a scope), so that the LLM calls made inside are charged to it whichever manager the LLM
+#: has. LlamaIndex opens and closes all of them with ``CallbackManager.event``, so each start has its end.
+_SCOPE_EVENTS = frozenset(
+    {
+        CBEventType.QUERY,
+        CBEventType.RETRIEVE,
+        CBEventType.SYNTHESIZE,
+        CBEventType.TREE,
+        CBEventType.SUB_QUESTION,
+        CBEventType.FUNCTION_CALL,
+        CBEventType.RERANKING,
+        CBEventType.AGENT_STEP,
+    }
+)
 
 
 class BudgetCallbackHandler(BaseCallbackHandler):
@@ -85,9 +124,12 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             they go to ``budget`` (and its own parents) only: a bound budget is never attached to whichever
             budget happens to be active, so one service-wide budget can serve many request budgets.
 
-    Add it to ``Settings.callback_manager`` (or to the ``callback_manager`` of an engine or an LLM).
-    ``HuggingFaceInferenceAPI`` calls are counted by shekel's Hugging Face adapter; LLMs that report usage
-    through LlamaIndex LLM events are counted by this handler at the budget's prices.
+    Add it to ``Settings.callback_manager``, to the ``callback_manager`` of an engine, or to the
+    ``callback_manager`` of an LLM (LlamaIndex may give the LLM another manager when it builds an engine
+    around it: the handler stays with the LLM). A bound handler charges its budget for everything a query,
+    a chat or a retrieval it sees does, from the start of its event to its end, streams read afterwards
+    included. ``HuggingFaceInferenceAPI`` calls are counted by shekel's Hugging Face adapter; LLMs that
+    report usage through LlamaIndex LLM events are counted by this handler at the budget's prices.
     """
 
     def __init__(self, budget: Budget | None = None) -> None:
@@ -97,9 +139,13 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             )
         super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
         self.budget = budget
+        self._use = _Use()
         _watch_llm_methods()
         if budget is not None:
             install()
+            # A handler whose callback manager LlamaIndex drops (a chat engine's from_defaults ignores its
+            # callback_manager=) is never called: say so when it goes, rather than have charged nothing quietly.
+            weakref.finalize(self, _warn_if_never_called, self._use, budget.path).atexit = False
 
     def __repr__(self) -> str:
         return f"<BudgetCallbackHandler budget={self.budget!r}>"
@@ -113,13 +159,28 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         parent_id: str = "",
         **kwargs: Any,
     ) -> str:
-        """Refuse work the budget cannot pay for; reserve the cost of an LLM event this handler counts."""
+        """Refuse work the budget cannot pay for; reserve the cost of an LLM event this handler counts; make
+        a bound handler's budget the active one until the event ends."""
+        self._use.called = True
         if event_type is CBEventType.LLM:
             self._start_llm(payload or {}, event_id)
-        elif event_type in _GATED_EVENTS:
+            return event_id
+        if event_type in _GATED_EVENTS:
             target = _charge_target(self.budget)
             if target is not None:
-                _refuse_if_spent(target, _query_text(payload or {}))
+                try:
+                    _refuse_if_spent(target, _query_text(payload or {}))
+                except BudgetExceededError:
+                    # The event never starts, so it never ends: close what other handlers opened for it.
+                    with _scope_lock:
+                        opened = _event_scopes.pop(event_id, [])
+                    for scope in opened:
+                        _close_scope(scope)
+                    raise
+        if self.budget is not None and event_type in _SCOPE_EVENTS:
+            scope = _open_scope(self, self.budget)
+            with _scope_lock:
+                _event_scopes.setdefault(event_id, []).append(scope)
         return event_id
 
     def on_event_end(
@@ -129,8 +190,13 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         event_id: str = "",
         **kwargs: Any,
     ) -> None:
-        """Settle an LLM event at its reported (or estimated) usage, or release it when it failed."""
+        """Settle an LLM event at its reported (or estimated) usage, or release it when it failed; end the
+        scope a bound handler opened for another event."""
         if event_type is not CBEventType.LLM:
+            if self.budget is not None and event_type in _SCOPE_EVENTS:
+                # A streaming response makes its LLM call when it is read, after the event ended.
+                _carry_into_stream((payload or {}).get(EventPayload.RESPONSE), self.budget)
+                _close_scope_of(self, event_id)
             return
         event = _counted_events.pop(event_id, None)
         if event is None:
@@ -148,10 +214,23 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         )
 
     def start_trace(self, trace_id: str | None = None) -> None:
-        """Nothing to do: budgets are entered by ``with``, not by traces."""
+        """A bound handler makes its budget the active one for the trace (a whole query or chat call).
+
+        LlamaIndex calls this for the outermost trace only, with the manager of the object called: a chat
+        engine emits no event of its own, its ``chat`` is one trace.
+        """
+        self._use.called = True
+        if self.budget is not None:
+            _open_scope(self, self.budget, trace=True)
 
     def end_trace(self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None) -> None:
-        """Nothing to do."""
+        """End the trace's scope."""
+        if self.budget is None:
+            return
+        for scope in reversed(_scopes.get()):
+            if scope.trace and scope.handler is self and not scope.closed:
+                _close_scope(scope)
+                return
 
     # ---------------------------------------------------------------- LLM events of other LLMs
     def _start_llm(self, payload: Mapping[Any, Any], event_id: str) -> None:
@@ -354,11 +433,34 @@ _events_by_span: dict[str, _Event | None] = {}
 
 
 class _SpanWatcher(NullSpanHandler):
-    """Sees each LLM method return (its instrumentation span exits), with the stream it returned."""
+    """Sees each LLM method return (its instrumentation span exits), with the stream it returned; and each
+    LLM method called inside a scope by an LLM whose LLM events no BudgetCallbackHandler sees."""
 
     @classmethod
     def class_name(cls) -> str:
         return "ShekelSpanWatcher"
+
+    def span_enter(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        parent_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        scopes = _scopes.get()
+        if not scopes or not isinstance(instance, BaseLLM):
+            return
+        # The span's id is "<class>.<method>-<uuid>".
+        if id_.partition("-")[0].rpartition(".")[2] not in _BINDERS:
+            return
+        if instance.class_name() in COUNTED_BY_ADAPTER:
+            return
+        handlers = getattr(instance.callback_manager, "handlers", None) or ()
+        if not any(isinstance(handler, BudgetCallbackHandler) for handler in handlers):
+            # Instrumentation handlers cannot raise (LlamaIndex swallows it): the scope warns when it ends.
+            scopes[-1].unseen.add(type(instance).__name__)
 
     def span_exit(
         self,
@@ -442,6 +544,150 @@ def _charge_target(bound: Budget | None) -> Budget | None:
         return current_budget()
 
 
+# -------------------------------------------------------------------- scopes: a bound budget for an event
+class _Use:
+    """What a handler has been through, kept apart from it so that its finaliser can read it."""
+
+    __slots__ = ("called", "warned")
+
+    def __init__(self) -> None:
+        self.called = False  # LlamaIndex called it, or a patched LLM method found it on its manager
+        self.warned: set[str] = set()  # LLM classes it warned about (see _Scope.unseen)
+
+
+def _warn_if_never_called(use: _Use, path: str) -> None:
+    if not use.called:
+        warn_user(
+            f"shekel: a BudgetCallbackHandler bound to budget {path!r} was discarded without LlamaIndex ever "
+            "calling it, so it charged nothing: the callback manager it was given was dropped (the chat "
+            "engines' from_defaults, SimpleChatEngine.from_defaults included, ignore callback_manager=). "
+            "Give it to the LLM (callback_manager=CallbackManager([handler])), to Settings.callback_manager "
+            "before the engine is built, or set engine.callback_manager after building the engine."
+        )
+
+
+class _Scope:
+    """A bound handler's budget made the active one for an event or a trace it saw.
+
+    ``frame`` is None when nothing had to be made active (the budget, or a budget nested in it, already was).
+    ``unseen`` holds the LLM classes called inside whose LLM events no BudgetCallbackHandler sees.
+    """
+
+    __slots__ = ("budget", "closed", "covered", "frame", "handler", "token", "trace", "unseen")
+
+    def __init__(self, handler: BudgetCallbackHandler, budget: Budget, trace: bool) -> None:
+        self.handler = handler
+        self.budget = budget
+        self.trace = trace
+        self.closed = False
+        self.frame: _context._Frame | None = None
+        self.covered: _context._Frame | None = None
+        self.token: Token[tuple[_Scope, ...]] | None = None
+        self.unseen: set[str] = set()
+
+
+#: The scopes open in this context, innermost last. A stream returned inside one is read later, outside it:
+#: the patched ``HuggingFaceInferenceAPI`` stream methods carry the innermost scope's budget into the stream.
+_scopes: ContextVar[tuple[_Scope, ...]] = ContextVar("shekel_llamaindex_scopes", default=())
+
+#: Scopes opened for events, by event id: an event ends by its id.
+_event_scopes: dict[str, list[_Scope]] = {}
+_scope_lock = threading.Lock()
+
+
+def _open_scope(handler: BudgetCallbackHandler, budget: Budget, *, trace: bool = False) -> _Scope:
+    scope = _Scope(handler, budget, trace)
+    active = current_budget()
+    if active is None or not _within(active, budget):
+        ensure_installed()
+        scope.covered = _context._active.get()
+        scope.frame = _context.push(budget)
+    scope.token = _scopes.set((*_scopes.get(), scope))
+    return scope
+
+
+def _close_scope_of(handler: BudgetCallbackHandler, event_id: str) -> None:
+    with _scope_lock:
+        scopes = _event_scopes.get(event_id, [])
+        mine = next((scope for scope in scopes if scope.handler is handler), None)
+        if mine is not None:
+            scopes.remove(mine)
+            if not scopes:
+                del _event_scopes[event_id]
+    if mine is not None:
+        _close_scope(mine)
+
+
+def _close_scope(scope: _Scope) -> None:
+    """End a scope, and in this context every scope opened after it whose end never came (an event whose
+    start another handler refused)."""
+    if scope.closed:
+        return
+    stack = _scopes.get()
+    if scope not in stack:  # ended in another context than it started in
+        _undo(scope)
+        return
+    position = stack.index(scope)
+    for inner in reversed(stack[position:]):
+        _undo(inner)
+    assert scope.token is not None
+    try:
+        _scopes.reset(scope.token)
+    except ValueError:  # opened in the context this one was copied from
+        _scopes.set(stack[:position])
+
+
+def _undo(scope: _Scope) -> None:
+    scope.closed = True
+    frame, scope.frame = scope.frame, None
+    try:
+        if frame is not None:
+            if _context._active.get() is frame and frame.token is not None:
+                try:
+                    _context._active.reset(frame.token)
+                    return
+                except ValueError:  # pushed in the context this one was copied from
+                    pass
+            # The frame cannot be taken off here: it becomes a stand-in for the one it covered (the same
+            # neutralising the LangChain handler does for runs LangChain ends in a copy of their context).
+            covered = scope.covered
+            frame.budget = covered.budget if covered is not None else None
+            frame.token = covered.token if covered is not None else None
+    finally:
+        _warn_unseen(scope)
+
+
+def _carry_into_stream(response: Any, budget: Budget) -> None:
+    """Have a streaming response's generator read inside ``budget``: LlamaIndex's streaming synthesizers call
+    the LLM from it, when the caller reads it, after the query's events have ended."""
+    stream = getattr(response, "response_gen", None)
+    if inspect.isgenerator(stream) and stream.gi_code is not _steps.__code__:
+        response.response_gen = _steps(stream, budget)
+    elif inspect.isasyncgen(stream) and stream.ag_code is not _asteps.__code__:
+        response.response_gen = _asteps(stream, budget)
+
+
+def _scope_budget() -> Budget | None:
+    """The budget of the innermost scope open here, or None."""
+    scopes = _scopes.get()
+    return scopes[-1].budget if scopes else None
+
+
+def _warn_unseen(scope: _Scope) -> None:
+    use = scope.handler._use
+    names = sorted(scope.unseen - use.warned)
+    if not names:
+        return
+    use.warned.update(names)
+    warn_user(
+        f"shekel: BudgetCallbackHandler(budget={scope.budget.name!r}) saw {', '.join(names)} called for its "
+        "query, but that LLM's callback manager holds no BudgetCallbackHandler: its LLM events are not seen, "
+        "so only its calls through huggingface_hub are counted. Add the handler to Settings.callback_manager "
+        "before building the LLM and the engine, or pass callback_manager=CallbackManager([handler]) to the "
+        "LLM."
+    )
+
+
 def _refuse_if_spent(target: Budget, text: str) -> None:
     """Raise ``BudgetExceededError`` when no call with this text as its prompt could be paid for.
 
@@ -500,11 +746,14 @@ _install_lock = threading.Lock()
 
 
 def _bound_budget(llm: Any) -> Budget | None:
+    """The budget of the first bound handler on the LLM's manager; else that of the scope this call is
+    made in (its stream is read after the scope ended: it is carried there)."""
     manager = getattr(llm, "callback_manager", None)
     for handler in getattr(manager, "handlers", None) or ():
         if isinstance(handler, BudgetCallbackHandler) and handler.budget is not None:
+            handler._use.called = True
             return handler.budget
-    return None
+    return _scope_budget()
 
 
 def _steps(stream: Iterator[Any], bound: Budget) -> Iterator[Any]:
@@ -596,12 +845,64 @@ _BINDERS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
 }
 
 
-def install() -> bool:
-    """Let bound handlers bind ``HuggingFaceInferenceAPI`` calls. Idempotent; False without that package.
+# -------------------------------------------------------------------- an LLM keeps its budget handlers
+def _keep_budget_handlers(original: Callable[..., None]) -> Callable[..., None]:
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if name == "callback_manager" and isinstance(value, CallbackManager):
+            previous = self.__dict__.get("callback_manager")
+            if isinstance(previous, CallbackManager) and previous is not value and _set_by_llamaindex():
+                value = _with_kept_handlers(previous, value)
+        original(self, name, value)
 
-    Each call looks for a :class:`BudgetCallbackHandler` bound to a budget on the LLM's callback manager;
-    with none, the original method runs and nothing else happens. Creating a bound handler installs this.
+    return __setattr__
+
+
+def _set_by_llamaindex() -> bool:
+    """Whether the assignment being made comes from LlamaIndex's own code (frame 2: the assigning one)."""
+    return str(sys._getframe(2).f_globals.get("__name__", "")).startswith("llama_index.")
+
+
+def _with_kept_handlers(previous: CallbackManager, new: CallbackManager) -> CallbackManager:
+    """``new``, or a copy of it with the BudgetCallbackHandlers of ``previous`` in front.
+
+    LlamaIndex gives an LLM the manager of the index or engine built around it (``resolve_llm``, a response
+    synthesizer), dropping the one it was built with. The copy keeps them: the LLM's own handlers come first,
+    so a handler bound on the LLM owns its calls. ``new`` itself, often ``Settings.callback_manager``, is left
+    as it was; the copy shares its trace map, so other handlers' traces still see the LLM's events.
     """
+    kept = [h for h in previous.handlers if isinstance(h, BudgetCallbackHandler) and h not in new.handlers]
+    if not kept:
+        return new
+    manager = copy.copy(new)
+    manager.handlers = [*kept, *new.handlers]
+    return manager
+
+
+# -------------------------------------------------------------------- install
+_ABSENT: Any = object()  # what a class had under a name it only inherited
+
+
+def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    current = cls.__dict__.get(name, _ABSENT)
+    if (cls, name) in _originals or hasattr(current, "__shekel_original__"):
+        return
+    target = getattr(cls, name) if current is _ABSENT else current
+    wrapper = functools.wraps(target)(wrap(target))
+    wrapper.__shekel_original__ = current  # type: ignore[attr-defined]
+    _originals[(cls, name)] = current
+    setattr(cls, name, wrapper)
+
+
+def install() -> bool:
+    """Let bound handlers bind ``HuggingFaceInferenceAPI`` calls, and LLMs keep their budget handlers when
+    LlamaIndex gives them another callback manager. Idempotent; False without ``HuggingFaceInferenceAPI``.
+
+    Each ``HuggingFaceInferenceAPI`` call looks for a :class:`BudgetCallbackHandler` bound to a budget on the
+    LLM's callback manager, then for a bound handler's scope; with neither, the original method runs and
+    nothing else happens. Creating a bound handler installs this.
+    """
+    with _install_lock:
+        _patch(BaseLLM, "__setattr__", _keep_budget_handlers)
     try:
         from llama_index.llms.huggingface_api import HuggingFaceInferenceAPI  # type: ignore[import-untyped]
     except ImportError:
@@ -609,20 +910,18 @@ def install() -> bool:
     cls: type = HuggingFaceInferenceAPI
     with _install_lock:
         for name, bind in _BINDERS.items():
-            current = cls.__dict__.get(name)
-            if current is None or (cls, name) in _originals or hasattr(current, "__shekel_original__"):
-                continue
-            wrapper = functools.wraps(current)(bind(current))
-            wrapper.__shekel_original__ = current  # type: ignore[attr-defined]
-            _originals[(cls, name)] = current
-            setattr(cls, name, wrapper)
+            if name in cls.__dict__:
+                _patch(cls, name, bind)
     return True
 
 
 def uninstall() -> None:
-    """Put back the exact original ``HuggingFaceInferenceAPI`` methods where our wrapper is on top. Idempotent."""
+    """Put back exactly what was there, where our wrapper is on top. Idempotent."""
     with _install_lock:
         for (cls, name), original in list(_originals.items()):
             if getattr(cls.__dict__.get(name), "__shekel_original__", None) is original:
-                setattr(cls, name, original)
+                if original is _ABSENT:
+                    delattr(cls, name)
+                else:
+                    setattr(cls, name, original)
                 del _originals[(cls, name)]
