@@ -59,6 +59,7 @@ from shekel import _context, _patching
 from shekel._budget import OUTPUT_MARGIN_TOKENS, Budget, Reservation
 from shekel._call import CallAccounting, call_observer
 from shekel._context import current_budget
+from shekel._money import exact_money
 from shekel._patching import ensure_installed
 from shekel._usage import Usage, prompt_tokens_estimates, text_tokens_fair, text_tokens_high
 from shekel.errors import BudgetExceededError
@@ -411,6 +412,7 @@ def _check(budget: Budget, model: str | None, prompt_tokens: int, max_tokens: in
     budget.check(model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens)
 
 
+@exact_money  # per token, outside any call of the core: the application's decimal context is in force here
 def _check_stream(run: _Run) -> None:
     call = run.call
     reservation: Reservation | None = call.reservation if call is not None else None
@@ -439,6 +441,7 @@ def _check_stream(run: _Run) -> None:
 
 
 # ---------------------------------------------------------------------------------- charging here
+@exact_money
 def _settle_here(run: _Run, usage: Usage | None, label: str | None, *, text: str = "") -> None:
     """Charge a run no lower layer counted. The request was made, so this is recorded even past the cap.
 
