@@ -25,11 +25,13 @@ Count-once rule. Every Hugging Face call made by a LangChain run is charged by e
   with no call reported is charged by the handler, at the usage LangChain returns or an estimate marked as
   such. While a run streams, the handler cuts it off with ``BudgetExceededError`` once one more token would
   pass the cap.
-* Several handlers may see one run (the automatic one and one passed in ``callbacks``, or one per chain
+* Several handlers may see one run (one in the run's ``config`` and one given to the model, or one per chain
   level): the first to see the run owns it, the others stand aside.
 
 Inside ``with budget(...)`` LangChain adds a handler by itself (a configure hook registered when this module
-is imported), unless the run already has a ``BudgetCallbackHandler``.
+is imported) to each run that carries no ``BudgetCallbackHandler`` of its own. It is not inherited by child
+runs, so a handler given to a model (``callbacks=[...]``, ``with_config``) owns the model's runs in chains and
+LangGraph graphs too.
 """
 
 from __future__ import annotations
@@ -550,4 +552,7 @@ _automatic: ContextVar[BudgetCallbackHandler | None] = ContextVar(
     "shekel_langchain_handler",
     default=BudgetCallbackHandler(),  # noqa: B039  # shared on purpose: runs' state lives in _runs, not here
 )
-register_configure_hook(_automatic, True, BudgetCallbackHandler)
+# Not inheritable: each run gets it anew, and only when the run carries no BudgetCallbackHandler of its own.
+# Inherited, the parent run's automatic handler came first in a child run's handlers and owned the run, so a
+# handler given to the model's constructor (``callbacks=[...]``) stood aside inside a chain or a graph.
+register_configure_hook(_automatic, False, BudgetCallbackHandler)

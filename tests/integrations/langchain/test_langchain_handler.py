@@ -242,6 +242,24 @@ def test_bound_handler_inside_another_budget_charges_the_bound_one(
     assert server.request_count == 2
 
 
+@pytest.mark.parametrize("attach", ["constructor", "with_config"])
+def test_a_handler_on_the_model_in_a_chain_inside_another_budget_charges_its_own(
+    attach: str, llm: HuggingFaceEndpoint, server: FakeInferenceServer
+) -> None:
+    # Inside a chain, the automatic handler of the budget around used to come first and own the model's run.
+    own = budget(max_usd=1, price_per_1k_tokens=PRICES, name="own")
+    handler = BudgetCallbackHandler(budget=own)
+    model: Any = (
+        ChatHuggingFace(llm=llm, callbacks=[handler])
+        if attach == "constructor"
+        else ChatHuggingFace(llm=llm).with_config({"callbacks": [handler]})
+    )
+    with budget(max_usd=1, price_per_1k_tokens=PRICES, name="request") as request:
+        assert chain_of(model).invoke({"topic": "tides"}) == "Transformers are neural networks that"
+    assert own.calls == 1 and own.spent_exact == TOPIC
+    assert request.calls == 0 and server.request_count == 1
+
+
 # ------------------------------------------------------------------------------------------ stopping
 def test_budget_running_out_part_way_through_a_batch(
     chat: ChatHuggingFace, server: FakeInferenceServer
