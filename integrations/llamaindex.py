@@ -741,7 +741,8 @@ def _response_text(response: Any) -> str | None:
 
 
 # -------------------------------------------------------------------- binding HuggingFaceInferenceAPI calls
-_originals: dict[tuple[type, str], Any] = {}
+#: What each patch replaced (``_ABSENT`` for a name the class only inherited) and the wrapper put there.
+_patched: dict[tuple[type, str], tuple[Any, Any]] = {}
 _install_lock = threading.Lock()
 
 
@@ -883,13 +884,13 @@ _ABSENT: Any = object()  # what a class had under a name it only inherited
 
 
 def _patch(cls: type, name: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    current = cls.__dict__.get(name, _ABSENT)
-    if (cls, name) in _originals or hasattr(current, "__shekel_original__"):
+    if (cls, name) in _patched:
         return
+    current = cls.__dict__.get(name, _ABSENT)
     target = getattr(cls, name) if current is _ABSENT else current
     wrapper = functools.wraps(target)(wrap(target))
     wrapper.__shekel_original__ = current  # type: ignore[attr-defined]
-    _originals[(cls, name)] = current
+    _patched[(cls, name)] = (current, wrapper)
     setattr(cls, name, wrapper)
 
 
@@ -916,12 +917,13 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Put back exactly what was there, where our wrapper is on top. Idempotent."""
+    """Put back exactly what was there, where our own wrapper (by identity) is still the one in place: one
+    another library put on top of ours is left alone, and ours stays recorded under it. Idempotent."""
     with _install_lock:
-        for (cls, name), original in list(_originals.items()):
-            if getattr(cls.__dict__.get(name), "__shekel_original__", None) is original:
+        for (cls, name), (original, wrapper) in list(_patched.items()):
+            if cls.__dict__.get(name) is wrapper:
                 if original is _ABSENT:
                     delattr(cls, name)
                 else:
                     setattr(cls, name, original)
-                del _originals[(cls, name)]
+                del _patched[(cls, name)]

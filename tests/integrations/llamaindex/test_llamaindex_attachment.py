@@ -261,6 +261,28 @@ def test_install_patches_base_llm_once_and_uninstall_removes_it() -> None:
     assert "__setattr__" not in BaseLLM.__dict__
 
 
+def test_uninstall_leaves_a_wrapper_put_on_top_of_ours() -> None:
+    import functools
+
+    llamaindex.install()
+    ours = BaseLLM.__dict__["__setattr__"]
+
+    @functools.wraps(ours)  # copies our attributes, __shekel_original__ included
+    def theirs(self: Any, name: str, value: Any) -> None:
+        ours(self, name, value)
+
+    BaseLLM.__setattr__ = theirs  # type: ignore[method-assign]
+    try:
+        llamaindex.uninstall()
+        assert BaseLLM.__dict__["__setattr__"] is theirs, "another library's wrapper is left in place"
+        llamaindex.install()
+        assert BaseLLM.__dict__["__setattr__"] is theirs, "and ours, still under it, is not installed twice"
+    finally:
+        BaseLLM.__setattr__ = ours  # type: ignore[method-assign]
+        llamaindex.uninstall()
+    assert "__setattr__" not in BaseLLM.__dict__
+
+
 # ------------------------------------------------------------------ forms that cannot work say so
 def test_a_handler_dropped_by_a_from_defaults_warns(make_llm: MakeLLM, prices: dict[str, float]) -> None:
     b = budget(max_usd=1, name="team", price_per_1k_tokens=prices)
