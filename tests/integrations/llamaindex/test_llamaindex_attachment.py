@@ -35,6 +35,7 @@ MakeLLM = Callable[..., HuggingFaceInferenceAPI]
 FORMS = ["settings", "engine", "llm"]
 QUERY_OPS = ["query", "aquery", "stream", "astream"]
 CHAT_OPS = ["chat", "achat", "stream_chat", "astream_chat"]
+ENCLOSING = ["none", "unrelated", "bound"]
 
 
 def index() -> VectorStoreIndex:
@@ -114,7 +115,10 @@ def expected(op: str) -> str:
     return REPLY.rsplit(" ", 1)[0] if op.startswith("astream") else REPLY
 
 
-def around(enclosing: str) -> AbstractContextManager[Any]:
+def around(enclosing: str, b: Budget) -> AbstractContextManager[Any]:
+    """No budget around the call, an unrelated one (a request's own), or the bound budget itself."""
+    if enclosing == "bound":
+        return b
     return budget(name="request") if enclosing == "unrelated" else nullcontext()
 
 
@@ -122,12 +126,12 @@ def assert_charged_once(b: Budget, server: FakeInferenceServer, outer: Budget | 
     (body,) = chat_requests(server)
     assert (b.calls, b.reserved) == (1, 0)
     assert b.spent_exact == server_cost(body)
-    if outer is not None:
+    if outer is not None and outer is not b:
         assert outer.calls == 0 and outer.spent_exact == 0, "the bound budget is charged, not the one around"
 
 
 # ------------------------------------------------------------------ every form, every way of asking
-@pytest.mark.parametrize("enclosing", ["none", "unrelated"])
+@pytest.mark.parametrize("enclosing", ENCLOSING)
 @pytest.mark.parametrize("op", QUERY_OPS)
 @pytest.mark.parametrize("form", FORMS)
 async def test_query_engines_charge_the_bound_budget(
@@ -142,14 +146,14 @@ async def test_query_engines_charge_the_bound_budget(
     engine = query_engine_for(
         form, make_llm, BudgetCallbackHandler(budget=b), streaming=op.endswith("stream")
     )
-    with around(enclosing) as outer:
+    with around(enclosing, b) as outer:
         assert (await run_query(engine, op)).strip() == expected(op)
         await settled(b)
         assert current_budget() is outer
     assert_charged_once(b, server, outer)
 
 
-@pytest.mark.parametrize("enclosing", ["none", "unrelated"])
+@pytest.mark.parametrize("enclosing", ENCLOSING)
 @pytest.mark.parametrize("op", CHAT_OPS)
 @pytest.mark.parametrize("mode", ["simple", "context"])
 @pytest.mark.parametrize("form", FORMS)
@@ -164,7 +168,7 @@ async def test_chat_engines_charge_the_bound_budget(
 ) -> None:
     b = budget(max_usd=1, name="team", price_per_1k_tokens=prices)
     engine = chat_engine_for(form, make_llm, BudgetCallbackHandler(budget=b), mode)
-    with around(enclosing) as outer:
+    with around(enclosing, b) as outer:
         text = await run_chat(engine, op)
         await settled(b)
         assert current_budget() is outer
@@ -379,7 +383,7 @@ async def test_agents_charge_the_bound_budget(
         agent = react_agent(make_llm(num_output=50))
     else:
         agent = react_agent(make_llm(handler, num_output=50))
-    with around(enclosing) as outer:
+    with around(enclosing, b) as outer:
         assert str(await agent.run("What is 40 plus 2?")) == "42"
         await settled(b)
     (body,) = chat_requests(server)
