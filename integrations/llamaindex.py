@@ -620,41 +620,42 @@ def _close_scope_of(handler: BudgetCallbackHandler, event_id: str) -> None:
 
 def _close_scope(scope: _Scope) -> None:
     """End a scope, and in this context every scope opened after it whose end never came (an event whose
-    start another handler refused)."""
+    start another handler refused). Warns about unseen LLMs last: a warning turned error leaves nothing open."""
     if scope.closed:
         return
     stack = _scopes.get()
     if scope not in stack:  # ended in another context than it started in
-        _undo(scope)
-        return
-    position = stack.index(scope)
-    for inner in reversed(stack[position:]):
+        ended: tuple[_Scope, ...] = (scope,)
+    else:
+        position = stack.index(scope)
+        ended = stack[position:]
+        assert scope.token is not None
+        try:
+            _scopes.reset(scope.token)
+        except ValueError:  # opened in the context this one was copied from
+            _scopes.set(stack[:position])
+    for inner in reversed(ended):
         _undo(inner)
-    assert scope.token is not None
-    try:
-        _scopes.reset(scope.token)
-    except ValueError:  # opened in the context this one was copied from
-        _scopes.set(stack[:position])
+    for inner in ended:
+        _warn_unseen(inner)
 
 
 def _undo(scope: _Scope) -> None:
     scope.closed = True
     frame, scope.frame = scope.frame, None
-    try:
-        if frame is not None:
-            if _context._active.get() is frame and frame.token is not None:
-                try:
-                    _context._active.reset(frame.token)
-                    return
-                except ValueError:  # pushed in the context this one was copied from
-                    pass
-            # The frame cannot be taken off here: it becomes a stand-in for the one it covered (the same
-            # neutralising the LangChain handler does for runs LangChain ends in a copy of their context).
-            covered = scope.covered
-            frame.budget = covered.budget if covered is not None else None
-            frame.token = covered.token if covered is not None else None
-    finally:
-        _warn_unseen(scope)
+    if frame is None:
+        return
+    if _context._active.get() is frame and frame.token is not None:
+        try:
+            _context._active.reset(frame.token)
+            return
+        except ValueError:  # pushed in the context this one was copied from
+            pass
+    # The frame cannot be taken off here: it becomes a stand-in for the one it covered (the same neutralising
+    # the LangChain handler does for runs LangChain ends in a copy of their context).
+    covered = scope.covered
+    frame.budget = covered.budget if covered is not None else None
+    frame.token = covered.token if covered is not None else None
 
 
 def _carry_into_stream(response: Any, budget: Budget) -> None:

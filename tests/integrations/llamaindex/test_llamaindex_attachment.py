@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -347,6 +348,20 @@ def test_an_llm_whose_events_nobody_sees_is_named_in_a_warning(
     (mine,) = [w for w in warned if "ServerLLM" in str(w.message)]  # once per handler and LLM class
     assert mine.filename == __file__
     assert server.request_count == 2 and b.calls == 0
+
+
+def test_that_warning_turned_error_leaves_nothing_active(
+    server: FakeInferenceServer, prices: dict[str, float]
+) -> None:
+    b = budget(max_usd=1, name="team", price_per_1k_tokens=prices)
+    engine = server_llm_engine(server, BudgetCallbackHandler(budget=b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        # Inside another manager's trace the engine's handler sees no trace of its own: only the query event.
+        with CallbackManager([]).as_trace("outer"), pytest.raises(UserWarning, match="ServerLLM"):
+            engine.query("What are transformers?")
+    assert current_budget() is None
+    assert llamaindex._scopes.get() == () and not llamaindex._event_scopes
 
 
 def test_an_engine_handler_and_an_llm_on_inference_client_count_once(
