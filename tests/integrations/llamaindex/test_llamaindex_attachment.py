@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.async_utils import asyncio_run
 from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.chat_engine import SimpleChatEngine
@@ -35,7 +36,6 @@ from .test_llamaindex_handler import REPLY, chat_requests, server_cost
 MakeLLM = Callable[..., HuggingFaceInferenceAPI]
 FORMS = ["settings", "engine", "llm"]
 QUERY_OPS = ["query", "aquery", "stream", "astream"]
-CHAT_OPS = ["chat", "achat", "stream_chat", "astream_chat"]
 ENCLOSING = ["none", "unrelated", "bound"]
 
 
@@ -92,17 +92,6 @@ async def run_query(engine: Any, op: str) -> str:
     return "".join([token async for token in response.async_response_gen()])
 
 
-async def run_chat(engine: Any, op: str) -> str:
-    if op == "chat":
-        return str(engine.chat("What does a budget do?"))
-    if op == "achat":
-        return str(await engine.achat("What does a budget do?"))
-    if op == "stream_chat":
-        return "".join(engine.stream_chat("What does a budget do?").response_gen)
-    response = await engine.astream_chat("What does a budget do?")
-    return "".join([token async for token in response.async_response_gen()])
-
-
 async def settled(b: Budget) -> None:
     # astream_chat leaves the adapter's stream unfinished; the event loop finalises it (no clock involved).
     for _ in range(100):
@@ -154,11 +143,18 @@ async def test_query_engines_charge_the_bound_budget(
     assert_charged_once(b, server, outer)
 
 
+def dispose_memory(engine: Any) -> Any:
+    """The chat engine's default memory keeps the chat in an in-memory SQLite database behind an async
+    SQLAlchemy engine whose aiosqlite connection nothing closes: what disposes of it (to await, or to run with
+    LlamaIndex's asyncio_run where LlamaIndex ran it)."""
+    return engine._memory.sql_store._async_engine.dispose()
+
+
 @pytest.mark.parametrize("enclosing", ENCLOSING)
-@pytest.mark.parametrize("op", CHAT_OPS)
+@pytest.mark.parametrize("op", ["chat", "stream_chat"])
 @pytest.mark.parametrize("mode", ["simple", "context"])
 @pytest.mark.parametrize("form", FORMS)
-async def test_chat_engines_charge_the_bound_budget(
+def test_chat_engines_charge_the_bound_budget(
     form: str,
     mode: str,
     op: str,
@@ -170,11 +166,42 @@ async def test_chat_engines_charge_the_bound_budget(
     b = budget(max_usd=1, name="team", price_per_1k_tokens=prices)
     engine = chat_engine_for(form, make_llm, BudgetCallbackHandler(budget=b), mode)
     with around(enclosing, b) as outer:
-        text = await run_chat(engine, op)
+        if op == "chat":
+            text = str(engine.chat("What does a budget do?"))
+        else:
+            text = "".join(engine.stream_chat("What does a budget do?").response_gen)
+        assert current_budget() is outer
+    assert text.strip() == REPLY
+    assert_charged_once(b, server, outer)
+    asyncio_run(dispose_memory(engine))
+
+
+@pytest.mark.parametrize("enclosing", ENCLOSING)
+@pytest.mark.parametrize("op", ["achat", "astream_chat"])
+@pytest.mark.parametrize("mode", ["simple", "context"])
+@pytest.mark.parametrize("form", FORMS)
+async def test_chat_engines_charge_the_bound_budget_async(
+    form: str,
+    mode: str,
+    op: str,
+    enclosing: str,
+    make_llm: MakeLLM,
+    server: FakeInferenceServer,
+    prices: dict[str, float],
+) -> None:
+    b = budget(max_usd=1, name="team", price_per_1k_tokens=prices)
+    engine = chat_engine_for(form, make_llm, BudgetCallbackHandler(budget=b), mode)
+    with around(enclosing, b) as outer:
+        if op == "achat":
+            text = str(await engine.achat("What does a budget do?"))
+        else:
+            response = await engine.astream_chat("What does a budget do?")
+            text = "".join([token async for token in response.async_response_gen()])
         await settled(b)
         assert current_budget() is outer
     assert text.strip() == expected(op)
     assert_charged_once(b, server, outer)
+    await dispose_memory(engine)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -292,12 +319,13 @@ def test_uninstall_leaves_a_wrapper_put_on_top_of_ours() -> None:
 def test_a_handler_dropped_by_a_from_defaults_warns(make_llm: MakeLLM, prices: dict[str, float]) -> None:
     b = budget(max_usd=1, name="team", price_per_1k_tokens=prices)
     with pytest.warns(UserWarning, match=r"budget 'team'.*callback_manager=.*LLM") as warned:
-        SimpleChatEngine.from_defaults(
+        engine = SimpleChatEngine.from_defaults(
             llm=make_llm(), callback_manager=CallbackManager([BudgetCallbackHandler(budget=b)])
         )
         gc.collect()
     (mine,) = [w for w in warned if "budget 'team'" in str(w.message)]
     assert mine.filename == __file__, "blamed on the line that dropped it"
+    asyncio_run(dispose_memory(engine))
 
 
 def test_used_handlers_do_not_warn_when_dropped(
