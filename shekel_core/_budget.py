@@ -37,7 +37,14 @@ from ._redact import redact_model
 from ._sharing import SharedPart, StoreHold
 from ._usage import Usage
 from ._warn import warn_user
-from .errors import BudgetConfigError, BudgetExceededError, ForkedBudgetError, PricingError, ShekelError
+from .errors import (
+    BudgetConfigError,
+    BudgetExceededError,
+    ForkedBudgetError,
+    PricingError,
+    ShekelError,
+    StoreError,
+)
 from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN, Account, NoRoom
 from .ledger import memory as ledger
 from .ledger.shared import Charge, Store, StoreNoRoom, from_nano, nano_up
@@ -103,9 +110,14 @@ def _shared_part(
             for k, v in (("window", window), ("lease", lease), ("on_store_error", on_store_error))
             if v is not None and v is not _UNSET
         ]
+        given = [
+            k
+            for k, v in (("window", window), ("lease", lease), ("on_store_error", on_store_error))
+            if v is not None and v is not _UNSET
+        ]
         if given:
             raise BudgetConfigError(
-                f"{', '.join(given)} apply to shared budgets: give the budget a store too, e.g. "
+                f"{'=, '.join(given)}= only apply to shared budgets: give the budget a store too, e.g. "
                 "budget(max_usd=5, name='tenant:42', store='sqlite:///budgets.db', window='1d')."
             )
         return None
@@ -128,6 +140,15 @@ def _shared_part(
             f"max_usd={limit} is above what a shared budget counts exactly (${MAX_EXACT_NANO / 1e9:,.0f}: "
             "stores keep integer nano-dollars, and Redis scripts count in doubles)."
         )
+    for what, count_limit in (("max_llm_calls", max_calls), ("max_total_tokens", max_tokens)):
+        if count_limit is not None and count_limit > MAX_EXACT_NANO:
+            raise BudgetConfigError(f"{what}={count_limit} is more than a store counts exactly (2**53 - 1).")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BudgetConfigError(
+            f"name={name!r} cannot be written to a store: it is not valid text."
+        ) from None
     return SharedPart(
         open_store(store),  # type: ignore[arg-type]
         SharedLimits(name, parsed_window, max_nano, max_calls, max_tokens),
@@ -166,6 +187,8 @@ class Reservation:
     started: float = 0.0
     #: Store settles running in tasks (a call settled inside an event loop), awaited by async adapters.
     settling: tuple[Any, ...] = ()
+    #: Whether store settles may run in tasks: the call is made by an async caller, which awaits them.
+    defer: bool = False
 
 
 class Budget:
@@ -238,10 +261,10 @@ class Budget:
         self._shared: SharedPart | None = _shared_part(
             name, store, window, lease, on_store_error, limit, max_calls, max_tokens
         )
-        if self._shared is None:
-            self._account = Account(self, limit, max_calls, max_tokens)
-        else:  # its limits are enforced in the store; this process's own share is counted here
-            self._account = Account(self, None, None, None)
+        # A shared budget's limits are enforced in its store; its account here counts this process's own
+        # share, under the same limits: never tighter than the store's, and what holds the process to them
+        # while the store is down (on_store_error="open").
+        self._account = Account(self, limit, max_calls, max_tokens)
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
@@ -390,6 +413,12 @@ class Budget:
 
     # ---------------------------------------------------------------- copies
     def __reduce__(self) -> NoReturn:
+        if self._shared is not None:
+            raise TypeError(
+                f"budget {self._name!r} cannot be pickled or copied: it is shared through its store, so in "
+                f"another process open it again with the same name and store (budget(..., name={self._name!r},"
+                " store=...)), or use b.fresh() here."
+            )
         raise TypeError(
             f"budget {self._name!r} cannot be pickled or copied: its ledger lives in this process, and a "
             "copy in another process would spend a private copy of the cap. Give the budget a shared store "
@@ -621,17 +650,17 @@ class Budget:
     def _reserve_shared(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
         """Hold a call on a chain with shared budgets: this process's budgets, then each store's, polling a
         store with backoff while other processes' calls hold the room there."""
-        started, delay, slept = time.monotonic(), sharing.POLL_FIRST, False
+        attempt = _SharedAttempt(ask)
         while True:
-            reservation = self.reserve_call(ask, _local=True)
+            reservation = self.reserve_call(attempt.ask, _local=True)
             try:
-                sharing.take_holds(reservation)
-                return reservation
+                sharing.take_holds(reservation, attempt.patient)
+                return attempt.done(reservation)
             except StoreNoRoom as no_room:
                 self._release_locked_safely(reservation)
-                pause = self._shared_pause(no_room, started, delay, _event_loop_running(), slept)
-                time.sleep(pause)
-                delay, slept = min(delay * 2, sharing.POLL_LONGEST), True
+                pause = self._shared_next(no_room, attempt, _event_loop_running())
+                if pause:
+                    time.sleep(pause)
             except BaseException:
                 self._release_locked_safely(reservation)
                 raise
@@ -641,30 +670,47 @@ class Budget:
     ) -> Reservation:
         import asyncio
 
-        started, delay, slept = time.monotonic(), sharing.POLL_FIRST, False
+        attempt = _SharedAttempt(ask)
         while True:
-            reservation = await self.areserve_call(ask, task, _local=True)
+            reservation = await self.areserve_call(attempt.ask, task, _local=True)
+            reservation.defer = True  # settled in a task the async caller awaits: never blocks the loop
             try:
-                await sharing.atake_holds(reservation)
-                return reservation
+                await sharing.atake_holds(reservation, attempt.patient)
+                return attempt.done(reservation)
             except StoreNoRoom as no_room:
                 self._release_locked_safely(reservation)
-                pause = self._shared_pause(no_room, started, delay, False, slept)
-                await asyncio.sleep(pause)
-                delay, slept = min(delay * 2, sharing.POLL_LONGEST), True
+                pause = self._shared_next(no_room, attempt, False)
+                if pause:
+                    await asyncio.sleep(pause)
             except BaseException:
                 self._release_locked_safely(reservation)
                 raise
 
-    def _shared_pause(
-        self, no_room: StoreNoRoom, started: float, delay: float, in_loop: bool, slept: bool
-    ) -> float:
-        """How long to wait before asking the store again, or the refusal when waiting cannot help."""
-        waited = time.monotonic() - started
+    def _shared_next(self, no_room: StoreNoRoom, attempt: _SharedAttempt, in_loop: bool) -> float:
+        """After a store refused: how long to wait before asking again (0: at once, asking for less), or
+        the refusal when nothing can help."""
+        waited = time.monotonic() - attempt.started
         left = None if self._patience is None else self._patience - waited
-        if self._patience == 0 or in_loop or not no_room.waitable or (left is not None and left <= 0):
-            raise self._refused_shared(no_room, waited if slept else None)
-        return delay if left is None else min(delay, left)
+        patient = self._patience != 0 and not in_loop and (left is None or left > 0)
+        if patient and no_room.waitable:
+            pause = attempt.delay if left is None else min(attempt.delay, left)
+            attempt.delay, attempt.slept = min(attempt.delay * 2, sharing.POLL_LONGEST), True
+            return pause
+        if attempt.patient and attempt.ask[2] is None:
+            attempt.patient = False  # shekel's max_tokens: take what fits now rather than nothing
+            return 0.0
+        fallback = self._any_fallback() if self._chain_fallback else None
+        model = attempt.ask[0]
+        if (
+            no_room.reason == "usd"
+            and fallback is not None
+            and attempt.fallback_from is None
+            and fallback != model
+        ):
+            attempt.fallback_from = model  # only the cheaper model fits
+            attempt.ask = (fallback, *attempt.ask[1:])
+            return 0.0
+        raise self._refused_shared(no_room, waited if attempt.slept else None)
 
     def _refused_shared(self, no_room: StoreNoRoom, waited: float | None) -> BudgetExceededError:
         member = next((b for b in self._chain if b._name == no_room.name and b._shared is not None), self)
@@ -712,7 +758,12 @@ class Budget:
         part = self._shared
         if part is None:
             return self._account
-        figures = sharing.figures(part)
+        try:
+            figures = sharing.figures(part)
+        except StoreError:
+            if not part.fail_open:
+                raise
+            return self._account  # the store is down: this process's own figures, as its calls are counted
         view = Account(self, self._cap_usd, self._cap_calls, self._cap_tokens)
         view.spent, view.reserved = from_nano(figures.spent), from_nano(figures.reserved)
         view.calls, view.failed, view.inflight = figures.calls, figures.failed, figures.inflight
@@ -749,24 +800,38 @@ class Budget:
         until woken). Raises ``BudgetExceededError`` when waiting cannot help or the wait ran out."""
         tree = self._tree
         ask, task = waiting.ask, waiting.task
+        waited = waiting.waited() if waiting.waiter is not None else None
         with tree.lock:
             refusal, waiting.refusal = waiting.refusal, None
             blocked: Account | None = None
             if refusal is None:
                 if self._patience != 0:  # wait=0 takes no place in the queue: it refuses at once, as it did
                     blocked = tree.blocker(self._accounts, waiting.waiter)
-                if blocked is None:
-                    try:
-                        return self._take(*ask, task)
-                    except NoRoom as no_room:
-                        refusal = no_room
+                own = blocked is not None and self._holds_in_flight(task)
+                try:
+                    reservation = self._take(*ask, task)
+                except NoRoom as no_room:
+                    refusal = no_room
+                else:
+                    if blocked is None or own:
+                        # Free to go; or a caller whose own calls are in flight, which an earlier waiter may
+                        # be waiting for: queueing behind it could wait for itself.
+                        return reservation
+                    self._release_locked(reservation)  # first come, first served: the earlier waiter first
             if refusal is not None:
                 if (
                     self._patience == 0
                     or (waiting.loop is None and _event_loop_running())
                     or not self._waitable(refusal, task)
                 ):
-                    raise self._refused(refusal)
+                    # Waiting cannot help. A call whose max_tokens is shekel's to choose, and which cannot
+                    # wait for the room its own calls hold, takes what fits now rather than nothing.
+                    if ask[2] is None and self._patience != 0:
+                        try:
+                            return self._take(*ask, task, patient=False)
+                        except NoRoom:
+                            pass
+                    raise self._refused(refusal, waited=waited)
                 blocked = refusal.account
             assert blocked is not None
             timeout = waiting.time_left(self._patience)
@@ -778,6 +843,14 @@ class Budget:
                     raise self._refused(no_room, waited=waiting.waited()) from None
             waiting.enqueue(tree, self._accounts, blocked)
             return timeout
+
+    def _holds_in_flight(self, task: object) -> bool:
+        """Whether this thread (and ``task``, when given) has calls in flight in the tree (lock held)."""
+        thread = threading.get_ident()
+        return any(
+            held.thread == thread and (task is None or held.task is None or held.task is task)
+            for held in self._tree.holds
+        )
 
     def _leave(self, waiting: _Waiting) -> None:
         waiter = waiting.waiter
@@ -797,24 +870,32 @@ class Budget:
         ceiling: int,
         provider: str | None,
         task: object,
+        patient: bool | None = None,
     ) -> Reservation:
-        """Hold the call now, with a fallback model where one is due or only it fits (lock held)."""
+        """Hold the call now, with a fallback model where one is due or only it fits (lock held).
+
+        ``patient``: size a call whose ``max_tokens`` is shekel's to choose against what is not spent (it will
+        wait for calls in flight) or, when False, against what is neither spent nor held."""
         if self._born < _generation:
             self._refuse_inherited()
         if self._chain_fallback:
             fallback = self._fallback_due()
             if fallback is not None and fallback != model:
-                return self._hold(fallback, prompt_tokens, max_tokens, ceiling, model, provider, task)
+                return self._hold(
+                    fallback, prompt_tokens, max_tokens, ceiling, model, provider, task, patient
+                )
             try:
-                return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task)
+                return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task, patient)
             except NoRoom as no_room:
                 fallback = self._any_fallback()
                 if no_room.reason != "usd" or fallback is None or fallback == model:
                     raise
-                if self._patience != 0 and self._waitable(no_room, task):
+                if self._patience != 0 and patient is not False and self._waitable(no_room, task):
                     raise  # the model asked for fits once calls in flight settle: wait for it
-                return self._hold(fallback, prompt_tokens, max_tokens, ceiling, model, provider, task)
-        return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task)
+                return self._hold(
+                    fallback, prompt_tokens, max_tokens, ceiling, model, provider, task, patient
+                )
+        return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task, patient)
 
     def _hold(
         self,
@@ -825,6 +906,7 @@ class Budget:
         fallback_from: str | None,
         provider: str | None,
         task: object,
+        patient: bool | None = None,
     ) -> Reservation:
         price = self.price_for(model, provider)
         if price is None:
@@ -848,7 +930,7 @@ class Budget:
                 prompt_tokens,
                 max_tokens,
                 ceiling,
-                self._patience != 0,
+                self._patience != 0 if patient is None else patient,
             )
         except NoRoom as no_room:
             no_room.ask = (input_cost, output_price, prompt_tokens, max_tokens, model)
@@ -1347,6 +1429,25 @@ def _event_loop_running() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class _SharedAttempt:
+    """One call's tries at the stores of its shared budgets."""
+
+    __slots__ = ("ask", "delay", "fallback_from", "patient", "slept", "started")
+
+    def __init__(self, ask: tuple[str | None, int, int | None, int, str | None]) -> None:
+        self.ask = ask
+        self.started = time.monotonic()
+        self.delay = sharing.POLL_FIRST
+        self.slept = False
+        self.patient = True
+        self.fallback_from: str | None = None
+
+    def done(self, reservation: Reservation) -> Reservation:
+        if self.fallback_from is not None and reservation.fallback_from is None:
+            reservation.fallback_from = self.fallback_from
+        return reservation
 
 
 class _Waiting:

@@ -28,6 +28,7 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 from ._budget import Budget, Reservation
+from ._sharing import renew_if_due
 from ._usage import Usage, read_usage
 from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN
 
@@ -384,9 +385,12 @@ def _iterate_sync(
 ) -> Iterator[Any]:
     error: BaseException | None = None
     completed = False
+    shared = call.reservation.shared
     try:
         chunks = iter(stream)
         for chunk in chunks:
+            if shared:
+                renew_if_due(call.reservation)  # a long stream keeps its holds in the stores
             try:
                 item = observe(chunk)
             except Exception:  # _observe, inline: a chunk shekel cannot read is handed on as it came
@@ -421,9 +425,12 @@ async def _iterate_async(
 ) -> AsyncIterator[Any]:
     error: BaseException | None = None
     completed = False
+    shared = call.reservation.shared
     try:
         chunks = stream.__aiter__()
         async for chunk in chunks:
+            if shared:
+                renew_if_due(call.reservation)
             try:
                 item = observe(chunk)
             except Exception:  # _observe, inline

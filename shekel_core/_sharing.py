@@ -10,12 +10,14 @@ counted in this process only, with one warning per budget (``"open"``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ._redact import redact_model
 from ._warn import warn_user
 from .errors import StoreError
 from .ledger import OUTPUT_MARGIN_TOKENS
@@ -74,12 +76,12 @@ def groups(chain: Sequence[Budget]) -> tuple[tuple[Store, tuple[Budget, ...]], .
     return tuple((store, tuple(members)) for store, members in by_store.values())
 
 
-def ask_for(reservation: Reservation, members: Sequence[Budget], hold_id: str) -> Ask:
+def ask_for(reservation: Reservation, members: Sequence[Budget], hold_id: str, patient: bool = True) -> Ask:
     price = reservation.price
     flexible = reservation.flexible
     return Ask(
         hold_id=hold_id,
-        owner=owner(),
+        owner=owner(reservation.task),
         input_nano=0 if price is None else nano_up(price.input_per_token * reservation.prompt_tokens),
         output_nano=0 if price is None else nano_up(price.output_per_token),
         prompt_tokens=reservation.prompt_tokens,
@@ -87,17 +89,17 @@ def ask_for(reservation: Reservation, members: Sequence[Budget], hold_id: str) -
         ceiling=reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
         margin=OUTPUT_MARGIN_TOKENS,
         lease=min(m._shared.lease for m in members if m._shared is not None),
-        model=reservation.model,
-        patient=reservation.chain[0]._patience != 0,
+        model=redact_model(reservation.model),
+        patient=patient and reservation.chain[0]._patience != 0,
     )
 
 
-def hold(reservation: Reservation) -> list[tuple[Store, tuple[Budget, ...], Ask]]:
+def hold(reservation: Reservation, patient: bool) -> list[tuple[Store, tuple[Budget, ...], Ask]]:
     """The steps a call takes in its stores (for :func:`take_holds` and :func:`atake_holds`)."""
     steps = []
     hold_id = new_hold_id()
     for store, members in reservation.chain[0]._shared_groups:
-        steps.append((store, members, ask_for(reservation, members, hold_id)))
+        steps.append((store, members, ask_for(reservation, members, hold_id, patient)))
     return steps
 
 
@@ -118,12 +120,12 @@ def _apply(
     return StoreHold(store, names, ask.hold_id, ask.lease, time.monotonic() + ask.lease / 3)
 
 
-def take_holds(reservation: Reservation) -> None:
+def take_holds(reservation: Reservation, patient: bool = True) -> None:
     """Hold the call in every store of its chain (sync). Raises :class:`StoreNoRoom` or ``StoreError``
     after giving back what it took; a store that is down with ``on_store_error="open"`` is skipped."""
     taken: list[StoreHold] = []
     try:
-        for store, members, ask in hold(reservation):
+        for store, members, ask in hold(reservation, patient):
             if taken:  # a later store may grant fewer output tokens: ask for no more than granted so far
                 ask.ceiling = reservation.max_tokens or ask.ceiling
             try:
@@ -140,15 +142,15 @@ def take_holds(reservation: Reservation) -> None:
     reservation.shared = tuple(taken)
 
 
-async def atake_holds(reservation: Reservation) -> None:
+async def atake_holds(reservation: Reservation, patient: bool = True) -> None:
     """:func:`take_holds` with the stores' async operations."""
     taken: list[StoreHold] = []
     try:
-        for store, members, ask in hold(reservation):
+        for store, members, ask in hold(reservation, patient):
             if taken:
                 ask.ceiling = reservation.max_tokens or ask.ceiling
             try:
-                grant = await store.areserve(_limits(members), ask)
+                grant = await _cancel_safe_reserve(store, _limits(members), ask)
             except StoreError:
                 if not _open(members):
                     raise
@@ -159,6 +161,25 @@ async def atake_holds(reservation: Reservation) -> None:
             await _aquietly(held.store.arelease, held.names, held.hold_id)
         raise
     reservation.shared = tuple(taken)
+
+
+async def _cancel_safe_reserve(store: Store, budgets: list[SharedLimits], ask: Ask) -> Grant:
+    """``store.areserve``, except that a caller cancelled while the store reserves leaves no hold: the store
+    may still take it (a thread, a script already sent), and it is then given back."""
+    attempt = asyncio.ensure_future(store.areserve(budgets, ask))
+    try:
+        return await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        names = [b.name for b in budgets]
+
+        def give_back(done: asyncio.Future[Grant]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                task = asyncio.ensure_future(_aquietly(store.arelease, names, ask.hold_id))
+                _pending.add(task)
+                task.add_done_callback(_pending.discard)
+
+        attempt.add_done_callback(give_back)
+        raise
 
 
 def _open(members: Sequence[Budget]) -> bool:
@@ -193,9 +214,9 @@ def settle(reservation: Reservation, charge: Charge) -> None:
     for member in reservation.chain:
         if member._shared is not None:
             member._shared.seen_spent += from_nano(charge.money)
-    loop = _running_loop()
+    loop = _running_loop() if reservation.defer else None
     for held in holds:
-        if loop is not None:  # never block an event loop on a store: settle in a task of its own
+        if loop is not None:  # an async caller: settle in a task, which the caller awaits (``settled``)
             task = loop.create_task(_aquietly(held.store.asettle, held.names, held.hold_id, charge))
             _pending.add(task)
             task.add_done_callback(_pending.discard)
@@ -214,7 +235,7 @@ async def settled(reservation: Reservation) -> None:
 
 def release(reservation: Reservation) -> None:
     """Give back the call's holds in every store (it was never sent)."""
-    loop = _running_loop()
+    loop = _running_loop() if reservation.defer else None
     for held in reservation.shared:
         if loop is not None:
             task = loop.create_task(_aquietly(held.store.arelease, held.names, held.hold_id))
@@ -254,13 +275,20 @@ def _quietly(fn: Any, *args: Any) -> None:
     try:
         fn(*args)
     except Exception as error:  # the hold stays in the store; its lease charges it at most what it held
-        warn_user(f"shekel: {error} The call's hold in the store ends with its lease.")
+        _warn_failed(error)
 
 
 async def _aquietly(fn: Any, *args: Any) -> None:
     try:
         await fn(*args)
     except Exception as error:
+        _warn_failed(error)
+
+
+def _warn_failed(error: Exception) -> None:
+    # A warning turned error (-W error) must not escape either: the other stores' holds are still to be
+    # settled, and the caller's answer to be handed back.
+    with contextlib.suppress(Exception):
         warn_user(f"shekel: {error} The call's hold in the store ends with its lease.")
 
 

@@ -116,4 +116,12 @@ def wait(seconds: object) -> float | None:
     value = float(seconds)
     if not (value >= 0) or value == float("inf"):
         raise BudgetConfigError(f"wait must be a finite number of seconds >= 0, got {seconds!r}. {fix}")
+    if value > MAX_WAIT:
+        raise BudgetConfigError(
+            f"wait={seconds!r} is longer than a year: to wait as long as calls are in flight, pass wait=None."
+        )
     return value
+
+
+#: The longest finite ``wait`` (a year): beyond it, a timed wait overflows the platform's clock.
+MAX_WAIT = 365 * 86400.0

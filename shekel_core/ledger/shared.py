@@ -12,7 +12,7 @@ Windows (``window=``):
 
 * ``None``: one bucket; the spend accumulates until ``reset()``.
 * rolling, ``W`` seconds (``90``, ``"90s"``, ``"15m"``, ``"1h"``, ``"24h"``, ``"7d"``): the window is cut into
-  60 buckets of ``ceil(W / 60)`` seconds, and the spend of the last ``W`` seconds is the sum of the buckets
+  60 buckets of ``W / 60`` seconds, and the spend of the last ``W`` seconds is the sum of the buckets
   that overlap them. A charge is therefore counted for between ``W`` and ``W + W/60`` seconds: never less
   than the true spend of the last ``W`` seconds, at most one bucket (1/60 of the window) longer.
 * calendar, ``"day"``, ``"week"`` (from Monday) or ``"month"``, in UTC: one bucket per period, reset at its
@@ -71,8 +71,8 @@ class Window:
     calendar: str | None = None  # "day", "week" or "month"
 
     @property
-    def bucket_seconds(self) -> int | None:
-        return None if self.seconds is None else max(1, math.ceil(self.seconds / ROLLING_BUCKETS))
+    def bucket_seconds(self) -> float | None:
+        return None if self.seconds is None else self.seconds / ROLLING_BUCKETS
 
     def bucket(self, now: float) -> int:
         """The bucket a charge at ``now`` (epoch seconds) goes to."""
@@ -142,11 +142,14 @@ def parse_window(window: object) -> Window:
 
 
 def parse_lease(lease: object) -> float:
-    fix = "Pass lease=600 (seconds a dead process's hold stays held), or any number of seconds > 0."
+    fix = "Pass lease=600 (seconds a dead process's hold stays held), or any number of seconds > 0, up to a year."
     if isinstance(lease, bool) or not isinstance(lease, (int, float, Decimal)):
         raise BudgetConfigError(f"lease must be a number of seconds, got {lease!r}. {fix}")
-    value = float(lease)
-    if not math.isfinite(value) or value <= 0:
+    try:
+        value = float(lease)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value) or value <= 0 or value > 365 * 86400:
         raise BudgetConfigError(f"lease must be a finite number of seconds > 0, got {lease!r}. {fix}")
     return value
 
@@ -312,9 +315,11 @@ _host = socket.gethostname()
 _counter = count(1)
 
 
-def owner() -> str:
-    """Who holds a hold: this host, process and thread (a call never waits for its own holds)."""
-    return f"{_host}:{os.getpid()}:{threading.get_ident()}"
+def owner(task: object = None) -> str:
+    """Who holds a hold: this host, process and thread, and the asyncio task when there is one (a call never
+    waits for its own holds, and tasks of one event loop wait for each other's)."""
+    base = f"{_host}:{os.getpid()}:{threading.get_ident()}"
+    return base if task is None else f"{base}:{id(task)}"
 
 
 def new_hold_id() -> str:
@@ -330,13 +335,17 @@ def store_error(store: Store, action: str, error: BaseException) -> StoreError:
     )
 
 
-_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")
+#: ``scheme://userinfo@`` (userinfo may itself hold ``@``: the last one ends it) and query strings.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s]*@")
+_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?]*)\?[^\s]*")
 
 
 def _scrub(text: str) -> str:
-    return _PASSWORD.sub(r"\1***@", text)
+    """``text`` with every URL's user information and query string hidden: either may carry a password
+    (``redis://user:pw@host``, ``redis://host?password=pw``)."""
+    return _QUERY.sub(r"\1?***", _USERINFO.sub(r"\1***@", text))
 
 
 def display_url(url: str) -> str:
-    """``url`` without its password."""
+    """``url`` without anything that may be a password."""
     return _scrub(url)

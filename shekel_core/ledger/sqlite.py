@@ -72,14 +72,21 @@ class SQLiteStore(Store):
         self.display = f"sqlite:///{self.path}"
         self._busy_timeout = busy_timeout
         self._local = threading.local()
-        self._logged = 0
 
     # ---------------------------------------------------------------- connections
     def _connection(self) -> sqlite3.Connection:
         local = self._local
         connection: sqlite3.Connection | None = getattr(local, "connection", None)
         if connection is not None and local.pid == os.getpid():
-            return connection
+            try:
+                identity = _identity(self.path)
+            except FileNotFoundError:
+                identity = None
+            if identity == local.identity:
+                return connection
+            # The file was deleted or replaced: a connection to the old one would keep a ledger apart from
+            # every process that opens the path now. Reconnect (the old file's holds are gone with it).
+            connection.close()
         # A new thread, or a forked child: SQLite connections must not cross either.
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(
@@ -88,14 +95,31 @@ class SQLiteStore(Store):
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.executescript(_SCHEMA)
-        local.connection, local.pid = connection, os.getpid()
+        local.connection, local.pid, local.identity = connection, os.getpid(), _identity(self.path)
         return connection
+
+    def _begin(self) -> sqlite3.Connection:
+        """A connection in a write transaction. SQLite answers "database is locked" at once, without its busy
+        timeout, in a few cases (a WAL file being recovered or reset as another process closes its last
+        connection): those are retried with a short backoff until the busy timeout has passed."""
+        deadline = time.monotonic() + self._busy_timeout
+        pause = 0.002
+        while True:
+            try:
+                connection = self._connection()
+                connection.execute("BEGIN IMMEDIATE")
+                return connection
+            except sqlite3.OperationalError as error:
+                text = str(error).lower()
+                if ("locked" not in text and "busy" not in text) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
 
     @contextmanager
     def _transaction(self, action: str) -> Iterator[sqlite3.Connection]:
         try:
-            connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
+            connection = self._begin()
         except (sqlite3.Error, OSError) as error:  # a locked or corrupt file, a folder that cannot be made
             raise store_error(self, action, error) from error
         try:
@@ -171,7 +195,7 @@ class SQLiteStore(Store):
                     charge.input_tokens,
                     charge.output_tokens,
                 )
-                db.execute(
+                logged = db.execute(
                     "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL)",
                     (
                         now,
@@ -187,8 +211,8 @@ class SQLiteStore(Store):
                         _host(hold_id),
                     ),
                 )
-            self._logged += 1
-            if self._logged % 1000 == 0:
+            # Every 1,000th row of the log, whichever process writes it, prunes: short-lived processes too.
+            if logged.lastrowid is not None and logged.lastrowid % 1000 == 0:
                 self._prune(db, names, now)
 
     def release(self, names: list[str], hold_id: str) -> None:
@@ -207,6 +231,7 @@ class SQLiteStore(Store):
     def read(self, budget: SharedLimits) -> Figures:
         with self._transaction("read a budget") as db:
             now = time.time()
+            self._check_window(db, budget)
             self._sweep(db, budget.name, now)
             return self._figures(db, budget, now)
 
@@ -214,6 +239,7 @@ class SQLiteStore(Store):
         with self._transaction("reset a budget") as db:
             db.execute("DELETE FROM buckets WHERE name = ?", (name,))
             db.execute("DELETE FROM expired WHERE name = ?", (name,))
+            db.execute("DELETE FROM budgets WHERE name = ?", (name,))  # its window too: a new start
 
     def names(self) -> list[str]:
         with self._transaction("list budgets") as db:
@@ -242,14 +268,18 @@ class SQLiteStore(Store):
             return [{k: v for k, v in zip(columns, row, strict=True) if k != "hold"} for row in cursor]
 
     # ---------------------------------------------------------------- inside a transaction
-    def _register(self, db: sqlite3.Connection, budget: SharedLimits, now: float) -> None:
+    def _check_window(self, db: sqlite3.Connection, budget: SharedLimits) -> None:
         row = db.execute("SELECT window FROM budgets WHERE name = ?", (budget.name,)).fetchone()
         if row is not None and row[0] != budget.window.spec:
             raise BudgetConfigError(
                 f"shared budget {budget.name!r} in {self.display} counts spend over window {row[0]!r}, and "
                 f"this process opened it with window {budget.window.spec!r}: every process must use the same "
-                "window for one name. Use the same window=, another name, or reset the budget."
+                "window for one name. Use the same window=, another name, or reset the budget (b.reset() "
+                "forgets its spend and its window)."
             )
+
+    def _register(self, db: sqlite3.Connection, budget: SharedLimits, now: float) -> None:
+        self._check_window(db, budget)
         db.execute(
             "INSERT INTO budgets VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
             "max_nano = excluded.max_nano, max_calls = excluded.max_calls, max_tokens = excluded.max_tokens, "
@@ -356,6 +386,11 @@ class SQLiteStore(Store):
                 (name, name, LOG_LIMIT),
             )
         db.execute("DELETE FROM expired WHERE at < ?", (now - EXPIRED_KEPT_SECONDS,))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
 def _host(hold_id: str) -> str:
