@@ -262,9 +262,18 @@ class Budget:
             name, store, window, lease, on_store_error, limit, max_calls, max_tokens
         )
         # A shared budget's limits are enforced in its store; its account here counts this process's own
-        # share, under the same limits: never tighter than the store's, and what holds the process to them
-        # while the store is down (on_store_error="open").
-        self._account = Account(self, limit, max_calls, max_tokens)
+        # share. With on_store_error="open" and no window, that share is also held to the same limits: never
+        # tighter than the store's while the process alone resets it, and what holds the process to them
+        # while the store is down. Otherwise the store alone enforces them (a window, or a reset by another
+        # process, would make the share here refuse calls the store has room for).
+        part = self._shared
+        own_limits = part is None or (
+            part.fail_open and part.limits.window.seconds is None and part.limits.window.calendar is None
+        )
+        if own_limits:
+            self._account = Account(self, limit, max_calls, max_tokens)
+        else:
+            self._account = Account(self, None, None, None)
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
