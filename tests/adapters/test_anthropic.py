@@ -134,3 +134,18 @@ def test_anthropic_api_is_priced_from_the_bundled_data(server: FakeInferenceServ
     (record,) = b.records
     assert record.provider == "anthropic" and record.priced
     assert record.cost == Decimal("0.8") / 10**6 * 5 + Decimal("4") / 10**6 * 2
+
+
+def test_docs_page_examples_run(server: FakeInferenceServer, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "anthropic.md"
+    namespace: dict[str, object] = {"__name__": "docs_example"}
+    for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+        code = block.replace(
+            'Anthropic(api_key="sk-ant-...")', f'Anthropic(base_url="{server.url}", api_key="x")'
+        )
+        exec(compile(code, "docs/anthropic.md", "exec"), namespace)
+    assert "2 0" in capsys.readouterr().out
+    assert [r.route for r in server.requests] == ["messages", "messages", "messages.count_tokens"]

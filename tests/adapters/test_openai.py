@@ -330,3 +330,20 @@ def test_fallback_models_are_sent(client: Any, server: FakeInferenceServer) -> N
         client.chat.completions.create(model="big", messages=MESSAGES, max_tokens=5)
     assert server.requests[-1].body["model"] == "small"
     assert b.records[0].fallback_from == "big"
+
+
+# ------------------------------------------------------------------------------------------ docs/openai.md
+def test_docs_page_examples_run(server: FakeInferenceServer, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "openai.md"
+    namespace: dict[str, object] = {"__name__": "docs_example"}
+    for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S):
+        code = block.replace("https://router.huggingface.co/v1", server.url + "/v1").replace(
+            "http://localhost:8000/v1", server.url + "/v1"
+        )
+        exec(compile(code, "docs/openai.md", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "1 call, $" in out and "3 0" in out and "refused: " in out
+    assert server.request_count == 4  # the refused call was never sent
