@@ -249,7 +249,7 @@ def _count_stream_sync(pending: Any, stream: Any) -> None:
         try:
             close()
         finally:
-            wrapped.close()
+            wrapped.close()  # type: ignore[attr-defined]  # a generator
             pending.finish()
 
     stream.close = closing

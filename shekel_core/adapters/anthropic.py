@@ -80,7 +80,8 @@ class _MessageCall(CallAccounting):
 
     def _read(self, message: Any) -> None:
         self.saw_usage(read_usage(_field(message, "usage")))
-        for block in _field(message, "content") or ():
+        content = _field(message, "content")
+        for block in content if isinstance(content, (list, tuple)) else ():
             self._saw_block(block)
         model = _field(message, "model")
         self.model_label = model if isinstance(model, str) and model else None

@@ -175,8 +175,8 @@ class _ResponseCall(CallAccounting):
 
     def _read(self, response: Any) -> None:
         self.saw_usage(_responses_usage(_field(response, "usage")))
-        for item in _field(response, "output") or ():
-            for part in _field(item, "content") or ():
+        for item in _listed(_field(response, "output")):
+            for part in _listed(_field(item, "content")):
                 self.saw_output(_field(part, "text"))
             self.saw_output(_field(item, "arguments"))
         model = _field(response, "model")
@@ -244,7 +244,7 @@ def _plan_embedding(target: Budget, client: Any, body: dict[str, Any]) -> _Embed
         if isinstance(item, str):
             high += text_tokens_high(item)
             fair += text_tokens_fair(item)
-        elif _is_tokens(item):
+        elif isinstance(item, list) and _is_tokens(item):
             high += len(item)
             fair += len(item)
         else:
@@ -258,6 +258,10 @@ def _plan_embedding(target: Budget, client: Any, body: dict[str, Any]) -> _Embed
         streamed=False,
         model_label=None if model is None else redact_model(model),
     )
+
+
+def _listed(value: object) -> list[Any] | tuple[Any, ...]:
+    return value if isinstance(value, (list, tuple)) else ()
 
 
 def _is_tokens(value: object) -> bool:
