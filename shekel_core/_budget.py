@@ -929,7 +929,11 @@ class Budget:
                 )
             input_cost = output_price = ZERO
         else:
-            input_cost = price.input_per_token * prompt_tokens
+            # A prompt written to the provider's cache may cost more per token than plain input.
+            input_price = price.input_per_token
+            if price.cache_write_per_token is not None:
+                input_price = price.worst_input_per_token
+            input_cost = input_price * prompt_tokens
             output_price = price.output_per_token
         try:
             granted, cost, tokens = ledger.hold(
@@ -1184,7 +1188,11 @@ class Budget:
                     f"the server reported {usage.input_tokens} input tokens for a prompt estimated at most "
                     f"{reservation.prompt_tokens}; charged as reported"
                 )
-            cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
+            cost = (
+                ZERO
+                if price is None
+                else price.cost(usage.input_tokens, usage.output_tokens, cached, usage.cache_write_tokens)
+            )
             if note:
                 notes.append(note)
         elif outcome == ERROR:
@@ -1346,6 +1354,9 @@ class Budget:
                     if reserved.cached_input_per_token is None
                     else min(price.cached_input_per_token, reserved.cached_input_per_token),
                     provider,
+                    None
+                    if price.cache_write_per_token is None or reserved.cache_write_per_token is None
+                    else min(price.cache_write_per_token, reserved.cache_write_per_token),
                 ),
                 provider,
                 [

@@ -12,15 +12,17 @@ _installed = False
 
 
 def install() -> None:
-    """Patch every supported client library that is importable (today: huggingface_hub). Idempotent.
+    """Patch every supported client library that is importable (huggingface_hub, openai, anthropic). Idempotent.
 
     Entering a budget does this on first use; call it yourself to patch eagerly, at start-up.
     """
     global _installed
-    from .adapters import huggingface_hub
+    from .adapters import anthropic, huggingface_hub, openai
 
     with _lock:
         huggingface_hub.install()
+        openai.install()
+        anthropic.install()
         _installed = True
     if "langchain_core" in sys.modules and "langchain_huggingface" in sys.modules:
         # LangChain is in use: importing the integration registers its configure hook, so that LangChain
@@ -37,10 +39,12 @@ def uninstall() -> None:
     A budget entered afterwards installs the patches again.
     """
     global _installed
-    from .adapters import huggingface_hub
+    from .adapters import anthropic, huggingface_hub, openai
 
     with _lock:
         huggingface_hub.uninstall()
+        openai.uninstall()
+        anthropic.uninstall()
         _installed = False
 
 

@@ -35,7 +35,7 @@ PRICE_QUANTUM = Decimal("1e-12")
 MAX_PRICE_PER_TOKEN = Decimal("1e8")
 
 _PRICE_KEYS = frozenset({"input", "output"})
-_OPTIONAL_KEYS = frozenset({"cached_input"})
+_OPTIONAL_KEYS = frozenset({"cached_input", "cache_write"})
 _PRICE_FIX = (
     'Give prices in USD per 1,000 tokens, e.g. price_per_1k_tokens={"input": 0.001, "output": 0.002}.'
 )
@@ -46,8 +46,10 @@ class Price:
     """USD per token for input (prompt) and output (completion) tokens, and where the price came from.
 
     ``cached_input_per_token`` is the price of prompt tokens the provider served from its cache, when the
-    price source has one; without it cached tokens are charged as ordinary input. ``provider`` is the
-    Inference Provider the price belongs to, when it is provider-specific.
+    price source has one; without it cached tokens are charged as ordinary input. ``cache_write_per_token``
+    is the price of prompt tokens written to the cache (Anthropic's ``cache_creation_input_tokens``), when
+    the source has one; without it they are charged as ordinary input. ``provider`` is the Inference Provider
+    the price belongs to, when it is provider-specific.
     """
 
     input_per_token: Decimal
@@ -55,9 +57,29 @@ class Price:
     source: str
     cached_input_per_token: Decimal | None = None
     provider: str | None = None
+    cache_write_per_token: Decimal | None = None
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
-        """The exact USD cost of a call; ``cached_input_tokens`` are part of ``input_tokens``."""
+    @property
+    def worst_input_per_token(self) -> Decimal:
+        """The most one prompt token can cost: the input price, or the cache-write price when it is higher
+        (a reservation holds this, since it cannot know which prompt tokens the provider will cache)."""
+        write = self.cache_write_per_token
+        return self.input_per_token if write is None or write <= self.input_per_token else write
+
+    def cost(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        """The exact USD cost of a call; ``cached_input_tokens`` (read from the provider's cache) and
+        ``cache_write_tokens`` (written to it) are part of ``input_tokens``."""
+        if cache_write_tokens and self.cache_write_per_token is not None:
+            written = min(max(cache_write_tokens, 0), input_tokens)
+            return (self.cache_write_per_token - self.input_per_token) * written + self.cost(
+                input_tokens, output_tokens, min(cached_input_tokens, input_tokens - written)
+            )
         cached_price = self.cached_input_per_token
         # min/max only when there is something cached to charge apart (the usual call has nothing).
         cached = (
@@ -89,6 +111,8 @@ class Price:
             if self.cached_input_per_token is None
             else f", ${_plain(self.cached_input_per_token * MILLION)} cached input"
         )
+        if self.cache_write_per_token is not None:
+            cached += f", ${_plain(self.cache_write_per_token * MILLION)} cache write"
         return (
             f"${_plain(self.input_per_1m)} input, ${_plain(self.output_per_1m)} output{cached} "
             f"per 1M tokens, from {self.source}"
@@ -203,13 +227,13 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
     if unknown:
         raise BudgetConfigError(
             f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the known keys are 'input', "
-            f"'output' and 'cached_input' (optional). {_PRICE_FIX}"
+            f"'output', 'cached_input' and 'cache_write' (optional). {_PRICE_FIX}"
         )
     missing = sorted(_PRICE_KEYS - set(value))
     if missing:
         raise BudgetConfigError(f"{where} is missing {', '.join(map(repr, missing))}. {_PRICE_FIX}")
     per_1k: dict[str, Decimal] = {}
-    for key in ("input", "output", "cached_input"):
+    for key in ("input", "output", "cached_input", "cache_write"):
         if key not in value:
             continue
         amount = to_decimal(
@@ -223,12 +247,13 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
         if problem is not None:
             raise BudgetConfigError(f"{where}[{key!r}] {problem}, got {value[key]!r}. {_PRICE_FIX}")
         per_1k[key] = amount
-    cached = per_1k.get("cached_input")
+    cached, write = per_1k.get("cached_input"), per_1k.get("cache_write")
     return Price(
         per_1k["input"] / THOUSAND,
         per_1k["output"] / THOUSAND,
         source,
         None if cached is None else cached / THOUSAND,
+        cache_write_per_token=None if write is None else write / THOUSAND,
     )
 
 
