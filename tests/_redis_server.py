@@ -31,8 +31,13 @@ def binary() -> str | None:
 def missing(why: str) -> None:
     """Skip, or fail under CI."""
     if required():
-        pytest.fail(f"{why}, and CI requires it (CI / SHEKEL_REQUIRE_REDIS is set): apt-get install redis-server")
+        pytest.fail(
+            f"{why}, and CI requires it (CI / SHEKEL_REQUIRE_REDIS is set): apt-get install redis-server"
+        )
     pytest.skip(why)
+
+
+_NO_PERSISTENCE = ("--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
 
 
 def _free_port() -> int:
@@ -58,8 +63,7 @@ def redis_server() -> Iterator[str]:
         for _attempt in range(5):
             port = _free_port()
             process = subprocess.Popen(
-                [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", ""]
-                + ["--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+                [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, *_NO_PERSISTENCE],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )

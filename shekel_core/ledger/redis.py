@@ -41,7 +41,9 @@ try:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 except ImportError as error:  # pragma: no cover - redis-py is an optional extra
-    raise ImportError(f'shekel\'s Redis store needs redis-py: pip install "shekel[redis]" ({error})') from None
+    raise ImportError(
+        f'shekel\'s Redis store needs redis-py: pip install "shekel[redis]" ({error})'
+    ) from None
 
 _NAMES = "shekel:names"
 #: Connection defaults, unless the URL sets them (``?socket_timeout=...``).
@@ -73,7 +75,9 @@ class RedisStore(Store):
             self.display = display_url(url_or_client)
             # No retries: a script whose answer was lost may have run (a settle sent twice would charge twice).
             try:
-                self._client: redis.Redis = redis.Redis.from_url(url_or_client, **self._options(url_or_client))
+                self._client: redis.Redis = redis.Redis.from_url(
+                    url_or_client, **self._options(url_or_client)
+                )
             except ValueError as error:
                 raise BudgetConfigError(f"store URL {self.display!r}: {error}") from None
         elif isinstance(url_or_client, redis.Redis):
@@ -81,7 +85,11 @@ class RedisStore(Store):
             self._client = url_or_client
             kwargs = url_or_client.connection_pool.connection_kwargs
             path = kwargs.get("path")
-            where = f"unix://{path}" if path else f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            where = (
+                f"unix://{path}"
+                if path
+                else f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            )
             self.display = f"{where}/{kwargs.get('db', 0)}"
         else:
             raise BudgetConfigError(
@@ -121,7 +129,9 @@ class RedisStore(Store):
     async def _arun(self, script: str, action: str, keys: list[str], args: list[Any]) -> Any:
         scripts = self._ascripts()
         if scripts is None:
-            return await asyncio.get_running_loop().run_in_executor(None, self._run, script, action, keys, args)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self._run, script, action, keys, args
+            )
         try:
             return await scripts[script](keys=keys, args=args)
         except (redis.RedisError, OSError) as error:

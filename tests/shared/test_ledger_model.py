@@ -9,7 +9,6 @@ moved by the store's offset (``RedisStore._clock_offset``) before each operation
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,18 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from shekel.ledger import sqlite as sqlite_module
 from shekel.ledger.shared import Ask, Charge, Figures, SharedLimits, Store, StoreNoRoom, parse_window
 from shekel.ledger.sqlite import SQLiteStore, _fit
+
+from ._clock import redis_clock, sqlite_clock
 
 A = SharedLimits("a", parse_window("60s"), max_nano=1500, max_calls=None, max_tokens=500)
 B = SharedLimits("b", parse_window(None), max_nano=None, max_calls=12, max_tokens=None)
@@ -35,7 +41,9 @@ class Book:
 
     limits: SharedLimits
     charges: list[list[float]] = field(default_factory=list)  # [at, money, calls, failed, input, output]
-    holds: dict[str, tuple[int, int, str, float]] = field(default_factory=dict)  # money, tokens, owner, deadline
+    holds: dict[str, tuple[int, int, str, float]] = field(
+        default_factory=dict
+    )  # money, tokens, owner, deadline
     expired: dict[str, int] = field(default_factory=dict)  # hold id -> index of its charge
 
     def sweep(self, now: float) -> None:
@@ -96,7 +104,15 @@ class LedgerMachine(RuleBasedStateMachine):
         self.count += 1
         hold_id = f"host:1:{self.count}"
         ask = Ask(
-            hold_id, owner, prompt * 3, 5, prompt, max_tokens, max_tokens or 40, MARGIN, lease + 0.25,
+            hold_id,
+            owner,
+            prompt * 3,
+            5,
+            prompt,
+            max_tokens,
+            max_tokens or 40,
+            MARGIN,
+            lease + 0.25,
             patient=patient,
         )
         for book in self.books.values():
@@ -203,19 +219,12 @@ SETTINGS = settings(
 
 
 def test_the_sqlite_store_matches_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [0.0]
-
-    class Clock:
-        time = staticmethod(lambda: now[0])
-        monotonic = staticmethod(time.monotonic)
-        sleep = staticmethod(time.sleep)
-
-    monkeypatch.setattr(sqlite_module, "time", Clock)
+    set_clock = sqlite_clock(monkeypatch, 0.0)
     runs = iter(range(10**6))
 
     def make() -> Any:
         store = SQLiteStore(tmp_path / f"{next(runs)}.db")
-        return store, lambda v: now.__setitem__(0, v), store.close
+        return store, set_clock, store.close
 
     machine = type("SQLiteLedger", (LedgerMachine,), {"make_store": staticmethod(make)})
     run_state_machine_as_test(machine, settings=SETTINGS)
@@ -227,11 +236,7 @@ def test_the_redis_store_matches_the_model(redis_store_url: str) -> None:
     def make() -> Any:
         store = RedisStore(redis_store_url)
         store._client.flushdb()
-
-        def set_clock(v: float) -> None:
-            store._clock_offset = v - time.time()
-
-        return store, set_clock, store.close
+        return store, redis_clock(store), store.close
 
     machine = type("RedisLedger", (LedgerMachine,), {"make_store": staticmethod(make)})
     run_state_machine_as_test(machine, settings=SETTINGS)

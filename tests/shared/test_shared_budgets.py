@@ -203,7 +203,9 @@ def down_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{blocker / 'budgets.db'}"
 
 
-def test_a_store_that_is_down_refuses_calls_before_sending(server: FakeInferenceServer, down_url: str) -> None:
+def test_a_store_that_is_down_refuses_calls_before_sending(
+    server: FakeInferenceServer, down_url: str
+) -> None:
     client = InferenceClient(base_url=server.url)
     with _shared(down_url, "down", max_usd=1):
         with pytest.raises(StoreError, match=r"could not reserve a call.*on_store_error='open'") as caught:
