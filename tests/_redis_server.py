@@ -40,6 +40,10 @@ def missing(why: str) -> None:
 _NO_PERSISTENCE = ("--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
 
 
+def _unix(folder: str) -> tuple[str, ...]:
+    return ("--unixsocket", f"{folder}/redis.sock", "--unixsocketperm", "700")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,7 +67,17 @@ def redis_server() -> Iterator[str]:
         for _attempt in range(5):
             port = _free_port()
             process = subprocess.Popen(
-                [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, *_NO_PERSISTENCE],
+                [
+                    exe,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    folder,
+                    *_NO_PERSISTENCE,
+                    *_unix(folder),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )
