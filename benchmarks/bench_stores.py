@@ -189,14 +189,23 @@ def _flush(spec: str) -> None:
 
         with redis.Redis.from_url(spec) as client:
             client.flushdb()
+            client.config_resetstat()
     else:
         Path(spec[len("sqlite:///") :]).unlink(missing_ok=True)
+
+
+def _script_us(spec: str) -> float:
+    import redis
+
+    with redis.Redis.from_url(spec) as client:
+        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return float(stats.get("usec_per_call", 0.0))
 
 
 def measure(quick: bool = False) -> dict[str, Any]:
     """Pairs per second per store and process count, and the overshoot runs: a dict of figures."""
     seconds = 1.0 if quick else SECONDS
-    figures: dict[str, Any] = {"pairs": {}, "overshoot": {}}
+    figures: dict[str, Any] = {"pairs": {}, "overshoot": {}, "server_us": {}}
     with tempfile.TemporaryDirectory(prefix="shekel-bench-sqlite-") as folder, _redis_server() as redis_url:
         stores = {"memory": "", "sqlite": f"sqlite:///{folder}/b.db"}
         if redis_url is not None:
@@ -207,6 +216,8 @@ def measure(quick: bool = False) -> dict[str, Any]:
                     _flush(spec)
                 counts = _run(_pairs, [(kind, spec, seconds)] * n)
                 figures["pairs"][(kind, n)] = sum(counts) / seconds
+                if kind == "redis":  # the server's own time per script, whatever the clients' load
+                    figures["server_us"][n] = _script_us(spec)
                 print(
                     f"  {kind:6} x{n}: {figures['pairs'][(kind, n)]:,.0f} pairs/s",
                     file=sys.stderr,
@@ -239,6 +250,18 @@ def run(quick: bool = False) -> list[Row]:
                 time_text=f"{rate:,.0f}/s vs {base:,.0f}/s; ratio {rate / base:.4f}; {1e6 / rate * n:,.0f} us/pair",
                 target="" if target is None else f">= {target:,.0f} pairs/s",
                 ok=None if target is None else rate >= target,
+            )
+        )
+    for n, us in sorted(figures["server_us"].items()):
+        rows.append(
+            Row(
+                "stores",
+                f"redis-server time per script, {n} process{'es' if n > 1 else ''}",
+                "",
+                time_text=f"{us:.1f} us per script (reserve or settle): the server alone could do "
+                f"{1e6 / (2 * us):,.0f} pairs/s"
+                if us
+                else "",
             )
         )
     for kind, (charged, spent, over) in figures["overshoot"].items():
