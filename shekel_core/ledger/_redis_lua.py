@@ -75,11 +75,11 @@ end
 local function add(p, spec, bucket, money, calls, failed, inp, outp)
   local key = p .. 'buckets'
   local f = spec .. '|' .. s(bucket) .. '|'
-  redis.call('HINCRBY', key, f .. 'm', s(money))
-  redis.call('HINCRBY', key, f .. 'c', s(calls))
-  redis.call('HINCRBY', key, f .. 'f', s(failed))
-  redis.call('HINCRBY', key, f .. 'i', s(inp))
-  redis.call('HINCRBY', key, f .. 'o', s(outp))
+  redis.call('HINCRBY', key, f .. 'm', s(money))  -- always: it marks the bucket as there (see SETTLE)
+  if calls ~= 0 then redis.call('HINCRBY', key, f .. 'c', s(calls)) end
+  if failed ~= 0 then redis.call('HINCRBY', key, f .. 'f', s(failed)) end
+  if inp ~= 0 then redis.call('HINCRBY', key, f .. 'i', s(inp)) end
+  if outp ~= 0 then redis.call('HINCRBY', key, f .. 'o', s(outp)) end
   local ttl = ttl_of(spec)
   if ttl ~= nil then redis.call('EXPIRE', key, ttl) end
 end
@@ -89,13 +89,20 @@ local function split_hold(v)
 end
 local function host_of(id) return string.match(id, '^([^:]*)') end
 local function push_log(p, entry, limit)
-  redis.call('RPUSH', p .. 'log', entry)
-  redis.call('LTRIM', p .. 'log', -limit, -1)
+  if redis.call('RPUSH', p .. 'log', entry) > limit then redis.call('LTRIM', p .. 'log', -limit, -1) end
+end
+local function prune_expired(p, now)
+  local old = redis.call('ZRANGEBYSCORE', p .. 'expired_at', '-inf', '(' .. t(now - 7 * 86400))
+  for _, x in ipairs(old) do
+    redis.call('HDEL', p .. 'expired', x)
+    redis.call('ZREM', p .. 'expired_at', x)
+  end
 end
 -- Charge every hold whose lease ran out at what it held, and remember it as expired.
 local function sweep(p, name, now, limit)
   local ids = redis.call('ZRANGEBYSCORE', p .. 'deadlines', '-inf', '(' .. t(now))
   if #ids == 0 then return end
+  prune_expired(p, now)
   local spec = spec_of(p)
   local bucket = bucket_of(spec, now)
   for _, id in ipairs(ids) do
@@ -176,15 +183,21 @@ for i = 1, #KEYS do
   local a = 13 + (i - 1) * 5
   local b = {p = KEYS[i], name = ARGV[a + 1], spec = ARGV[a + 2], max_nano = opt(ARGV[a + 3]),
              max_calls = opt(ARGV[a + 4]), max_tokens = opt(ARGV[a + 5])}
-  local stored = redis.call('HGET', b.p .. 'config', 'window')
+  b.raw = {ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]}
+  b.stored = redis.call('HMGET', b.p .. 'config', 'window', 'max_nano', 'max_calls', 'max_tokens', 'updated')
+  local stored = b.stored[1]
   if stored and stored ~= b.spec then return {'window', t(now), b.name, stored} end
   budgets[i] = b
 end
 local figs = {}
 for i, b in ipairs(budgets) do
-  redis.call('HSET', b.p .. 'config', 'window', b.spec, 'max_nano', ARGV[13 + (i - 1) * 5 + 3],
-             'max_calls', ARGV[13 + (i - 1) * 5 + 4], 'max_tokens', ARGV[13 + (i - 1) * 5 + 5], 'updated', t(now))
-  redis.call('SADD', 'shekel:names', b.name)
+  local st = b.stored
+  -- The limits as processes last opened it, and when: written when they change, or once a minute.
+  if not st[1] or st[2] ~= b.raw[1] or st[3] ~= b.raw[2] or st[4] ~= b.raw[3] or now - tonumber(st[5]) > 60 then
+    redis.call('HSET', b.p .. 'config', 'window', b.spec, 'max_nano', b.raw[1], 'max_calls', b.raw[2],
+               'max_tokens', b.raw[3], 'updated', t(now))
+    if not st[1] then redis.call('SADD', 'shekel:names', b.name) end
+  end
   sweep(b.p, b.name, now, limit)
   figs[i] = figures(b.p, b.spec, now, owner, true)
 end
@@ -282,11 +295,6 @@ for i, p in ipairs(KEYS) do
   end
   add(p, spec, bucket_of(spec, now), money, calls, failed, inp, outp)
   push_log(p, '{"at":' .. string.format('%.6f', now) .. ',"name":' .. cjson.encode(name) .. ',' .. string.sub(rest, 2), limit)
-  local old = redis.call('ZRANGEBYSCORE', p .. 'expired_at', '-inf', '(' .. t(now - 7 * 86400))
-  for _, x in ipairs(old) do
-    redis.call('HDEL', p .. 'expired', x)
-    redis.call('ZREM', p .. 'expired_at', x)
-  end
 end
 return t(now)
 """
