@@ -263,17 +263,17 @@ class RedisStore(Store):
 
     def names(self) -> list[str]:
         try:
-            members = self._client.smembers(_NAMES)
+            members: Any = self._client.smembers(_NAMES)
         except (redis.RedisError, OSError) as error:
             raise store_error(self, "list budgets", error) from error
-        return sorted(_text(m) for m in members)  # type: ignore[union-attr]
+        return sorted(_text(m) for m in members)
 
     def describe(self, name: str) -> dict[str, Any] | None:
         try:
-            raw = self._client.hgetall(_prefix(name) + "config")
+            raw: Any = self._client.hgetall(_prefix(name) + "config")
         except (redis.RedisError, OSError) as error:
             raise store_error(self, "describe a budget", error) from error
-        config = {_text(k): _text(v) for k, v in raw.items()}  # type: ignore[union-attr]
+        config = {_text(k): _text(v) for k, v in raw.items()}
         if not config:
             return None
         return {
