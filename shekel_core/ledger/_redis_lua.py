@@ -9,8 +9,9 @@ Keys of budget ``N`` (``P`` = ``shekel:{N}:``; the braces make ``N`` the hash ta
 * ``P holds``: hash, hold id -> ``money|tokens|owner|model``; ``P deadlines``: sorted set, hold id -> deadline;
 * ``P buckets``: hash, ``window|bucket|m`` (nano-dollars), ``|c`` (calls), ``|f`` (failed), ``|i`` and ``|o``
   (tokens); buckets out of their window are pruned by every write, and the hash expires (TTL) when unused;
-* ``P expired``: hash, hold id -> ``window|bucket|money|tokens|log entry`` of a hold its lease ended (kept
-  7 days, ``P expired_at``), so that a late settle replaces its charge;
+* ``P expired``: hash, hold id -> ``window|bucket|money|tokens|log entry`` of a hold its lease ended, so
+  that a late settle replaces its charge (kept at least 7 days, ``P expired_at``: pruned by the next sweep
+  that expires a hold);
 * ``P log``: list of settled calls (JSON), capped at ``LOG_LIMIT`` entries;
 * ``shekel:names``: set of every budget's name.
 
