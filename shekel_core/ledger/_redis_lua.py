@@ -21,24 +21,39 @@ back with ``%.0f`` (never in exponent form), and floor division is corrected to 
 
 from __future__ import annotations
 
-_COMMON = r"""
+#: Lua helpers, in an order where each calls only ones before it. A script carries only those it calls:
+#: each is a closure made anew on every run of a script.
+_HELPERS: dict[str, str] = {
+    "s": r"""
 local function s(n) if n == 0 then return '0' end return string.format('%.0f', n) end
+""",
+    "t": r"""
 local function t(n) return string.format('%.17g', n) end
+""",
+    "opt": r"""
 local function opt(v) if v == nil or v == '' then return nil end return tonumber(v) end
+""",
+    "idiv": r"""
 local function idiv(a, b)
   local q = math.floor(a / b)
   while q * b > a do q = q - 1 end
   while (q + 1) * b <= a do q = q + 1 end
   return q
 end
+""",
+    "clock": r"""
 local function clock(offset)
   local now = redis.call('TIME')
   return tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(offset)
 end
+""",
+    "rolling": r"""
 local function rolling(spec)
   if spec == 'none' or spec == 'day' or spec == 'week' or spec == 'month' then return nil end
   return tonumber(string.sub(spec, 1, -2))
 end
+""",
+    "bucket_of": r"""
 local function bucket_of(spec, now)
   if spec == 'none' then return 0 end
   local day = math.floor(now / 86400)
@@ -57,11 +72,15 @@ local function bucket_of(spec, now)
   local w = rolling(spec)
   return math.floor(now / (w / 60))
 end
+""",
+    "first_of": r"""
 local function first_of(spec, now)
   local w = rolling(spec)
   if w == nil then return bucket_of(spec, now) end
   return math.floor((now - w) / (w / 60))
 end
+""",
+    "ttl_of": r"""
 local function ttl_of(spec)
   local w = rolling(spec)
   if w ~= nil then return 2 * w + 60 end
@@ -70,9 +89,13 @@ local function ttl_of(spec)
   if spec == 'month' then return 62 * 86400 end
   return nil
 end
+""",
+    "spec_of": r"""
 local function spec_of(p)
   return redis.call('HGET', p .. 'config', 'window') or 'none'
 end
+""",
+    "add": r"""
 local function add(p, spec, bucket, money, calls, failed, inp, outp)
   local key = p .. 'buckets'
   local f = spec .. '|' .. s(bucket) .. '|'
@@ -84,14 +107,22 @@ local function add(p, spec, bucket, money, calls, failed, inp, outp)
   local ttl = ttl_of(spec)
   if ttl ~= nil then redis.call('EXPIRE', key, ttl) end
 end
+""",
+    "split_hold": r"""
 local function split_hold(v)
   local money, tokens, owner, model = string.match(v, '^(%d+)|(%d+)|([^|]*)|(.*)$')
   return tonumber(money), tonumber(tokens), owner, model
 end
+""",
+    "host_of": r"""
 local function host_of(id) return string.match(id, '^([^:]*)') end
+""",
+    "push_log": r"""
 local function push_log(p, entry, limit)
   if redis.call('RPUSH', p .. 'log', entry) > limit then redis.call('LTRIM', p .. 'log', -limit, -1) end
 end
+""",
+    "prune_expired": r"""
 local function prune_expired(p, now)
   local old = redis.call('ZRANGEBYSCORE', p .. 'expired_at', '-inf', '(' .. t(now - 7 * 86400))
   for _, x in ipairs(old) do
@@ -99,6 +130,8 @@ local function prune_expired(p, now)
     redis.call('ZREM', p .. 'expired_at', x)
   end
 end
+""",
+    "sweep": r"""
 -- Charge every hold whose lease ran out at what it held, and remember it as expired.
 local function sweep(p, name, now, limit)
   local ids = redis.call('ZRANGEBYSCORE', p .. 'deadlines', '-inf', '(' .. t(now))
@@ -123,6 +156,8 @@ local function sweep(p, name, now, limit)
     end
   end
 end
+""",
+    "figures": r"""
 -- The budget's figures in window `spec` at `now`; with `prune`, buckets out of the window are dropped.
 local function figures(p, spec, now, owner, prune)
   local first = first_of(spec, now)
@@ -160,10 +195,18 @@ local function figures(p, spec, now, owner, prune)
   end
   return r
 end
+""",
+    "reply": r"""
 local function reply(r)
   return {s(r.spent), s(r.reserved), s(r.calls), s(r.failed), s(r.inflight), s(r.inp), s(r.outp), s(r.rtok)}
 end
-"""
+""",
+}
+
+
+def _with(*names: str) -> str:
+    return "".join(code for name, code in _HELPERS.items() if name in names)
+
 
 #: ARGV: offset, log limit, hold id, owner, input_nano, output_nano, prompt_tokens, max_tokens ('' = as many
 #: as fit), ceiling, margin, lease, model ('' = none), patient ('1'/'0'), then per budget (KEYS[i] its prefix):
@@ -171,7 +214,7 @@ end
 #: Returns {'ok', now, max_tokens or '', money, tokens, spent...} or {'no', now, name, reason, waitable,
 #: needed, figures...} or {'window', now, name, stored window}.
 RESERVE = (
-    _COMMON
+    "".join(_HELPERS.values())
     + r"""
 local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -266,7 +309,7 @@ return out
 #: ARGV: offset, log limit, hold id, money, calls, failed, input tokens, output tokens, log entry (JSON without
 #: ``at`` and ``name``), then the budgets' names (KEYS: their prefixes).
 SETTLE = (
-    _COMMON
+    _with("s", "t", "clock", "rolling", "bucket_of", "ttl_of", "spec_of", "add", "push_log")
     + r"""
 local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -312,7 +355,7 @@ return 1
 
 #: ARGV: offset, hold id, lease. KEYS: the budgets' prefixes.
 RENEW = (
-    _COMMON
+    _with("t", "clock")
     + r"""
 local deadline = t(clock(ARGV[1]) + tonumber(ARGV[3]))
 for _, p in ipairs(KEYS) do
@@ -325,7 +368,7 @@ return 1
 #: ARGV: offset, log limit, name, window. KEYS[1]: the budget's prefix.
 #: Returns {'ok', now, figures...} or {'window', now, name, stored window}.
 READ = (
-    _COMMON
+    _with(*(name for name in _HELPERS if name not in ("opt", "idiv")))
     + r"""
 local now = clock(ARGV[1])
 local p = KEYS[1]
