@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: ``python -m benchmarks`` (or ``python benchmarks/run.py``).
 
 Options: ``--quick`` (fewer repeats, a smoke run), ``--only NAME`` (overhead, stream, enter, concurrency,
-memory, tokenizer, reachable; repeatable), ``--json PATH`` (also write the rows as JSON).
+memory, tokenizer, reachable, stores; repeatable), ``--json PATH`` (also write the rows as JSON).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from . import (  # noqa: E402
     bench_memory,
     bench_overhead,
     bench_reachable,
+    bench_stores,
     bench_stream,
     bench_tokenizer,
 )
@@ -45,6 +46,7 @@ BENCHMARKS = {
     "memory": bench_memory,
     "tokenizer": bench_tokenizer,
     "reachable": bench_reachable,
+    "stores": bench_stores,
 }
 
 

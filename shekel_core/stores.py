@@ -34,7 +34,7 @@ _lock = threading.Lock()
 
 def __getattr__(name: str) -> Any:
     if name == "RedisStore":  # imported on use: redis-py is an optional extra
-        from .ledger.redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
+        from .ledger.redis import RedisStore
 
         return RedisStore
     raise AttributeError(name)
@@ -78,7 +78,7 @@ def _from_url(url: str) -> Store:
         return SQLiteStore(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
     if url.startswith(_REDIS_SCHEMES):
         try:
-            from .ledger.redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
+            from .ledger.redis import RedisStore
         except ImportError as error:
             raise BudgetConfigError(
                 f'store URL {display_url(url)!r} needs redis-py: pip install "shekel[redis]" ({error}).'

@@ -44,6 +44,25 @@ def _fresh_huggingface_hub_session() -> Iterator[None]:
         close_session()
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the session (skipped without one, failed under CI): tests/_redis_server.py."""
+    from ._redis_server import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_store_url(redis_url: str) -> str:
+    """The session's redis-server, emptied for this test."""
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    return redis_url
+
+
 @pytest.fixture
 def server() -> Iterator[FakeInferenceServer]:
     with FakeInferenceServer() as fake:

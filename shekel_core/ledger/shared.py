@@ -346,6 +346,15 @@ def _scrub(text: str) -> str:
     return _QUERY.sub(r"\1?***", _USERINFO.sub(r"\1***@", text))
 
 
+def window_mismatch(store: Store, name: str, stored: str, asked: str) -> BudgetConfigError:
+    """The error for a process that opens a shared budget with another window than the store keeps."""
+    return BudgetConfigError(
+        f"shared budget {name!r} in {store.display} counts spend over window {stored!r}, and this process "
+        f"opened it with window {asked!r}: every process must use the same window for one name. Use the "
+        "same window=, another name, or reset the budget (b.reset() forgets its spend and its window)."
+    )
+
+
 def display_url(url: str) -> str:
     """``url`` without anything that may be a password."""
     return _scrub(url)

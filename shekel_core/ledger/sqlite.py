@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import BudgetConfigError
 from .shared import (
     LOG_LIMIT,
     Ask,
@@ -30,6 +29,7 @@ from .shared import (
     Window,
     parse_window,
     store_error,
+    window_mismatch,
 )
 
 _SCHEMA = """
@@ -271,12 +271,7 @@ class SQLiteStore(Store):
     def _check_window(self, db: sqlite3.Connection, budget: SharedLimits) -> None:
         row = db.execute("SELECT window FROM budgets WHERE name = ?", (budget.name,)).fetchone()
         if row is not None and row[0] != budget.window.spec:
-            raise BudgetConfigError(
-                f"shared budget {budget.name!r} in {self.display} counts spend over window {row[0]!r}, and "
-                f"this process opened it with window {budget.window.spec!r}: every process must use the same "
-                "window for one name. Use the same window=, another name, or reset the budget (b.reset() "
-                "forgets its spend and its window)."
-            )
+            raise window_mismatch(self, budget.name, row[0], budget.window.spec)
 
     def _register(self, db: sqlite3.Connection, budget: SharedLimits, now: float) -> None:
         self._check_window(db, budget)

@@ -13,9 +13,13 @@ PRICES = {"input": 1.0, "output": 2.0}  # $0.001 per input token, $0.002 per out
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'budgets.db'}"
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test with a store runs against SQLite and against a real redis-server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'budgets.db'}"
+    url: str = request.getfixturevalue("redis_store_url")
+    return url
 
 
 def run_script(code: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str] | None:

@@ -1,4 +1,5 @@
-"""Shared budgets through the real ``InferenceClient``, across real processes, on a real SQLite file.
+"""Shared budgets through the real ``InferenceClient``, across real processes, on every store: a real SQLite
+file and a real redis-server (``store_url`` in conftest.py: each test runs against both).
 
 Every process that opens the same name in the same store shares one ledger: the cap holds across them
 with zero overshoot, every request that reached the server is charged once, spend survives a restart, a
@@ -31,11 +32,6 @@ AsyncInferenceClient = huggingface_hub.AsyncInferenceClient
 PRICES = {"input": 1.0, "output": 2.0}  # $0.001 per input token, $0.002 per output token
 MESSAGES = [{"role": "user", "content": "hi there"}]  # 5 prompt tokens at the server
 CALL_COST = Decimal("0.001") * 5 + Decimal("0.002") * 5  # max_tokens=5: $0.015 per call
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'budgets.db'}"
 
 
 def _spend_until_refused(url: str, store: str, name: str, kwargs: dict[str, Any]) -> tuple[int, str]:
@@ -191,29 +187,40 @@ def test_a_slow_worker_settling_after_its_lease_is_counted_once(
 
 
 # ------------------------------------------------------------------------------------------ a store that is down
-def _down_store(tmp_path: Path) -> str:
+@pytest.fixture(params=["sqlite", "redis"])
+def down_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store that cannot be reached: an SQLite file where a folder is a file, a Redis port nobody listens on."""
+    if request.param == "redis":
+        pytest.importorskip("redis")
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return f"redis://:s3cretPASS@127.0.0.1:{port}/0"  # closed once the socket is
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be")
     return f"sqlite:///{blocker / 'budgets.db'}"
 
 
 def test_a_store_that_is_down_refuses_calls_before_sending(
-    server: FakeInferenceServer, tmp_path: Path
+    server: FakeInferenceServer, down_url: str
 ) -> None:
     client = InferenceClient(base_url=server.url)
-    with _shared(_down_store(tmp_path), "down", max_usd=1):
-        with pytest.raises(StoreError, match=r"could not reserve a call.*on_store_error='open'"):
+    with _shared(down_url, "down", max_usd=1):
+        with pytest.raises(StoreError, match=r"could not reserve a call.*on_store_error='open'") as caught:
             client.chat_completion(MESSAGES, model="m", max_tokens=5)
     assert server.request_count == 0
+    assert "s3cretPASS" not in str(caught.value)
 
 
 def test_a_store_that_is_down_with_on_store_error_open_lets_calls_go_counted_here(
-    server: FakeInferenceServer, tmp_path: Path
+    server: FakeInferenceServer, down_url: str
 ) -> None:
     client = InferenceClient(base_url=server.url)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with _shared(_down_store(tmp_path), "down", max_usd=1, on_store_error="open") as b:
+        with _shared(down_url, "down", max_usd=1, on_store_error="open") as b:
             for _ in range(3):
                 client.chat_completion(MESSAGES, model="m", max_tokens=5)
     assert server.request_count == 3
@@ -296,7 +303,7 @@ def test_bad_shared_budget_arguments_fail_at_budget_time(
 def test_store_env_reads_shekel_store(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
     monkeypatch.setenv("SHEKEL_STORE", store_url)
     b = budget(max_usd=1, name="from-env", store="env")
-    assert b._shared is not None and b._shared.store.display.endswith("budgets.db")
+    assert b._shared is not None and b._shared.store is shekel.stores.open_store(store_url)
 
 
 def test_two_processes_with_different_windows_for_one_name_are_told(

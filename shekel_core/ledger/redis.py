@@ -1,0 +1,305 @@
+"""Shared budgets in Redis (or Valkey): one cap for every process on every host.
+
+Every operation is one Lua script, run atomically by the server (reserve over every budget of a chain in
+this store, settle, release, renew, read, reset, and the log), loaded once and called by its SHA
+(``EVALSHA``; reloaded if the server lost it). The scripts read the server's clock (``TIME``), so hosts with
+skewed clocks agree on leases and windows. The rule that decides whether a call fits is the one of
+:class:`~shekel.stores.SQLiteStore`, over the same integer nano-dollars. Keys are ``shekel:{name}:...``
+(see :mod:`shekel.ledger._redis_lua`); Redis Cluster is not supported (a chain's budgets live in
+different hash slots).
+
+Async calls (``areserve``, ``asettle``, ``arelease``, ``aread``) use ``redis.asyncio`` and never block the
+event loop; with a client passed in (a sync ``redis.Redis``) they run in a worker thread instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import weakref
+from typing import Any
+
+from ..errors import BudgetConfigError
+from . import _redis_lua as lua
+from .shared import (
+    LOG_LIMIT,
+    Ask,
+    Charge,
+    Figures,
+    Grant,
+    SharedLimits,
+    Store,
+    StoreNoRoom,
+    display_url,
+    store_error,
+    window_mismatch,
+)
+
+try:
+    import redis
+    import redis.asyncio as aredis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as error:  # pragma: no cover - redis-py is an optional extra
+    raise ImportError(
+        f'shekel\'s Redis store needs redis-py: pip install "shekel[redis]" ({error})'
+    ) from None
+
+_NAMES = "shekel:names"
+#: Connection defaults, unless the URL sets them (``?socket_timeout=...``).
+_TIMEOUTS = {"socket_connect_timeout": 5.0, "socket_timeout": 30.0}
+
+
+def _prefix(name: str) -> str:
+    return f"shekel:{{{name}}}:"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+class RedisStore(Store):
+    """Shared budgets in the Redis (or Valkey) server at ``url_or_client``: a ``redis://``, ``rediss://`` or
+    ``unix://`` URL as redis-py reads it, or a ``redis.Redis`` client."""
+
+    def __init__(self, url_or_client: str | redis.Redis) -> None:
+        #: Seconds added to the server's clock (tests move time forward with it; 0 otherwise).
+        self._clock_offset = 0.0
+        self._url: str | None
+        if isinstance(url_or_client, str):
+            self._url = url_or_client
+            self.display = display_url(url_or_client)
+            # No retries: a script whose answer was lost may have run (a settle sent twice would charge twice).
+            try:
+                self._client: redis.Redis = redis.Redis.from_url(
+                    url_or_client, **self._options(url_or_client)
+                )
+            except ValueError as error:
+                raise BudgetConfigError(f"store URL {self.display!r}: {error}") from None
+        elif isinstance(url_or_client, redis.Redis):
+            self._url = None
+            self._client = url_or_client
+            kwargs = url_or_client.connection_pool.connection_kwargs
+            path = kwargs.get("path")
+            where = (
+                f"unix://{path}"
+                if path
+                else f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+            )
+            self.display = f"{where}/{kwargs.get('db', 0)}"
+        else:
+            raise BudgetConfigError(
+                f"RedisStore takes a redis://, rediss:// or unix:// URL or a redis.Redis client, got "
+                f"{type(url_or_client).__name__}."
+            )
+        self._scripts = {name: self._client.register_script(getattr(lua, name)) for name in _SCRIPTS}
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _options(url: str) -> dict[str, Any]:
+        query = url.partition("?")[2]
+        options: dict[str, Any] = {k: v for k, v in _TIMEOUTS.items() if k not in query}
+        options["retry"] = Retry(NoBackoff(), 0)
+        return options
+
+    # ---------------------------------------------------------------- calling scripts
+    def _run(self, script: str, action: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self._scripts[script](keys=keys, args=args)
+        except (redis.RedisError, OSError) as error:
+            raise store_error(self, action, error) from error
+
+    def _ascripts(self) -> dict[str, Any] | None:
+        """This event loop's async client's scripts (None: a client was passed in, use a thread)."""
+        if self._url is None:
+            return None
+        loop = asyncio.get_running_loop()
+        scripts = self._async.get(loop)
+        if scripts is None:
+            client = aredis.Redis.from_url(self._url, **self._options(self._url))
+            scripts = {name: client.register_script(getattr(lua, name)) for name in _SCRIPTS}
+            scripts["client"] = client
+            self._async[loop] = scripts
+        return scripts
+
+    async def _arun(self, script: str, action: str, keys: list[str], args: list[Any]) -> Any:
+        scripts = self._ascripts()
+        if scripts is None:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self._run, script, action, keys, args
+            )
+        try:
+            return await scripts[script](keys=keys, args=args)
+        except (redis.RedisError, OSError) as error:
+            raise store_error(self, action, error) from error
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ---------------------------------------------------------------- operations
+    def _reserve_args(self, budgets: list[SharedLimits], ask: Ask) -> tuple[list[str], list[Any]]:
+        args: list[Any] = [
+            repr(self._clock_offset),
+            LOG_LIMIT,
+            ask.hold_id,
+            ask.owner,
+            ask.input_nano,
+            ask.output_nano,
+            ask.prompt_tokens,
+            _opt(ask.max_tokens),
+            ask.ceiling,
+            ask.margin,
+            repr(float(ask.lease)),
+            ask.model or "",
+            "1" if ask.patient else "0",
+        ]
+        for budget in budgets:
+            args += [
+                budget.name,
+                budget.window.spec,
+                _opt(budget.max_nano),
+                _opt(budget.max_calls),
+                _opt(budget.max_tokens),
+            ]
+        return [_prefix(b.name) for b in budgets], args
+
+    def _granted(self, budgets: list[SharedLimits], answer: list[Any]) -> Grant:
+        kind = _text(answer[0])
+        if kind == "window":
+            self._mismatch(budgets, _text(answer[2]), _text(answer[3]))
+        now = float(_text(answer[1]))
+        if kind == "no":
+            name = _text(answer[2])
+            window = next(b.window for b in budgets if b.name == name)
+            raise StoreNoRoom(
+                name,
+                _text(answer[3]),
+                _text(answer[4]) == "1",
+                _figures(answer[6:], window.resets_at(now)),
+                int(answer[5]),
+            )
+        k = _text(answer[2])
+        spent = {b.name: int(v) for b, v in zip(budgets, answer[5:], strict=True)}
+        return Grant(int(k) if k else None, int(answer[3]), int(answer[4]), spent)
+
+    def _mismatch(self, budgets: list[SharedLimits], name: str, stored: str) -> None:
+        asked = next(b.window.spec for b in budgets if b.name == name)
+        raise window_mismatch(self, name, stored, asked)
+
+    def reserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
+        keys, args = self._reserve_args(budgets, ask)
+        return self._granted(budgets, self._run("RESERVE", "reserve a call", keys, args))
+
+    async def areserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
+        keys, args = self._reserve_args(budgets, ask)
+        return self._granted(budgets, await self._arun("RESERVE", "reserve a call", keys, args))
+
+    def _settle_args(self, names: list[str], hold_id: str, charge: Charge) -> tuple[list[str], list[Any]]:
+        answered = charge.outcome == "ok"
+        entry = json.dumps(
+            {
+                "model": charge.model,
+                "provider": charge.provider,
+                "input_tokens": charge.input_tokens,
+                "output_tokens": charge.output_tokens,
+                "cost_nano": charge.money,
+                "estimated": int(charge.estimated),
+                "expired": 0,
+                "outcome": charge.outcome,
+                "path": charge.budget_path,
+                "host": hold_id.split(":", 1)[0],
+            }
+        )
+        args: list[Any] = [
+            repr(self._clock_offset),
+            LOG_LIMIT,
+            hold_id,
+            charge.money,
+            1 if answered else 0,
+            0 if answered else 1,
+            charge.input_tokens,
+            charge.output_tokens,
+            entry,
+            *names,
+        ]
+        return [_prefix(n) for n in names], args
+
+    def settle(self, names: list[str], hold_id: str, charge: Charge) -> None:
+        self._run("SETTLE", "settle a call", *self._settle_args(names, hold_id, charge))
+
+    async def asettle(self, names: list[str], hold_id: str, charge: Charge) -> None:
+        await self._arun("SETTLE", "settle a call", *self._settle_args(names, hold_id, charge))
+
+    def release(self, names: list[str], hold_id: str) -> None:
+        self._run("RELEASE", "release a hold", [_prefix(n) for n in names], [hold_id])
+
+    async def arelease(self, names: list[str], hold_id: str) -> None:
+        await self._arun("RELEASE", "release a hold", [_prefix(n) for n in names], [hold_id])
+
+    def renew(self, names: list[str], hold_id: str, lease: float) -> None:
+        args = [repr(self._clock_offset), hold_id, repr(float(lease))]
+        self._run("RENEW", "renew a lease", [_prefix(n) for n in names], args)
+
+    def _read_args(self, budget: SharedLimits) -> tuple[list[str], list[Any]]:
+        return [_prefix(budget.name)], [repr(self._clock_offset), LOG_LIMIT, budget.name, budget.window.spec]
+
+    def _read(self, budget: SharedLimits, answer: list[Any]) -> Figures:
+        if _text(answer[0]) == "window":
+            self._mismatch([budget], budget.name, _text(answer[3]))
+        return _figures(answer[2:], budget.window.resets_at(float(_text(answer[1]))))
+
+    def read(self, budget: SharedLimits) -> Figures:
+        return self._read(budget, self._run("READ", "read a budget", *self._read_args(budget)))
+
+    async def aread(self, budget: SharedLimits) -> Figures:
+        return self._read(budget, await self._arun("READ", "read a budget", *self._read_args(budget)))
+
+    def reset(self, name: str) -> None:
+        self._run("RESET", "reset a budget", [_prefix(name)], [name])
+
+    def names(self) -> list[str]:
+        try:
+            members: Any = self._client.smembers(_NAMES)
+        except (redis.RedisError, OSError) as error:
+            raise store_error(self, "list budgets", error) from error
+        return sorted(_text(m) for m in members)
+
+    def describe(self, name: str) -> dict[str, Any] | None:
+        try:
+            raw: Any = self._client.hgetall(_prefix(name) + "config")
+        except (redis.RedisError, OSError) as error:
+            raise store_error(self, "describe a budget", error) from error
+        config = {_text(k): _text(v) for k, v in raw.items()}
+        if not config:
+            return None
+        return {
+            "window": config.get("window", "none"),
+            "max_nano": int(config["max_nano"]) if config.get("max_nano") else None,
+            "max_calls": int(config["max_calls"]) if config.get("max_calls") else None,
+            "max_tokens": int(config["max_tokens"]) if config.get("max_tokens") else None,
+            "updated": float(config.get("updated", 0)),
+        }
+
+    def log(self, name: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        names = [name] if name is not None else self.names()
+        entries = self._run("LOG", "read the log of calls", [_prefix(n) for n in names], names)
+        calls = [json.loads(_text(e)) for e in entries]
+        if since is not None:
+            calls = [c for c in calls if c["at"] >= since]
+        calls.sort(key=lambda c: c["at"])  # stable: each budget's entries stay in order
+        return calls
+
+
+_SCRIPTS = ("RESERVE", "SETTLE", "RELEASE", "RENEW", "READ", "RESET", "LOG")
+
+
+def _figures(values: list[Any], resets_at: float | None) -> Figures:
+    spent, reserved, calls, failed, inflight, inputs, outputs, reserved_tokens = (int(v) for v in values[:8])
+    return Figures(spent, reserved, calls, failed, inflight, inputs, outputs, reserved_tokens, resets_at)
+
+
+__all__ = ["RedisStore"]
