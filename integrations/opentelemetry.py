@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -94,6 +94,7 @@ class _Telemetry:
 
     def __init__(self, tracer: trace.Tracer, meter: metrics.Meter) -> None:
         self.tracer = tracer
+        self.meter = meter
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage",
             unit="{token}",
@@ -112,18 +113,36 @@ class _Telemetry:
         self.refusals = meter.create_counter(
             "shekel.budget.refusals", unit="{call}", description="Calls a budget refused before sending them."
         )
-        self.spent = meter.create_gauge(
-            "shekel.budget.spent", unit="USD", description="What a budget has spent (settled calls)."
-        )
-        self.remaining = meter.create_gauge(
-            "shekel.budget.remaining", unit="USD", description="A budget's limit minus what it has spent."
-        )
-        self.reserved = meter.create_gauge(
-            "shekel.budget.reserved", unit="USD", description="What calls in flight hold of a budget."
-        )
-        self.utilization = meter.create_gauge(
-            "shekel.budget.utilization", unit="1", description="What a budget has spent over its limit."
-        )
+        # The budget gauges are observed when the SDK collects: a call only notes its budgets' figures.
+        self.figures: dict[str, tuple[Decimal, Decimal, Decimal | None]] = {}
+        self.figures_lock = threading.Lock()
+        for name, unit, description, read in (
+            ("shekel.budget.spent", "USD", "What a budget has spent (settled calls).", _spent),
+            ("shekel.budget.remaining", "USD", "A budget's limit minus what it has spent.", _remaining),
+            ("shekel.budget.reserved", "USD", "What calls in flight hold of a budget.", _reserved),
+            ("shekel.budget.utilization", "1", "What a budget has spent over its limit.", _utilization),
+        ):
+            meter.create_observable_gauge(name, [self.observer(read)], unit=unit, description=description)
+
+    def observer(self, read: _Read) -> Callable[[metrics.CallbackOptions], list[metrics.Observation]]:
+        meter = self.meter
+
+        def observe(options: metrics.CallbackOptions) -> list[metrics.Observation]:
+            # The SDK keeps the first instruments of a name (instrumenting again with the same provider gets
+            # them back, with this callback): read whichever instrumentation is on now, if it is on this meter.
+            telemetry = ShekelInstrumentor._instance._telemetry if ShekelInstrumentor._instance else None
+            if telemetry is None or telemetry.meter is not meter:
+                return []
+            with telemetry.figures_lock:
+                figures = list(telemetry.figures.items())
+            observed = []
+            for path, each in figures:
+                value = read(*each)
+                if value is not None:
+                    observed.append(metrics.Observation(float(value), {BUDGET: path}))
+            return observed
+
+        return observe
 
     def __call__(self, event: object) -> None:
         if isinstance(event, events.Settled):
@@ -150,8 +169,7 @@ class _Telemetry:
             self.token_usage.record(record.output_tokens, {**common, TOKEN_TYPE: "output"})
         self.duration.record(event.duration, common if answered else {**common, ERROR_TYPE: "_OTHER"})
         self.cost.add(float(record.cost), {**common, BUDGET: path})
-        for budget in event.budgets:
-            self.gauges(budget)
+        self.note(event.budgets)
 
         attributes: dict[str, Any] = {
             **common,
@@ -192,20 +210,16 @@ class _Telemetry:
             span.set_status(status)
         span.end(end_time=end)
 
-    def gauges(self, budget: Budget) -> None:
-        """A budget's figures as this process sees them without asking a store: for a shared budget, the
-        spend in its window as of this process's last hold, plus its own charges since."""
-        part = budget._shared
-        account = budget._account
-        spent: Decimal = account.spent if part is None else part.seen_spent
-        limit = budget._cap_usd
-        attributes = {BUDGET: budget.path}
-        self.spent.set(float(spent), attributes)
-        self.reserved.set(float(account.reserved), attributes)
-        if limit is not None:
-            self.remaining.set(float(max(limit - spent, Decimal(0))), attributes)
-            if limit > 0:
-                self.utilization.set(float(spent / limit), attributes)
+    def note(self, budgets: tuple[Budget, ...]) -> None:
+        """The figures of the budgets a call was charged to, as this process sees them without asking a
+        store: for a shared budget, the spend in its window as of this process's last hold, plus its own
+        charges since."""
+        with self.figures_lock:
+            for budget in budgets:
+                part = budget._shared
+                account = budget._account
+                spent = account.spent if part is None else part.seen_spent
+                self.figures[budget.path] = (spent, account.reserved, budget._cap_usd)
 
     # ---------------------------------------------------------------- a refused call
     def refused(self, event: events.Refused) -> None:
@@ -244,6 +258,25 @@ class _Telemetry:
         span.set_status(status)
         span.record_exception(error)
         span.end()
+
+
+_Read = Callable[[Decimal, Decimal, "Decimal | None"], "Decimal | None"]
+
+
+def _spent(spent: Decimal, reserved: Decimal, limit: Decimal | None) -> Decimal | None:
+    return spent
+
+
+def _reserved(spent: Decimal, reserved: Decimal, limit: Decimal | None) -> Decimal | None:
+    return reserved
+
+
+def _remaining(spent: Decimal, reserved: Decimal, limit: Decimal | None) -> Decimal | None:
+    return None if limit is None else max(limit - spent, Decimal(0))
+
+
+def _utilization(spent: Decimal, reserved: Decimal, limit: Decimal | None) -> Decimal | None:
+    return None if limit is None or limit <= 0 else spent / limit
 
 
 def _span_name(operation: str, model: str | None) -> str:

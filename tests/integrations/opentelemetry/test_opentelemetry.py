@@ -85,6 +85,25 @@ def test_a_second_instrument_keeps_the_first_providers(
     assert len(telemetry.spans()) == 1 and exporter.get_finished_spans() == ()
 
 
+def test_instrumenting_again_with_the_same_providers_reports_again(
+    telemetry: Telemetry, server: FakeInferenceServer
+) -> None:
+    client = InferenceClient(base_url=server.url)
+    with budget(max_usd=1, price_per_1k_tokens=PRICES, name="first"):
+        chat(client, max_tokens=2)
+    assert telemetry.value("shekel.budget.spent", **{"shekel.budget": "first"}) == float(cost(5, 2))
+    ShekelInstrumentor().uninstrument()
+    assert telemetry.points("shekel.budget.spent") == []  # the gauges observe nothing while off
+    ShekelInstrumentor().instrument(
+        meter_provider=telemetry.meter_provider, tracer_provider=telemetry.tracer_provider
+    )
+    with budget(max_usd=1, price_per_1k_tokens=PRICES, name="second"):
+        chat(client, max_tokens=3)
+    assert telemetry.value("shekel.budget.spent", **{"shekel.budget": "second"}) == float(cost(5, 3))
+    assert telemetry.value("shekel.cost", **{"shekel.budget": "second"}) == float(cost(5, 3))
+    assert len(telemetry.spans()) == 2
+
+
 # ------------------------------------------------------------------------------------------ counted calls
 def test_a_chat_call_reports_tokens_duration_cost_and_a_span(
     telemetry: Telemetry, server: FakeInferenceServer
