@@ -468,3 +468,25 @@ def test_importing_shekel_imports_no_opentelemetry() -> None:
     code = "import sys, shekel; shekel.budget(max_usd=1).__enter__(); print('opentelemetry' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_telemetry_that_fails_does_not_touch_the_budget(server: FakeInferenceServer) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    class Broken(SpanProcessor):
+        def on_end(self, span: Any) -> None:
+            raise RuntimeError("exporter down")
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(Broken())
+    instrumentor = ShekelInstrumentor()
+    instrumentor.uninstrument()
+    instrumentor.instrument(tracer_provider=tracer_provider)
+    try:
+        with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+            chat(InferenceClient(base_url=server.url), max_tokens=3)
+            with pytest.raises(BudgetExceededError):
+                chat(InferenceClient(base_url=server.url), max_tokens=5000)
+    finally:
+        instrumentor.uninstrument()
+    assert b.calls == 1 and b.spent_exact == cost(5, 3) and server.request_count == 1
