@@ -95,17 +95,15 @@ class _Telemetry:
     def __init__(self, tracer: trace.Tracer, meter: metrics.Meter) -> None:
         self.tracer = tracer
         self.meter = meter
-        self.token_usage = meter.create_histogram(
+        self.token_usage = _histogram(
+            meter,
             "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            "{token}",
+            "Number of input and output tokens used.",
+            TOKEN_BUCKETS,
         )
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        self.duration = _histogram(
+            meter, "gen_ai.client.operation.duration", "s", "GenAI operation duration.", DURATION_BUCKETS
         )
         self.cost = meter.create_counter(
             "shekel.cost", unit="USD", description="What the calls a budget counted cost."
@@ -277,6 +275,17 @@ def _remaining(spent: Decimal, reserved: Decimal, limit: Decimal | None) -> Deci
 
 def _utilization(spent: Decimal, reserved: Decimal, limit: Decimal | None) -> Decimal | None:
     return None if limit is None or limit <= 0 else spent / limit
+
+
+def _histogram(
+    meter: metrics.Meter, name: str, unit: str, description: str, buckets: tuple[float, ...]
+) -> metrics.Histogram:
+    try:
+        return meter.create_histogram(
+            name, unit=unit, description=description, explicit_bucket_boundaries_advisory=buckets
+        )
+    except TypeError:  # an opentelemetry-api without bucket advice (1.27, 1.28): the SDK's default buckets
+        return meter.create_histogram(name, unit=unit, description=description)
 
 
 def _span_name(operation: str, model: str | None) -> str:
