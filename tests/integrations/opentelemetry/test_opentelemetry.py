@@ -490,3 +490,22 @@ def test_telemetry_that_fails_does_not_touch_the_budget(server: FakeInferenceSer
     finally:
         instrumentor.uninstrument()
     assert b.calls == 1 and b.spent_exact == cost(5, 3) and server.request_count == 1
+
+
+# ------------------------------------------------------------------------------------------ with an integration
+async def test_a_langchain_call_is_reported_once(telemetry: Telemetry, server: FakeInferenceServer) -> None:
+    pytest.importorskip("langchain_huggingface")
+    from langchain_huggingface import ChatHuggingFace, HuggingFaceEndpoint
+
+    endpoint = HuggingFaceEndpoint(endpoint_url=server.url, max_new_tokens=5)
+    try:
+        with budget(max_usd=1, price_per_1k_tokens=PRICES, name="chain") as b:
+            ChatHuggingFace(llm=endpoint).invoke("hello there")
+            await ChatHuggingFace(llm=endpoint).ainvoke("hello there")
+    finally:
+        await endpoint.async_client.close()
+    assert b.calls == 2 and server.request_count == 2
+    spans = telemetry.spans()
+    assert len(spans) == 2 and all(s.attributes["shekel.budget"] == "chain" for s in spans)
+    assert sum(Decimal(str(s.attributes["shekel.cost_usd"])) for s in spans) == b.spent_exact
+    assert telemetry.value("shekel.cost", **{"shekel.budget": "chain"}) == pytest.approx(float(b.spent_exact))
