@@ -78,6 +78,10 @@ REASON = "shekel.refusal.reason"
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
+#: Budgets (paths) the gauges report, the most recently charged ones: a process with a budget per tenant or
+#: per request does not grow without bound.
+MAX_GAUGED_BUDGETS = 1000
+
 #: ``gen_ai.operation.name`` of a call record's ``source`` (anything else is a chat).
 _OPERATIONS = {"huggingface_hub.text_generation": "text_completion"}
 #: The status of a span of a call that failed, by its record's ``outcome``.
@@ -217,7 +221,11 @@ class _Telemetry:
                 part = budget._shared
                 account = budget._account
                 spent = account.spent if part is None else part.seen_spent
-                self.figures[budget.path] = (spent, account.reserved, budget._cap_usd)
+                path = budget.path
+                self.figures.pop(path, None)  # the most recent last: the oldest go first past the bound
+                self.figures[path] = (spent, account.reserved, budget._cap_usd)
+            while len(self.figures) > MAX_GAUGED_BUDGETS:
+                del self.figures[next(iter(self.figures))]
 
     # ---------------------------------------------------------------- a refused call
     def refused(self, event: events.Refused) -> None:

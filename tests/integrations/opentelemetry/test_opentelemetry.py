@@ -509,3 +509,17 @@ async def test_a_langchain_call_is_reported_once(telemetry: Telemetry, server: F
     assert len(spans) == 2 and all(s.attributes["shekel.budget"] == "chain" for s in spans)
     assert sum(Decimal(str(s.attributes["shekel.cost_usd"])) for s in spans) == b.spent_exact
     assert telemetry.value("shekel.cost", **{"shekel.budget": "chain"}) == pytest.approx(float(b.spent_exact))
+
+
+def test_the_gauges_report_the_most_recently_charged_budgets(
+    telemetry: Telemetry, server: FakeInferenceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shekel.integrations import opentelemetry as otel
+
+    monkeypatch.setattr(otel, "MAX_GAUGED_BUDGETS", 2)
+    client = InferenceClient(base_url=server.url)
+    for name in ("a", "b", "a", "c"):
+        with budget(max_usd=1, price_per_1k_tokens=PRICES, name=name):
+            chat(client, max_tokens=1)
+    assert sorted(a["shekel.budget"] for a, _ in telemetry.points("shekel.budget.spent")) == ["a", "c"]
+    assert len(telemetry.points("shekel.cost")) == 3  # the counters keep every budget
