@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: ``python -m benchmarks`` (or ``python benchmarks/run.py``).
 
 Options: ``--quick`` (fewer repeats, a smoke run), ``--only NAME`` (overhead, stream, enter, concurrency,
-memory, tokenizer, reachable, stores; repeatable), ``--json PATH`` (also write the rows as JSON).
+memory, tokenizer, reachable, stores, otel; repeatable), ``--json PATH`` (also write the rows as JSON).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from . import (  # noqa: E402
     bench_concurrency,
     bench_enter,
     bench_memory,
+    bench_otel,
     bench_overhead,
     bench_reachable,
     bench_stores,
@@ -47,6 +48,7 @@ BENCHMARKS = {
     "tokenizer": bench_tokenizer,
     "reachable": bench_reachable,
     "stores": bench_stores,
+    "otel": bench_otel,
 }
 
 
