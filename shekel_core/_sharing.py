@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ._redact import redact_model
 from ._warn import warn_user
-from .errors import StoreError
+from .errors import BudgetConfigError, StoreError
 from .ledger import OUTPUT_MARGIN_TOKENS
 from .ledger.shared import (
     Ask,
@@ -104,7 +104,38 @@ def hold(reservation: Reservation, patient: bool) -> list[tuple[Store, tuple[Bud
 
 
 def _limits(members: Sequence[Budget]) -> list[SharedLimits]:
-    return [m._shared.limits for m in members if m._shared is not None]
+    """The limits to enforce in one store, one entry per name: a budget opened inside another of the same
+    name (a tenant's budget entered again by a helper it calls) is one ledger, held to the tighter limits."""
+    merged: dict[str, SharedLimits] = {}
+    for member in members:
+        if member._shared is None:
+            continue
+        limits = member._shared.limits
+        seen = merged.get(limits.name)
+        if seen is None:
+            merged[limits.name] = limits
+            continue
+        if seen.window != limits.window:
+            raise BudgetConfigError(
+                f"budget {limits.name!r} is open twice in one chain with different windows "
+                f"({seen.window.spec!r} and {limits.window.spec!r}): open it with the same window."
+            )
+        merged[limits.name] = replace(
+            seen,
+            max_nano=_tighter(seen.max_nano, limits.max_nano),
+            max_calls=_tighter(seen.max_calls, limits.max_calls),
+            max_tokens=_tighter(seen.max_tokens, limits.max_tokens),
+        )
+    return list(merged.values())
+
+
+def _tighter(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _names(members: Sequence[Budget]) -> list[str]:
+    """Each name once (see :func:`_limits`)."""
+    return list(dict.fromkeys(m._name for m in members))
 
 
 def _apply(
@@ -116,7 +147,7 @@ def _apply(
             part.seen_spent = from_nano(grant.spent[member._name])
     if grant.max_tokens is not None and grant.max_tokens != reservation.max_tokens:
         reservation.chain[0]._shrink(reservation, grant.max_tokens)
-    names = [m._name for m in members]
+    names = _names(members)
     return StoreHold(store, names, ask.hold_id, ask.lease, time.monotonic() + ask.lease / 3)
 
 
@@ -200,9 +231,7 @@ def _open(members: Sequence[Budget]) -> bool:
 def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHold, ...]:
     """Holds that were never taken, for a call charged after the fact: each store charges it on settle."""
     hold_id = new_hold_id()
-    return tuple(
-        StoreHold(store, [m._name for m in members], hold_id, 0.0, float("inf")) for store, members in groups
-    )
+    return tuple(StoreHold(store, _names(members), hold_id, 0.0, float("inf")) for store, members in groups)
 
 
 def settle(reservation: Reservation, charge: Charge) -> None:

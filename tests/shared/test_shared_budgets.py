@@ -338,3 +338,22 @@ async def test_an_async_call_is_in_the_shared_figures_when_its_await_returns(
             pass
         assert b.spent_exact == 2 * CALL_COST and b.calls == 2 and b.reserved == 0
     await client.close()
+
+
+def test_one_name_opened_inside_itself_is_one_ledger_held_to_the_tighter_limits(
+    server: FakeInferenceServer, store_url: str
+) -> None:
+    client = InferenceClient(base_url=server.url)
+    with _shared(store_url, "tenant", max_usd=1) as outer:
+        with _shared(store_url, "tenant", max_usd=1, max_llm_calls=2) as inner:
+            client.chat_completion(MESSAGES, model="m", max_tokens=5)
+            client.chat_completion(MESSAGES, model="m", max_tokens=5)
+            with pytest.raises(BudgetExceededError):
+                client.chat_completion(MESSAGES, model="m", max_tokens=5)
+            assert inner.calls == 2
+        client.chat_completion(MESSAGES, model="m", max_tokens=5)  # the outer one alone has no call limit
+        assert outer.spent_exact == CALL_COST * 3 and outer.calls == 3
+    with _shared(store_url, "tenant", max_usd=1), _shared(store_url, "tenant", max_usd=1, window="1h"):
+        with pytest.raises(BudgetConfigError, match="different windows"):
+            client.chat_completion(MESSAGES, model="m", max_tokens=5)
+    assert server.request_count == 3
