@@ -23,18 +23,38 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
-def _period(entries: list[dict[str, Any]], by: str) -> str:
-    if by in ("day", "hour"):
-        return by
+#: Widths of the periods the lower panel may use (seconds), and their names.
+_PERIODS = (
+    (1, "second"),
+    (5, "5 s"),
+    (15, "15 s"),
+    (60, "minute"),
+    (300, "5 min"),
+    (900, "15 min"),
+    (3600, "hour"),
+    (6 * 3600, "6 h"),
+    (86400, "day"),
+)
+#: The most bars a span is cut into.
+MAX_BARS = 48
+
+
+def _period(entries: list[dict[str, Any]], by: str) -> tuple[int, str]:
+    """The width (seconds) and name of the lower panel's periods: ``--by day``/``hour``, else the shortest
+    that cuts the log's span into at most ``MAX_BARS``."""
+    if by == "day":
+        return 86400, "day"
+    if by == "hour":
+        return 3600, "hour"
     span = entries[-1]["at"] - entries[0]["at"] if entries else 0
-    return "hour" if span <= 2 * 86400 else "day"
+    for seconds, name in _PERIODS:
+        if span / seconds <= MAX_BARS:
+            return seconds, name
+    return 86400, "day"
 
 
-def _floor(at: float, period: str) -> datetime:
-    moment = datetime.fromtimestamp(at, timezone.utc)
-    if period == "hour":
-        return moment.replace(minute=0, second=0, microsecond=0)
-    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+def _floor(at: float, seconds: int) -> datetime:
+    return datetime.fromtimestamp(at // seconds * seconds, timezone.utc)
 
 
 def _series_key(entry: dict[str, Any], by: str) -> str:
@@ -51,8 +71,8 @@ def plot(entries: list[dict[str, Any]], by: str, path: str, *, limit: Decimal | 
     from matplotlib import dates as mdates
     from matplotlib.figure import Figure
 
-    period = _period(entries, by)
-    width = timedelta(hours=1) if period == "hour" else timedelta(days=1)
+    seconds, period = _period(entries, by)
+    width = timedelta(seconds=seconds)
 
     figure = Figure(figsize=(10, 7), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -78,7 +98,7 @@ def plot(entries: list[dict[str, Any]], by: str, path: str, *, limit: Decimal | 
     for e in entries:
         key = _series_key(e, by)
         cost = from_nano(int(e["cost_nano"]))
-        per[key][_floor(e["at"], period)] += cost
+        per[key][_floor(e["at"], seconds)] += cost
         totals[key] += cost
     ranked = sorted(totals, key=lambda k: -totals[k])
     shown, rest = ranked[:MAX_SERIES], ranked[MAX_SERIES:]
@@ -95,7 +115,7 @@ def plot(entries: list[dict[str, Any]], by: str, path: str, *, limit: Decimal | 
         heights = [float(per[key].get(slot, 0)) for slot in slots]
         bottom.bar(slots, heights, width=width * 0.8, bottom=base, align="edge", label=key)
         base = [b + h for b, h in zip(base, heights, strict=True)]
-    bottom.set_ylabel(f"spend per {period} (USD)")
+    bottom.set_ylabel(f"spend per {period}\n(USD)")
     bottom.set_xlabel("time (UTC)")
     bottom.grid(True, axis="y", alpha=0.3)
     if shown:

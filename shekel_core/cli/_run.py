@@ -352,8 +352,5 @@ def _print_summary(report: dict[str, Any]) -> None:
         for each in refused:
             reasons[each["reason"]] = reasons.get(each["reason"], 0) + 1
         text = ", ".join(f"{n} by {reason}" for reason, n in sorted(reasons.items()))
-        _render.line(
-            f"shekel: {len(refused)} call(s) refused ({text}); last: {refused[-1]['message']}",
-            stream=sys.stderr,
-            style="red",
-        )
+        last = "" if report["stopped_by_budget"] else f"; last: {refused[-1]['message']}"
+        _render.line(f"shekel: {len(refused)} call(s) refused ({text}){last}", stream=sys.stderr, style="red")
