@@ -8,6 +8,7 @@ stderr here, which breaks ``shekel run job.py > out.txt``).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -31,6 +32,8 @@ class _Proxy:
         self._live = live
 
     def write(self, text: str) -> int:
+        if os.getpid() != self._live.pid:  # a forked child writes straight through: the line is the parent's
+            return self._stream.write(text)
         with self._live.lock:
             self._live.clear()
             written = self._stream.write(text)
@@ -48,6 +51,7 @@ class PlainLive:
         self.render = render
         self.stream = stream
         self.lock = threading.RLock()
+        self.pid = os.getpid()
         self.partial = False
         self.shown = False
         self._saved: tuple[Any, Any] | None = None

@@ -203,6 +203,15 @@ class _Monitor:
         self.private = private
         self.last_model: str | None = None
         self._stop = threading.Event()
+        # A fork waits for a poll to finish: a child forked while this thread is inside SQLite (or any store
+        # client) could inherit a lock held by a thread it does not have.
+        self._polling = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(
+                before=self._polling.acquire,
+                after_in_parent=self._polling.release,
+                after_in_child=self._polling.release,
+            )
 
     def poll(self) -> None:
         self.spent = self.budget.spent_exact  # the shared figure: every process's, in the current window
@@ -238,7 +247,8 @@ class _Monitor:
         def loop() -> None:
             while not self._stop.wait(POLL):
                 try:
-                    self.poll()
+                    with self._polling:
+                        self.poll()
                 except Exception:  # the status line fails open; the cap is in the store
                     continue
                 if shown is not None:

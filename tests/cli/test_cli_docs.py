@@ -40,7 +40,12 @@ def test_the_page_runs(server: FakeInferenceServer, tmp_path: Path) -> None:
     for line in lines:
         args = shlex.split(line)[1:]
         done = subprocess.run(
-            [sys.executable, "-m", "shekel", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "shekel", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert_clean(done.stdout, done.stderr)
         if args[0] == "run" and "--store" not in args:
@@ -56,7 +61,9 @@ def test_the_page_runs(server: FakeInferenceServer, tmp_path: Path) -> None:
     if os.environ.get("SHEKEL_UPDATE_DOCS_IMAGES"):
         IMAGE.parent.mkdir(exist_ok=True)
         shutil.copyfile(plot, IMAGE)
-    assert IMAGE.read_bytes()[:8] == PNG, "docs/images/cli-report.png: run this test with SHEKEL_UPDATE_DOCS_IMAGES=1"
+    assert IMAGE.read_bytes()[:8] == PNG, (
+        "docs/images/cli-report.png: run this test with SHEKEL_UPDATE_DOCS_IMAGES=1"
+    )
 
 
 def _importable(name: str) -> bool:
