@@ -75,8 +75,8 @@ class PlainLive:
 
     def __enter__(self) -> PlainLive:
         self._saved = (sys.stdout, sys.stderr)
-        sys.stdout = _Proxy(sys.stdout, self)  # type: ignore[assignment]
-        sys.stderr = _Proxy(sys.stderr, self)  # type: ignore[assignment]
+        sys.stdout = _Proxy(sys.stdout, self)
+        sys.stderr = _Proxy(sys.stderr, self)
         self.refresh()
         return self
 

@@ -120,9 +120,9 @@ def plot(entries: list[dict[str, Any]], by: str, path: str, *, limit: Decimal | 
     bottom.grid(True, axis="y", alpha=0.3)
     if shown:
         bottom.legend(title=by if by not in ("day", "hour") else None, loc="upper left", fontsize=8)
-    locator = mdates.AutoDateLocator()
+    locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call,unused-ignore]
     bottom.xaxis.set_major_locator(locator)
-    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))  # type: ignore[no-untyped-call,unused-ignore]
     if not entries:
         top.text(0.5, 0.5, "no calls in this period", transform=top.transAxes, ha="center")
     figure.savefig(path, dpi=110)

@@ -69,7 +69,7 @@ def line(text: str, *, stream: IO[str] | None = None, style: str | None = None) 
     if console is not None:
         from rich.text import Text
 
-        console.print(Text(text, style=style), soft_wrap=True)
+        console.print(Text(text, style=style or ""), soft_wrap=True)
         return
     out.write(text + "\n")
     out.flush()

@@ -100,6 +100,7 @@ def check_target(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_target(args)
+    json_path = None if args.json is None else Path(args.json).resolve()  # the program may chdir
     if args.warn_at is not None:
         _args.fraction(args.warn_at, "--warn-at")
     folder = tempfile.mkdtemp(prefix="shekel-run-")
@@ -119,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
             code, stopped = _run_program(args)
         leave_process()
         report = monitor.report(code, stopped)
-        if args.json is not None:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        if json_path is not None:
+            json_path.write_text(json.dumps(report, indent=2) + "\n")
         if not args.quiet:
             _print_summary(report)
         if report["calls"] == 0 and not report["refused"]:

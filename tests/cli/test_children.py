@@ -67,6 +67,24 @@ PROGRAMS = {
         ]
         print(sum(int(w.communicate()[0]) for w in workers))
         """,
+    "spawn-main": """
+        import multiprocessing, sys
+        from huggingface_hub import InferenceClient
+        from shekel import BudgetExceededError
+
+        def chat(url):  # defined in __main__: pickled by name, found again in the spawned child
+            client, calls = InferenceClient(base_url=url), 0
+            try:
+                while True:
+                    client.chat_completion([{"role": "user", "content": "hi there"}], model="m", max_tokens=5)
+                    calls += 1
+            except BudgetExceededError:
+                return calls
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(4) as pool:
+                print(sum(pool.map(chat, [sys.argv[1]] * 4)))
+        """,
     "threads": """
         import sys
         from concurrent.futures import ThreadPoolExecutor
