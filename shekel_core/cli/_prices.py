@@ -79,5 +79,6 @@ def show(args: argparse.Namespace) -> int:
             for r in rows
         ],
         numeric_from=2,
+        numeric_to=3,
     )
     return EXIT_OK

@@ -33,16 +33,25 @@ def table(
     title: str | None = None,
     stream: IO[str] | None = None,
     numeric_from: int = 1,
+    numeric_to: int | None = None,
 ) -> None:
-    """Print ``rows`` under ``headers``; columns from ``numeric_from`` on are right-aligned."""
+    """Print ``rows`` under ``headers``, after ``title``; columns ``numeric_from`` to ``numeric_to`` (the
+    last, by default) are right-aligned."""
     out = stream if stream is not None else sys.stdout
+    last = len(headers) - 1 if numeric_to is None else numeric_to
+
+    def right(i: int) -> bool:
+        return numeric_from <= i <= last
+
     console = _rich_console(out)
     if console is not None:
         from rich.table import Table
 
-        grid = Table(title=title, title_justify="left", show_edge=False, header_style="bold")
+        if title:
+            console.print(title, soft_wrap=True, markup=False)
+        grid = Table(show_edge=False, header_style="bold")
         for i, header in enumerate(headers):
-            grid.add_column(header, justify="right" if i >= numeric_from else "left")
+            grid.add_column(header, justify="right" if right(i) else "left")
         for row in rows:
             grid.add_row(*(str(cell) for cell in row))
         console.print(grid)
@@ -53,8 +62,7 @@ def table(
         out.write(f"{title}\n")
     for n, row in enumerate(text):
         cells = [
-            c.rjust(w) if i >= numeric_from else c.ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.rjust(w) if right(i) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
         out.write("  ".join(cells).rstrip() + "\n")
         if n == 0:

@@ -164,9 +164,9 @@ def report(args: argparse.Namespace) -> int:
     since = _args.since(args.since)
     if args.plot is not None and not args.plot.lower().endswith((".png", ".svg")):
         raise _args.UsageError(f"--plot writes a .png or a .svg file, got {args.plot!r}")
-    if args.name is not None and store.describe(args.name) is None:
-        raise _args.UsageError(f"no shared budget named {args.name!r} in {store.display}")
     entries = store.log(args.name, since=since)
+    if args.name is not None and not entries and store.describe(args.name) is None:
+        raise _args.UsageError(f"no shared budget named {args.name!r} in {store.display}")
     rows = aggregate(entries, args.by)
     total = sum(int(e["cost_nano"]) for e in entries)
     if args.csv is not None:

@@ -78,6 +78,8 @@ def test_reset_clears_a_budget(shekel: Shekel, store: str) -> None:
     assert row["calls"] == 2  # the other budget is untouched
     assert shekel("status", "--store", store, "nightly").returncode == 2  # gone, window and all
     assert shekel("reset", "--store", store, "nightly", "--yes").returncode == 2
+    # The log of settled calls is history: the report still shows what the budget spent before.
+    assert json.loads(shekel("report", "--store", store, "--name", "nightly", "--json").stdout)["calls"] == 4
 
 
 def test_prices_shows_what_shekel_prices_returns(shekel: Shekel, tmp_path: Path) -> None:
