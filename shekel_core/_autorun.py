@@ -79,10 +79,18 @@ class RefusalLog:
             os.close(fd)
 
 
-def join(config: dict[str, Any]) -> Budget:
-    """Enter the run's budget for this process's lifetime and log its refusals to the run's file."""
+def join(config: dict[str, Any], *, with_outer: bool = True) -> Budget:
+    """Enter the run's budget for this process's lifetime and log its refusals to the run's file.
+
+    A ``shekel run`` started inside another one records the outer run's budget in ``"outer"``: its processes
+    enter the outer budget first and the run's inside it, so the outer cap holds for them too.
+    ``with_outer=False``: the outer one is already entered here.
+    """
     from ._events import subscribe
 
+    outer = config.get("outer")
+    if outer is not None and with_outer:
+        join(outer)
     entered = enter_for_process(budget_from(config))
     if config.get("refusals"):
         subscribe(RefusalLog(config["refusals"]))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _autorun
-from .._process import leave_process
+from .._process import leave_process, process_budget
 from ..errors import BudgetExceededError, ShekelError
 from ..ledger.shared import from_nano
 from . import _args, _render
@@ -104,11 +104,15 @@ def run(args: argparse.Namespace) -> int:
     if args.warn_at is not None:
         _args.fraction(args.warn_at, "--warn-at")
     folder = tempfile.mkdtemp(prefix="shekel-run-")
+    config: dict[str, Any] | None = None
     try:
         private = None if args.store is not None else f"sqlite:///{Path(folder, 'run.db').as_posix()}"
         config = config_from(args, private, str(Path(folder, "refusals.jsonl")))
+        outer = os.environ.get(_autorun.RUN_ENV)
+        if outer:  # inside another `shekel run`: its cap holds here and in our children too
+            config["outer"] = json.loads(outer)
         try:
-            entered = _autorun.join(config)
+            entered = _autorun.join(config, with_outer=process_budget() is None)
         except ShekelError as error:
             raise _args.UsageError(str(error)) from None
         os.environ[_autorun.RUN_ENV] = json.dumps(config)
@@ -130,7 +134,10 @@ def run(args: argparse.Namespace) -> int:
             )
         return code
     finally:
-        os.environ.pop(_autorun.RUN_ENV, None)
+        if config is not None and config.get("outer") is not None:
+            os.environ[_autorun.RUN_ENV] = json.dumps(config["outer"])
+        else:
+            os.environ.pop(_autorun.RUN_ENV, None)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -152,3 +152,38 @@ def test_without_shekel_run_the_pth_does_nothing(tmp_path: Path) -> None:
     assert done.stdout.strip() == "False"
     pth = [Path(p) / "shekel_autorun.pth" for p in sys.path if (Path(p) / "shekel_autorun.pth").exists()]
     assert pth, "shekel_autorun.pth is not installed in site-packages"
+
+
+def test_a_run_inside_a_run_is_held_to_the_outer_cap(
+    shekel: Shekel, server: FakeInferenceServer, tmp_path: Path
+) -> None:
+    (tmp_path / "worker.py").write_text(WORKER)
+    # The inner run's program starts a grandchild process: it joins both budgets.
+    (tmp_path / "inner.py").write_text(
+        textwrap.dedent(
+            """
+            import subprocess, sys
+            code = "import sys; from worker import work; print(work(sys.argv[1]))"
+            print(subprocess.run([sys.executable, "-c", code, sys.argv[1]], capture_output=True, text=True, cwd=sys.path[0]).stdout.strip())
+            """
+        )
+    )
+    (tmp_path / "outer.py").write_text(
+        textwrap.dedent(
+            """
+            import subprocess, sys
+            inner = [sys.executable, "-m", "shekel", "run", "--quiet", "--budget", "5", "--price-per-1k", "1,2", "--json", "inner.json", "inner.py", sys.argv[1]]
+            print(subprocess.run(inner, capture_output=True, text=True).stdout.strip())
+            """
+        )
+    )
+    done = shekel(
+        "run", "--budget", "0.2", "--price-per-1k", "1,2", "--json", "r.json", "outer.py", server.url
+    )
+    assert done.returncode == 0, done.stderr
+    sent = [r for r in server.requests if r.route == "chat.completions"]
+    cost = sum(Decimal("0.001") * r.input_tokens + Decimal("0.002") * r.output_tokens for r in sent)
+    assert int(done.stdout) == len(sent) > 0 and cost <= Decimal("0.2")
+    outer, inner = (json.loads((tmp_path / n).read_text()) for n in ("r.json", "inner.json"))
+    assert outer["calls"] == inner["calls"] == len(sent)
+    assert Decimal(outer["spent"]) == Decimal(inner["spent"]) == cost
