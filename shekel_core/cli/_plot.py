@@ -117,9 +117,11 @@ def plot(entries: list[dict[str, Any]], by: str, path: str, *, limit: Decimal | 
         base = [b + h for b, h in zip(base, heights, strict=True)]
     bottom.set_ylabel(f"spend per {period}\n(USD)")
     bottom.set_xlabel("time (UTC)")
+    if base and max(base) > 0:
+        bottom.set_ylim(0, max(base) * 1.15)  # room above the tallest bar (and for the legend)
     bottom.grid(True, axis="y", alpha=0.3)
     if shown:
-        bottom.legend(title=by if by not in ("day", "hour") else None, loc="upper left", fontsize=8)
+        bottom.legend(title=by if by not in ("day", "hour") else None, loc="best", fontsize=8)
     locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call,unused-ignore]
     bottom.xaxis.set_major_locator(locator)
     bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))  # type: ignore[no-untyped-call,unused-ignore]
