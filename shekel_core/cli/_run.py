@@ -65,7 +65,7 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
             )
         pricing = str(path.resolve())
     return {
-        "store": args.store if args.store is not None else private_store,
+        "store": _absolute(args.store) if args.store is not None else private_store,
         "name": args.name or DEFAULT_NAME,
         "window": args.window,
         "max_usd": max_usd,
@@ -78,6 +78,14 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
         else {"model": args.fallback_model, "at_pct": _args.fraction(args.fallback_at, "--fallback-at")},
         "refusals": refusals,
     }
+
+
+def _absolute(url: str) -> str:
+    """``sqlite:///relative.db`` as an absolute path: child processes may start in another directory."""
+    url = url.strip()
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and len(url) > len("sqlite:///"):
+        return f"sqlite:///{Path(url[len('sqlite:///') :]).resolve().as_posix()}"
+    return url
 
 
 def check_target(args: argparse.Namespace) -> None:

@@ -187,3 +187,28 @@ def test_a_run_inside_a_run_is_held_to_the_outer_cap(
     outer, inner = (json.loads((tmp_path / n).read_text()) for n in ("r.json", "inner.json"))
     assert outer["calls"] == inner["calls"] == len(sent)
     assert Decimal(outer["spent"]) == Decimal(inner["spent"]) == cost
+
+
+def test_a_relative_store_is_the_same_file_for_children_in_another_directory(
+    shekel: Shekel, server: FakeInferenceServer, tmp_path: Path
+) -> None:
+    (tmp_path / "worker.py").write_text(WORKER)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "main.py").write_text(
+        textwrap.dedent(
+            """
+            import subprocess, sys
+            code = "import sys; sys.path.insert(0, '..'); from worker import work; print(work(sys.argv[1]))"
+            print(subprocess.run([sys.executable, "-c", code, sys.argv[1]], capture_output=True, text=True, cwd="elsewhere").stdout.strip())
+            """
+        )
+    )
+    args = ["--budget", "0.1", "--price-per-1k", "1,2", "--store", "sqlite:///budgets.db", "--name", "job"]
+    done = shekel("run", *args, "--json", "r.json", "main.py", server.url)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "elsewhere" / "budgets.db").exists()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (
+        report["calls"] == int(done.stdout) > 0
+        and report["store"] == f"sqlite:///{tmp_path.resolve()}/budgets.db"
+    )
