@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from ..errors import ShekelError
 from ._args import UsageError
 from ._codes import EXIT_BUDGET, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
@@ -267,13 +268,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return handler(args)
     except UsageError as error:
-        command = (
-            f"shekel {tokens[0]}"
-            if tokens and tokens[0] in ("run", "status", "report", "prices", "reset")
-            else "shekel"
-        )
-        sys.stderr.write(f"{command}: error: {error}\n")
+        sys.stderr.write(f"{_command(tokens)}: error: {error}\n")
         return EXIT_USAGE
+    except ShekelError as error:  # a store that cannot be reached, say: one line, no traceback
+        sys.stderr.write(f"{_command(tokens)}: error: {error}\n")
+        return EXIT_ERROR
+
+
+def _command(tokens: list[str]) -> str:
+    known = ("run", "status", "report", "prices", "reset")
+    return f"shekel {tokens[0]}" if tokens and tokens[0] in known else "shekel"
 
 
 def _target(args: argparse.Namespace) -> argparse.Namespace:

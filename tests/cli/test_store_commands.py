@@ -110,3 +110,11 @@ def test_prices_of_the_bundled_data(shekel: Shekel) -> None:
     assert Decimal(row["input_per_1m"]) == expected.input_per_1m and row["provider"] == "cerebras"
     listed = shekel("prices", "--provider", "cerebras", "--json")
     assert any(r["model"].lower() == "meta-llama/llama-3.1-8b-instruct" for r in json.loads(listed.stdout))
+
+
+def test_a_store_that_cannot_be_read_is_one_line_and_exit_1(shekel: Shekel) -> None:
+    done = shekel("status", "--store", "sqlite:////proc/no-such-dir/budgets.db")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert (
+        done.stderr.startswith("shekel status: error: shared budget store") and "Traceback" not in done.stderr
+    )
