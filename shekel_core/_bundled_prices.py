@@ -246,3 +246,22 @@ def _label(snapshot: Any, day: date) -> str:
 
 
 __all__ = ["AUTO", "available", "bundled_price", "providers_for"]
+
+
+def bundled_models() -> list[tuple[str, str]]:
+    """Every (model, provider) pair the bundled data prices, provider as a router name; [] without it."""
+    try:
+        snapshot = _snapshot()
+        if snapshot is None:
+            return []
+        return sorted(
+            {
+                (str(m.id), p.id[len(_PREFIX) :])
+                for p in snapshot.providers
+                if p.id.startswith(_PREFIX)
+                for m in p.models
+            }
+        )
+    except (AttributeError, TypeError) as exc:
+        _cannot_read(exc)
+        return []

@@ -66,8 +66,22 @@ def test_the_wheel_carries_the_license_and_only_the_package(built: tuple[Path, P
         (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
         text = archive.read(license_file).decode()
     assert text.startswith("MIT License") and "Copyright (c) 2026 The shekel developers" in text
-    assert {n.split("/")[0] for n in names if not n.startswith("shekel-")} == {"shekel"}
+    assert {n.split("/")[0] for n in names if not n.startswith("shekel-")} == {"shekel", "shekel_autorun.pth"}
     assert "shekel/py.typed" in names and "shekel/integrations/langchain.py" in names
+
+
+def test_the_wheel_carries_the_command_and_the_start_up_hook(built: tuple[Path, Path]) -> None:
+    wheel, _ = built
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        (record,) = [n for n in names if n.endswith(".dist-info/RECORD")]
+        assert "shekel = shekel.cli:main" in archive.read(entry_points).decode()
+        hook = archive.read("shekel_autorun.pth").decode()
+        assert "shekel_autorun.pth," in archive.read(record).decode()  # pip uninstall removes it
+    assert "shekel/__main__.py" in names and "shekel/cli/_run.py" in names
+    # One line, acting only when SHEKEL_RUN is set (site runs lines that start with "import").
+    assert hook.count("\n") == 1 and hook.startswith("import os;") and 'os.environ.get("SHEKEL_RUN")' in hook
 
 
 def test_the_metadata_a_package_index_shows(built: tuple[Path, Path]) -> None:
@@ -113,7 +127,14 @@ def test_the_sdist_carries_the_tests_and_what_they_read(built: tuple[Path, Path]
     with tarfile.open(sdist) as archive:
         top = archive.getnames()[0].split("/")[0]
         shipped = {name.removeprefix(f"{top}/") for name in archive.getnames()}
-    assert {"LICENSE", "README.md", "pyproject.toml", "CHANGELOG.md"} <= shipped
+    assert {
+        "LICENSE",
+        "README.md",
+        "pyproject.toml",
+        "CHANGELOG.md",
+        "setup.py",
+        "shekel_autorun.pth",
+    } <= shipped
     read_by_tests = [
         path.relative_to(ROOT).as_posix()
         for folder in ("tests", "docs")

@@ -1,0 +1,74 @@
+"""Parsing command-line values: each bad value is a one-line message (exit code 2), never a traceback."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+
+
+class UsageError(Exception):
+    """A bad argument: the message says what is wrong and how to write it."""
+
+
+def money(text: str, what: str) -> Decimal:
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise UsageError(f"{what} must be a number of US dollars, e.g. {what} 0.50, got {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise UsageError(f"{what} must be a number of US dollars >= 0, e.g. {what} 0.50, got {text!r}")
+    return value
+
+
+def count(text: str, what: str) -> int:
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise UsageError(f"{what} must be a whole number >= 0, e.g. {what} 100, got {text!r}")
+    return int(text)
+
+
+def fraction(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise UsageError(
+            f"{what} must be a fraction of the budget between 0 and 1, e.g. {what} 0.8, got {text!r}"
+        )
+    return value
+
+
+def price_pair(text: str) -> dict[str, str]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise UsageError(
+            f"--price-per-1k takes the input and output prices in USD per 1,000 tokens, as IN,OUT "
+            f"(e.g. --price-per-1k 0.5,1.5), got {text!r}"
+        )
+    return {
+        "input": str(money(parts[0], "--price-per-1k (input)")),
+        "output": str(money(parts[1], "--price-per-1k (output)")),
+    }
+
+
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def since(text: str, now: float | None = None) -> float:
+    """``7d``, ``24h``, ``90m``, or a date or time in ISO form (UTC unless it says), as epoch seconds."""
+    now = time.time() if now is None else now
+    match = _SINCE.match(text)
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--since takes a duration (30m, 24h, 7d, 2w) or a date (2025-01-31, 2025-01-31T12:00), got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
