@@ -59,9 +59,9 @@ SCRIPTS = {
     "bound-method-captured-before-first-budget": """
         import shekel
         from huggingface_hub import InferenceClient
-        client = InferenceClient(model=URL + "/tasks/feature-extraction")
-        embed = client.feature_extraction
-        twice(lambda: embed("one two three"))
+        client = InferenceClient(model=URL + "/tasks/text-classification")
+        classify = client.text_classification
+        twice(lambda: classify("what a day"))
     """,
     "async-client-imported-after-shekel": """
         import asyncio
