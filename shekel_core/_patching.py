@@ -14,6 +14,7 @@ it, return whether it did), ``uninstall()`` (put back the exact originals) and, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import threading
@@ -166,19 +167,16 @@ class _Finder:
                 exec_module(module)
             finally:
                 if not had_own:
-                    try:
+                    with contextlib.suppress(AttributeError):
                         del loader.exec_module
-                    except AttributeError:
-                        pass
                 else:
                     loader.exec_module = exec_module
             if getattr(module, "__name__", None) == fullname:
                 _loaded(fullname, module)
 
-        try:
+        # A loader whose attributes are fixed is left alone: the next budget entered installs.
+        with contextlib.suppress(AttributeError, TypeError):
             loader.exec_module = exec_and_install
-        except (AttributeError, TypeError):  # a loader whose attributes are fixed: the next budget installs
-            pass
         return spec
 
 
