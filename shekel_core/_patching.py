@@ -21,14 +21,17 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any
 
 
-class Adapter(NamedTuple):
+class Adapter:
     """An adapter module and the modules of its library whose loading installs it."""
 
-    module: str
-    watched: tuple[str, ...]
+    __slots__ = ("module", "watched")
+
+    def __init__(self, module: str, watched: tuple[str, ...]) -> None:
+        self.module = module
+        self.watched = watched
 
 
 #: Every adapter, one line each.
