@@ -158,7 +158,7 @@ class _Finder:
             spec = find_spec(fullname, path, target)
             if spec is not None:
                 break
-        loader = getattr(spec, "loader", None)
+        loader: Any = getattr(spec, "loader", None)
         exec_module = getattr(loader, "exec_module", None)
         if exec_module is None:
             return spec
