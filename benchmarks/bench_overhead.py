@@ -107,8 +107,50 @@ def _own_work(number: int, repeats: int) -> Row:
     )
 
 
+def _openai_variants(client: object) -> dict[str, Callable[[int], object]]:
+    """The same three variants through the real ``openai`` SDK's ``chat.completions.create``."""
+    create = client.chat.completions.create  # type: ignore[attr-defined]
+    messages = _transport.MESSAGES
+
+    def unpatched(n: int) -> None:
+        shekel.uninstall()
+        for _ in range(n):
+            create(model=_transport.MODEL, messages=messages, max_tokens=100)
+
+    def patched_no_budget(n: int) -> None:
+        shekel.install()
+        for _ in range(n):
+            create(model=_transport.MODEL, messages=messages, max_tokens=100)
+
+    def in_budget(n: int) -> None:
+        with shekel.budget(max_usd=1_000_000, price_per_1k_tokens=_transport.PRICES) as b:
+            for _ in range(n):
+                create(model=_transport.MODEL, messages=messages, max_tokens=100)
+        assert b.calls == n and b.spent > 0, "the benchmark must really count the calls"
+
+    return {"unpatched": unpatched, "patched, no budget": patched_no_budget, "inside a budget": in_budget}
+
+
+def _openai_rows(quick: bool) -> list[Row]:
+    """The OpenAI adapter: the real SDK over canned answers (an ``httpx.MockTransport``), vs. unpatched."""
+    try:
+        import httpx
+        import openai
+    except ImportError:  # the openai extra is not installed: nothing to measure
+        return []
+    http = httpx.Client(transport=httpx.MockTransport(_transport._handler()))
+    client = openai.OpenAI(base_url=_transport.BASE_URL, api_key="benchmark", http_client=http, max_retries=0)
+    try:
+        return _rows(
+            "openai adapter, in-process", _openai_variants(client), 50 if quick else 100, 5 if quick else 25
+        )
+    finally:
+        client.close()
+
+
 def run(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
+    rows += _openai_rows(quick)
     with _transport.in_process():
         client = _transport.client()
         rows += _rows("in-process", _variants(client), 50 if quick else 100, 5 if quick else 25)

@@ -8,9 +8,11 @@
 
     chain.invoke({"topic": "tides"}, config={"callbacks": [BudgetCallbackHandler(budget=tenant_budget)]})
 
-Count-once rule. Every Hugging Face call made by a LangChain run is charged by exactly one layer:
+Count-once rule. Every Hugging Face, OpenAI SDK or Anthropic SDK call made by a LangChain run is charged by
+exactly one layer:
 
-* The Hugging Face adapter owns every HTTP call it sees. It reserves the worst case before the request and
+* The adapter (Hugging Face, OpenAI or Anthropic: ``ChatHuggingFace``, ``HuggingFaceEndpoint``,
+  ``ChatOpenAI``, ``ChatAnthropic``) owns every call it sees. It reserves the worst case before the request and
   raises ``BudgetExceededError`` from inside the model (LangChain lets it out of ``invoke``), asks the server
   for usage (``stream_options``, ``details``), sets ``max_tokens``, switches to a fallback model, settles.
 * This handler owns the *run*. When a run starts it picks the budget (the one it is bound to, else the one
@@ -533,10 +535,21 @@ def _int_or_none(value: object) -> int | None:
     return value
 
 
+#: LangChain's serialisation ids (``lc`` namespaces) of models whose calls an adapter counts: ChatOpenAI and
+#: ChatAnthropic go through the OpenAI and Anthropic SDKs.
+_COUNTED_BY_ADAPTER = (["langchain", "chat_models", "openai"], ["langchain", "chat_models", "anthropic"])
+
+
 def _made_through_huggingface_hub(serialized: Mapping[str, Any] | None) -> bool:
-    """Whether the model is one of langchain-huggingface's, whose calls go through ``huggingface_hub``."""
+    """Whether the model is one whose calls an adapter counts: langchain-huggingface's (through
+    ``huggingface_hub``), ``ChatOpenAI`` and ``ChatAnthropic`` (through the OpenAI and Anthropic SDKs)."""
     path = (serialized or {}).get("id")
-    return isinstance(path, list) and bool(path) and path[0] == "langchain_huggingface"
+    if not isinstance(path, list) or not path:
+        return False
+    return path[0] in _SDK_PACKAGES or path[:3] in _COUNTED_BY_ADAPTER
+
+
+_SDK_PACKAGES = frozenset({"langchain_huggingface", "langchain_openai", "langchain_anthropic"})
 
 
 def _model_name(params: Mapping[str, Any], metadata: Mapping[str, Any]) -> str | None:

@@ -264,9 +264,18 @@ class Budget:
             name, store, window, lease, on_store_error, limit, max_calls, max_tokens
         )
         # A shared budget's limits are enforced in its store; its account here counts this process's own
-        # share, under the same limits: never tighter than the store's, and what holds the process to them
-        # while the store is down (on_store_error="open").
-        self._account = Account(self, limit, max_calls, max_tokens)
+        # share. With on_store_error="open" and no window, that share is also held to the same limits: never
+        # tighter than the store's while the process alone resets it, and what holds the process to them
+        # while the store is down. Otherwise the store alone enforces them (a window, or a reset by another
+        # process, would make the share here refuse calls the store has room for).
+        part = self._shared
+        own_limits = part is None or (
+            part.fail_open and part.limits.window.seconds is None and part.limits.window.calendar is None
+        )
+        if own_limits:
+            self._account = Account(self, limit, max_calls, max_tokens)
+        else:
+            self._account = Account(self, None, None, None)
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
@@ -939,7 +948,11 @@ class Budget:
                 )
             input_cost = output_price = ZERO
         else:
-            input_cost = price.input_per_token * prompt_tokens
+            # A prompt written to the provider's cache may cost more per token than plain input.
+            input_price = price.input_per_token
+            if price.cache_write_per_token is not None:
+                input_price = price.worst_input_per_token
+            input_cost = input_price * prompt_tokens
             if price.per_call is not None:
                 input_cost += price.per_call
             output_price = price.output_per_token
@@ -1199,7 +1212,11 @@ class Budget:
                     f"the server reported {usage.input_tokens} input tokens for a prompt estimated at most "
                     f"{reservation.prompt_tokens}; charged as reported"
                 )
-            cost = ZERO if price is None else price.cost(usage.input_tokens, usage.output_tokens, cached)
+            cost = (
+                ZERO
+                if price is None
+                else price.cost(usage.input_tokens, usage.output_tokens, cached, usage.cache_write_tokens)
+            )
             if note:
                 notes.append(note)
         elif outcome == ERROR:
@@ -1365,7 +1382,10 @@ class Budget:
                     if reserved.cached_input_per_token is None
                     else min(price.cached_input_per_token, reserved.cached_input_per_token),
                     provider,
-                    per_call,
+                    None
+                    if price.cache_write_per_token is None or reserved.cache_write_per_token is None
+                    else min(price.cache_write_per_token, reserved.cache_write_per_token),
+                    per_call=per_call,
                 ),
                 provider,
                 [

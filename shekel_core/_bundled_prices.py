@@ -11,7 +11,7 @@ snapshot, and nothing else of it:
 - ``genai_prices.data_snapshot.get_snapshot()``: ``.providers``, ``.from_auto_update``, ``.timestamp``;
 - a provider's ``.id`` and ``.find_model(model_ref)`` (a model or None);
 - a model's ``.id`` and ``.get_prices(datetime)``: ``.input_mtok``, ``.output_mtok``, ``.cache_read_mtok``,
-  each a ``Decimal``, None, or tiers (``.base`` and ``.tiers``, each with a ``.price``), and ``vars()``.
+  ``.cache_write_mtok``, each a ``Decimal``, None, or tiers (``.base`` and ``.tiers``, each with a ``.price``), and ``vars()``.
 
 The extra pins genai-prices to the 0.2 series, whose releases differ only in their data;
 ``tests/core/test_genai_prices_contract.py`` checks that layout, and that every price read here is the one
@@ -31,6 +31,8 @@ from ._money import MILLION, MONEY_PRECISION
 from ._pricing import AUTO, PRICE_QUANTUM, ROUTING_POLICIES, Price, highest
 
 _PREFIX = "huggingface_"
+#: Providers that are a vendor's own API, priced from genai-prices' provider of that name.
+DIRECT_APIS = frozenset({"openai", "anthropic"})
 # Keyed by the snapshot's identity: a genai-prices auto-update swaps the snapshot, and with it the answers.
 _providers_cache: dict[tuple[int, str], tuple[str, ...]] = {}
 _price_cache: dict[tuple[int, str, str, date], Price | None] = {}
@@ -172,12 +174,18 @@ def _price(snapshot: Any, model: str, provider: str, day: date) -> Price | None:
 
 def _read_price(snapshot: Any, model: str, provider: str, day: date) -> Price | None:
     wanted = _PREFIX + provider.lower()
+    # A provider that is a vendor's own API (the OpenAI and Anthropic SDKs pointed at it, or
+    # huggingface_hub's "openai" provider, which calls OpenAI's API with the user's key): its own prices.
+    direct = provider.lower() if provider.lower() in DIRECT_APIS else None
     for entry in snapshot.providers:
         if entry.id == wanted:
             info = entry.find_model(model)
             break
     else:
-        return None
+        entry = next((e for e in snapshot.providers if e.id == direct), None) if direct else None
+        if entry is None:
+            return None
+        info = entry.find_model(model)
     if info is None:
         return None
     when = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
@@ -187,6 +195,7 @@ def _read_price(snapshot: Any, model: str, provider: str, day: date) -> Price | 
         "input_mtok": _top(prices.input_mtok),
         "output_mtok": _top(prices.output_mtok),
         "cache_read_mtok": _top(prices.cache_read_mtok),
+        "cache_write_mtok": _top(prices.cache_write_mtok),
     }
     if per_1m["input_mtok"] is None and per_1m["output_mtok"] is None:
         return None
@@ -194,13 +203,14 @@ def _read_price(snapshot: Any, model: str, provider: str, day: date) -> Price | 
         k for k, v in vars(prices).items() if v is not None and not k.startswith("_") and k not in per_1m
     )
     extra = f"; it also lists {', '.join(others)}, which shekel does not charge" if others else ""
-    cached = per_1m["cache_read_mtok"]
+    cached, written = per_1m["cache_read_mtok"], per_1m["cache_write_mtok"]
     return Price(
         (per_1m["input_mtok"] or Decimal(0)) / MILLION,
         (per_1m["output_mtok"] or Decimal(0)) / MILLION,
         f"{_label(snapshot, day)} ({entry.id}, model {info.id}){extra}",
         None if cached is None else cached / MILLION,
         provider,
+        None if written is None else written / MILLION,
     )
 
 

@@ -40,6 +40,8 @@ ADAPTERS: tuple[Adapter, ...] = (
         "shekel.adapters.huggingface_hub",
         ("huggingface_hub.inference._client", "huggingface_hub.inference._generated._async_client"),
     ),
+    Adapter("shekel.adapters.openai", ("openai._base_client",)),
+    Adapter("shekel.adapters.anthropic", ("anthropic._base_client",)),
 )
 
 _lock = threading.RLock()  # re-entered: an adapter's install may import a module the hook watches
@@ -49,7 +51,8 @@ _watched: dict[str, str] = {}
 
 
 def install() -> None:
-    """Patch every supported client library that is importable (today: huggingface_hub). Idempotent.
+    """Patch every supported client library that is importable (``ADAPTERS``: huggingface_hub, openai,
+    anthropic). Idempotent.
 
     ``import shekel`` and entering a budget do this already; call it yourself to patch eagerly, at start-up.
     """

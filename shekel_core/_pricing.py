@@ -35,7 +35,7 @@ PRICE_QUANTUM = Decimal("1e-12")
 MAX_PRICE_PER_TOKEN = Decimal("1e8")
 
 _PRICE_KEYS = frozenset({"input", "output"})
-_OPTIONAL_KEYS = frozenset({"cached_input"})
+_OPTIONAL_KEYS = frozenset({"cached_input", "cache_write"})
 #: A price for each call, whatever its tokens: what media tasks (text-to-image, speech...) are charged.
 PER_CALL = "per_call"
 _PRICE_FIX = (
@@ -51,10 +51,12 @@ class Price:
     """USD per token for input (prompt) and output (completion) tokens, and where the price came from.
 
     ``cached_input_per_token`` is the price of prompt tokens the provider served from its cache, when the
-    price source has one; without it cached tokens are charged as ordinary input. ``provider`` is the
-    Inference Provider the price belongs to, when it is provider-specific. ``per_call`` is USD charged for
-    each call on top of its tokens: the price of media tasks (an image, a transcript), which have no tokens
-    to price; a media task whose price has no ``per_call`` counts as unpriced.
+    price source has one; without it cached tokens are charged as ordinary input. ``cache_write_per_token``
+    is the price of prompt tokens written to the cache (Anthropic's ``cache_creation_input_tokens``), when
+    the source has one; without it they are charged as ordinary input. ``provider`` is the Inference Provider
+    the price belongs to, when it is provider-specific. ``per_call`` is USD charged for each call on top of
+    its tokens: the price of media tasks (an image, a transcript), which have no tokens to price; a media
+    task whose price has no ``per_call`` counts as unpriced.
     """
 
     input_per_token: Decimal
@@ -62,16 +64,39 @@ class Price:
     source: str
     cached_input_per_token: Decimal | None = None
     provider: str | None = None
+    cache_write_per_token: Decimal | None = None
     per_call: Decimal | None = None
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
-        """The exact USD cost of a call (its ``per_call`` price included); ``cached_input_tokens`` are part of
-        ``input_tokens``."""
-        if self.per_call is not None:
-            return self.per_call + self._token_cost(input_tokens, output_tokens, cached_input_tokens)
-        return self._token_cost(input_tokens, output_tokens, cached_input_tokens)
+    @property
+    def worst_input_per_token(self) -> Decimal:
+        """The most one prompt token can cost: the input price, or the cache-write price when it is higher
+        (a reservation holds this, since it cannot know which prompt tokens the provider will cache)."""
+        write = self.cache_write_per_token
+        return self.input_per_token if write is None or write <= self.input_per_token else write
 
-    def _token_cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> Decimal:
+    def cost(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal:
+        """The exact USD cost of a call (its ``per_call`` price included); ``cached_input_tokens`` (read from
+        the provider's cache) and ``cache_write_tokens`` (written to it) are part of ``input_tokens``."""
+        if self.per_call is not None:
+            return self.per_call + self._token_cost(
+                input_tokens, output_tokens, cached_input_tokens, cache_write_tokens
+            )
+        return self._token_cost(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)
+
+    def _token_cost(
+        self, input_tokens: int, output_tokens: int, cached_input_tokens: int, cache_write_tokens: int
+    ) -> Decimal:
+        if cache_write_tokens and self.cache_write_per_token is not None:
+            written = min(max(cache_write_tokens, 0), input_tokens)
+            return (self.cache_write_per_token - self.input_per_token) * written + self._token_cost(
+                input_tokens, output_tokens, min(cached_input_tokens, input_tokens - written), 0
+            )
         cached_price = self.cached_input_per_token
         # min/max only when there is something cached to charge apart (the usual call has nothing).
         cached = (
@@ -103,10 +128,12 @@ class Price:
             if self.cached_input_per_token is None
             else f", ${_plain(self.cached_input_per_token * MILLION)} cached input"
         )
+        if self.cache_write_per_token is not None:
+            cached += f", ${_plain(self.cache_write_per_token * MILLION)} cache write"
         if self.per_call is not None:
             tokens = (
                 ""
-                if not (self.input_per_token or self.output_per_token or self.cached_input_per_token)
+                if not (self.input_per_token or self.output_per_token or cached)
                 else f" plus ${_plain(self.input_per_1m)} input, ${_plain(self.output_per_1m)} output{cached} "
                 "per 1M tokens"
             )
@@ -227,14 +254,14 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
     if unknown:
         raise BudgetConfigError(
             f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the known keys are 'input', "
-            f"'output', 'cached_input' (optional) and 'per_call' (USD per call). {_PRICE_FIX}"
+            f"'output', 'cached_input' and 'cache_write' (optional), and 'per_call' (USD per call). {_PRICE_FIX}"
         )
     missing = sorted(_PRICE_KEYS - set(value))
     # A per-call price alone is whole; tokens priced beside it need both their prices.
-    if missing and (PER_CALL not in value or len(missing) < len(_PRICE_KEYS) or "cached_input" in value):
+    if missing and (PER_CALL not in value or len(missing) < len(_PRICE_KEYS) or set(value) & _OPTIONAL_KEYS):
         raise BudgetConfigError(f"{where} is missing {', '.join(map(repr, missing))}. {_PRICE_FIX}")
     per_1k: dict[str, Decimal] = {}
-    for key in ("input", "output", "cached_input"):
+    for key in ("input", "output", "cached_input", "cache_write"):
         if key not in value:
             continue
         amount = to_decimal(
@@ -256,12 +283,13 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
         problem = per_call_problem(per_call)
         if problem is not None:
             raise BudgetConfigError(f"{where}['per_call'] {problem}, got {value[PER_CALL]!r}. {_PRICE_FIX}")
-    cached = per_1k.get("cached_input")
+    cached, write = per_1k.get("cached_input"), per_1k.get("cache_write")
     return Price(
         per_1k.get("input", ZERO) / THOUSAND,
         per_1k.get("output", ZERO) / THOUSAND,
         source,
         None if cached is None else cached / THOUSAND,
+        cache_write_per_token=None if write is None else write / THOUSAND,
         per_call=per_call,
     )
 

@@ -268,7 +268,7 @@ def _price(
         source if provider is None else f"{source}, provider {provider!r}",
         amounts.get("cached_input"),
         provider,
-        per_call,
+        per_call=per_call,
     )
 
 

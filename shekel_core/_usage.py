@@ -32,6 +32,8 @@ class Usage:
     estimated: bool = False
     #: Prompt tokens the provider served from its cache (part of ``input_tokens``), when it says so.
     cached_input_tokens: int = 0
+    #: Prompt tokens the provider wrote to its cache (part of ``input_tokens``; Anthropic bills them apart).
+    cache_write_tokens: int = 0
 
 
 def _field(obj: object, name: str) -> object:

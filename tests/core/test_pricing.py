@@ -311,8 +311,14 @@ def test_cached_input_without_a_cached_price_is_charged_in_full_and_noted() -> N
 
 
 def test_budget_prices_reject_unknown_parts() -> None:
-    with pytest.raises(BudgetConfigError, match="'cache_write'"):
-        budget(price_per_1k_tokens={"input": 1, "output": 1, "cache_write": 1})
+    with pytest.raises(BudgetConfigError, match="'cache_writes'"):
+        budget(price_per_1k_tokens={"input": 1, "output": 1, "cache_writes": 1})
+
+
+def test_budget_prices_take_a_cache_write_part() -> None:
+    price = budget(price_per_1k_tokens={"input": 1, "output": 2, "cache_write": 1.25}).price_for("m")
+    assert price is not None and price.cache_write_per_token == Decimal("0.00125")
+    assert price.cost(10, 0, cache_write_tokens=4) == Decimal("0.001") * 6 + Decimal("0.00125") * 4
 
 
 # ------------------------------------------------------------------------------------------ token caps

@@ -221,10 +221,30 @@ def test_a_store_that_is_down_with_on_store_error_open_lets_calls_go_counted_her
     assert len([w for w in caught if "is down" in str(w.message)]) == 1  # one warning per budget
 
 
+def test_a_reset_by_another_process_gives_the_room_back_to_every_process(
+    server: FakeInferenceServer, store_url: str
+) -> None:
+    """This process's own share is not a limit of its own: once another process (here another store object,
+    as `shekel reset` would be) clears the budget, this one can spend the whole cap again."""
+    from shekel.stores import open_store
+
+    client = InferenceClient(base_url=server.url)
+    b = _shared(store_url, "daily", max_usd=0.1)  # a call holds $0.058: the fourth does not fit
+    with b:
+        for _ in range(3):
+            client.chat_completion(MESSAGES, model="m", max_tokens=5)
+        with pytest.raises(BudgetExceededError):
+            client.chat_completion(MESSAGES, model="m", max_tokens=5)
+        open_store(store_url).reset("daily")
+        for _ in range(3):
+            client.chat_completion(MESSAGES, model="m", max_tokens=5)
+        assert b.spent_exact == CALL_COST * 3 and b.calls == 3
+
+
 def test_a_password_in_a_store_url_never_shows() -> None:
     from shekel.ledger.shared import display_url
 
-    assert display_url("redis://user:s3cretPASS@host:6379/0") == "redis://user:***@host:6379/0"
+    assert display_url("redis://user:s3cretPASS@host:6379/0") == "redis://***@host:6379/0"
 
 
 # ------------------------------------------------------------------------------------------ nesting

@@ -39,6 +39,13 @@ TOOL_CALL = Decimal("0.04")  # a scripted tool call: 20 input tokens, 10 output 
 WORDS = 5
 #: How the handler is attached. "with" is the automatic handler inside ``with b:``; the others bind ``b``.
 FORMS = ["config", "constructor", "with_config", "with"]
+# A budget entered with `with b:` is itself the enclosing budget: "with" has no unrelated one around it.
+FORMS_AND_ENCLOSINGS = [
+    (form, enclosing)
+    for form in FORMS
+    for enclosing in ("none", "unrelated")
+    if not (form == "with" and enclosing == "unrelated")
+]
 OPS = ["invoke", "stream", "ainvoke", "astream"]
 
 
@@ -134,9 +141,8 @@ def one_call_graph(model: Runnable[Any, Any]) -> Any:
     return builder.compile()
 
 
-@pytest.mark.parametrize("enclosing", ["none", "unrelated"])
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize(("form", "enclosing"), FORMS_AND_ENCLOSINGS)
 async def test_a_state_graph_is_charged_once(
     form: str,
     op: str,
@@ -145,8 +151,6 @@ async def test_a_state_graph_is_charged_once(
     llm: HuggingFaceEndpoint,
     server: FakeInferenceServer,
 ) -> None:
-    if form == "with" and enclosing == "unrelated":
-        pytest.skip("the automatic handler charges the budget around the run")
     b = budget(max_usd=1, name="team", price_per_1k_tokens=PRICES)
     model, config = attach(form, b, chat, llm)
     graph = one_call_graph(model)
@@ -206,9 +210,8 @@ def agent_for(
     return react_agent(model, [add]), config
 
 
-@pytest.mark.parametrize("enclosing", ["none", "unrelated"])
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize(("form", "enclosing"), FORMS_AND_ENCLOSINGS)
 async def test_a_react_agent_calling_a_tool_is_stopped_at_the_cap(
     form: str,
     op: str,
@@ -217,8 +220,6 @@ async def test_a_react_agent_calling_a_tool_is_stopped_at_the_cap(
     llm: HuggingFaceEndpoint,
     server: FakeInferenceServer,
 ) -> None:
-    if form == "with" and enclosing == "unrelated":
-        pytest.skip("the automatic handler charges the budget around the run")
     script_tool_calls(server, 40, streamed=op.endswith("stream"))
     cap = Decimal("0.5")
     b = budget(max_usd=cap, name="team", price_per_1k_tokens=PRICES)
