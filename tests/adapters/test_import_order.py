@@ -107,22 +107,32 @@ def test_every_import_order_is_counted(server: FakeInferenceServer, order: str) 
 
 
 HOOK = """
+import importlib
 import sys
 import shekel
 from shekel import _patching
 
 finder = _patching._FINDER
 assert finder in sys.meta_path
-assert not any(m.startswith(("huggingface_hub", "httpx", "numpy")) for m in sys.modules), "import shekel imported an SDK"
+assert not any(
+    m.split(".")[0] in ("huggingface_hub", "openai", "anthropic", "httpx", "numpy") for m in sys.modules
+), "import shekel imported an SDK"
 import huggingface_hub  # lazy: the clients' modules are not loaded yet, so nothing to patch
-assert finder in sys.meta_path
+assert "huggingface_hub.inference._client" in _patching._watched
 from huggingface_hub import InferenceClient
 assert InferenceClient.__dict__["feature_extraction"].__shekel_original__
-assert finder in sys.meta_path  # still watching for the async client's module
+assert "huggingface_hub.inference._client" not in _patching._watched
 from huggingface_hub import AsyncInferenceClient
 assert AsyncInferenceClient.__dict__["text_to_image"].__shekel_original__
-assert finder not in sys.meta_path  # everything watched is loaded: the hook is gone
+for adapter in _patching.ADAPTERS:  # every library watched, loaded: the hook is gone
+    for name in adapter.watched:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a library not installed here: it stays watched
+            pass
+assert (finder in sys.meta_path) == bool(_patching._watched)
 shekel.uninstall()
+assert finder not in sys.meta_path
 assert not hasattr(InferenceClient.__dict__["feature_extraction"], "__shekel_original__")
 shekel.install()
 assert InferenceClient.__dict__["feature_extraction"].__shekel_original__
