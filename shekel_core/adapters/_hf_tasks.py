@@ -128,6 +128,10 @@ class TaskCall(CallAccounting):
         if reservation.fallback_from is not None:
             kwargs["model"] = reservation.model
 
+    def observe(self, chunk: Any) -> Any:
+        """Tasks other than chat and text generation do not stream: nothing to observe."""
+        return chunk
+
     def settle(self, response: Any) -> Any:
         if self.output_attr is not None:
             try:

@@ -50,7 +50,7 @@ from .._usage import (
 )
 from .._versions import check as check_version
 from . import _http_hooks as http_hooks
-from ._hf_tasks import TASKS, TaskCall, planner
+from ._hf_tasks import TASKS, Task, TaskCall, planner
 from ._patches import Patches
 
 #: TGI's own default ``max_new_tokens``: used as the ceiling when the caller gave none, so that text
@@ -519,6 +519,15 @@ MODULES: Mapping[str, tuple[str, bool]] = {
 }
 
 
+def _task_wrapper(
+    task: Task, wrap: Callable[[Callable[..., Any], Planner], Callable[..., Any]]
+) -> Callable[[Any], Any]:
+    def wrap_task(original: Any) -> Any:
+        return wrap(original, planner(task, original, _target))
+
+    return wrap_task
+
+
 def _wrappers(cls: type, is_async: bool) -> list[tuple[str, Callable[[Any], Any]]]:
     wrap = _wrap_async if is_async else _wrap_sync
     methods: list[tuple[str, Callable[[Any], Any]]] = [
@@ -527,7 +536,7 @@ def _wrappers(cls: type, is_async: bool) -> list[tuple[str, Callable[[Any], Any]
     ]
     for name, task in TASKS.items():
         if name in cls.__dict__:  # tasks a huggingface_hub lacks are simply not there to count
-            methods.append((name, lambda f, task=task: wrap(f, planner(task, f, _target))))
+            methods.append((name, _task_wrapper(task, wrap)))
     if "_inner_post" in cls.__dict__:
         methods.append(("_inner_post", lambda f: wrap(f, _plan_post)))
     return methods
