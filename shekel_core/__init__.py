@@ -4,7 +4,8 @@
 >>> with budget(max_usd=1.00, price_per_1k_tokens={"input": 0.001, "output": 0.002}) as b:
 ...     ...  # every Hugging Face inference call in here is counted, priced and capped
 
-Importing shekel imports no framework; the Hugging Face patch is installed when the first budget is entered.
+Importing shekel imports no framework: it patches the client libraries already loaded, and the others as they
+are imported (an import hook), so the import order does not matter.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from . import _namesake  # noqa: F401  (first: an unrelated PyPI 'shekel' mixed in, or installed alongside)
 from ._budget import Budget, budget
 from ._context import carry, current_budget
-from ._patching import install, uninstall
+from ._patching import install, uninstall, watch
 from ._price_lookup import prices
 from ._pricing import Price
 from ._records import CallRecord, ModelTotals
@@ -28,6 +29,9 @@ from .errors import (
 )
 
 __version__ = "2.0.0.dev0"
+
+watch()  # patch the client libraries already loaded; the others as they are imported
+del watch
 
 __all__ = [
     "Budget",

@@ -189,6 +189,8 @@ class Reservation:
     settling: tuple[Any, ...] = ()
     #: Whether store settles may run in tasks: the call is made by an async caller, which awaits them.
     defer: bool = False
+    #: The media task the call makes (``"text-to-image"``...), priced per call only; None for token calls.
+    media: str | None = None
 
 
 class Budget:
@@ -588,22 +590,28 @@ class Budget:
         return self.reserve_call((model, prompt_tokens, max_tokens, max_tokens_ceiling, provider))
 
     def reserve_call(
-        self, ask: tuple[str | None, int, int | None, int, str | None], _local: bool = False
+        self,
+        ask: tuple[str | None, int, int | None, int, str | None],
+        _local: bool = False,
+        media: str | None = None,
     ) -> Reservation:
-        """:meth:`reserve`, for adapters: ``ask`` is (model, prompt_tokens, max_tokens, ceiling, provider)."""
+        """:meth:`reserve`, for adapters: ``ask`` is (model, prompt_tokens, max_tokens, ceiling, provider).
+
+        ``media`` names a media task (``"text-to-image"``): priced by the ``per_call`` part of the model's
+        price only, and unpriced when it has none (never a silent $0 at a token price)."""
         context = getcontext()  # exact_money, inline: this runs on every counted call
         if context.prec < MONEY_PRECISION or context.traps[Inexact] or context.traps[Rounded]:
             with localcontext(MONEY_CONTEXT):
-                return self.reserve_call(ask, _local)
+                return self.reserve_call(ask, _local, media)
         if self._shared_groups and not _local:
-            return self._reserve_shared(ask)
+            return self._reserve_shared(ask, media)
         tree = self._tree
         refusal: NoRoom | None = None
         with tree.lock:
             if not tree.waiters:
                 try:
-                    if self._chain_fallback or self._born < _generation:
-                        reservation = self._take(*ask, None)
+                    if self._chain_fallback or self._born < _generation or media is not None:
+                        reservation = self._take(*ask, None, media=media)
                     else:  # _take's usual case, inline
                         reservation = self._hold(ask[0], ask[1], ask[2], ask[3], None, ask[4], None)
                 except NoRoom as no_room:
@@ -613,6 +621,7 @@ class Budget:
                         self._after_unpriced(reservation)
                     return reservation
         waiting = _Waiting(ask, None, refusal)
+        waiting.media = media
         try:
             while True:
                 reservation_or_timeout = self._step(waiting)
@@ -631,6 +640,7 @@ class Budget:
         ask: tuple[str | None, int, int | None, int, str | None],
         task: object = None,
         _local: bool = False,
+        media: str | None = None,
     ) -> Reservation:
         """:meth:`reserve_call` for asyncio: a call that waits for room awaits, never blocking the event loop.
 
@@ -639,8 +649,9 @@ class Budget:
         import asyncio
 
         if self._shared_groups and not _local:
-            return await self._areserve_shared(ask, task)
+            return await self._areserve_shared(ask, task, media)
         waiting = _Waiting(ask, task, None, asyncio.get_running_loop())
+        waiting.media = media
         try:
             while True:
                 reservation_or_timeout = self._step_exactly(waiting)
@@ -656,12 +667,14 @@ class Budget:
         return reservation_or_timeout
 
     # ---------------------------------------------------------------- shared budgets
-    def _reserve_shared(self, ask: tuple[str | None, int, int | None, int, str | None]) -> Reservation:
+    def _reserve_shared(
+        self, ask: tuple[str | None, int, int | None, int, str | None], media: str | None = None
+    ) -> Reservation:
         """Hold a call on a chain with shared budgets: this process's budgets, then each store's, polling a
         store with backoff while other processes' calls hold the room there."""
         attempt = _SharedAttempt(ask)
         while True:
-            reservation = self.reserve_call(attempt.ask, _local=True)
+            reservation = self.reserve_call(attempt.ask, _local=True, media=media)
             try:
                 sharing.take_holds(reservation, attempt.patient)
                 return attempt.done(reservation)
@@ -675,13 +688,13 @@ class Budget:
                 raise
 
     async def _areserve_shared(
-        self, ask: tuple[str | None, int, int | None, int, str | None], task: object
+        self, ask: tuple[str | None, int, int | None, int, str | None], task: object, media: str | None = None
     ) -> Reservation:
         import asyncio
 
         attempt = _SharedAttempt(ask)
         while True:
-            reservation = await self.areserve_call(attempt.ask, task, _local=True)
+            reservation = await self.areserve_call(attempt.ask, task, _local=True, media=media)
             reservation.defer = True  # settled in a task the async caller awaits: never blocks the loop
             try:
                 await sharing.atake_holds(reservation, attempt.patient)
@@ -818,7 +831,7 @@ class Budget:
                     blocked = tree.blocker(self._accounts, waiting.waiter)
                 own = blocked is not None and self._holds_in_flight(task)
                 try:
-                    reservation = self._take(*ask, task)
+                    reservation = self._take(*ask, task, media=waiting.media)
                 except NoRoom as no_room:
                     refusal = no_room
                 else:
@@ -837,7 +850,7 @@ class Budget:
                     # wait for the room its own calls hold, takes what fits now rather than nothing.
                     if ask[2] is None and self._patience != 0:
                         try:
-                            return self._take(*ask, task, patient=False)
+                            return self._take(*ask, task, patient=False, media=waiting.media)
                         except NoRoom:
                             pass
                     raise self._refused(refusal, waited=waited)
@@ -847,7 +860,7 @@ class Budget:
             if timeout is not None and timeout <= 0:
                 # The wait ran out: one last try, then the refusal says how long it waited.
                 try:
-                    return self._take(*ask, task)
+                    return self._take(*ask, task, media=waiting.media)
                 except NoRoom as no_room:
                     raise self._refused(no_room, waited=waiting.waited()) from None
             waiting.enqueue(tree, self._accounts, blocked)
@@ -880,6 +893,7 @@ class Budget:
         provider: str | None,
         task: object,
         patient: bool | None = None,
+        media: str | None = None,
     ) -> Reservation:
         """Hold the call now, with a fallback model where one is due or only it fits (lock held).
 
@@ -891,10 +905,12 @@ class Budget:
             fallback = self._fallback_due()
             if fallback is not None and fallback != model:
                 return self._hold(
-                    fallback, prompt_tokens, max_tokens, ceiling, model, provider, task, patient
+                    fallback, prompt_tokens, max_tokens, ceiling, model, provider, task, patient, media
                 )
             try:
-                return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task, patient)
+                return self._hold(
+                    model, prompt_tokens, max_tokens, ceiling, None, provider, task, patient, media
+                )
             except NoRoom as no_room:
                 fallback = self._any_fallback()
                 if no_room.reason != "usd" or fallback is None or fallback == model:
@@ -902,9 +918,9 @@ class Budget:
                 if self._patience != 0 and patient is not False and self._waitable(no_room, task):
                     raise  # the model asked for fits once calls in flight settle: wait for it
                 return self._hold(
-                    fallback, prompt_tokens, max_tokens, ceiling, model, provider, task, patient
+                    fallback, prompt_tokens, max_tokens, ceiling, model, provider, task, patient, media
                 )
-        return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task, patient)
+        return self._hold(model, prompt_tokens, max_tokens, ceiling, None, provider, task, patient, media)
 
     def _hold(
         self,
@@ -916,14 +932,17 @@ class Budget:
         provider: str | None,
         task: object,
         patient: bool | None = None,
+        media: str | None = None,
     ) -> Reservation:
         price = self.price_for(model, provider)
+        if media is not None and price is not None and price.per_call is None:
+            price = None  # a token price cannot price an image: unpriced, never a silent $0
         if price is None:
             if self._unknown_policy() == "raise":
                 raise self._emit_refusal(
                     PricingError(
                         "shekel refused the call before sending it (on_unknown_price='raise'): "
-                        + unknown_price_message(redact_model(model), provider, self.path)
+                        + unknown_price_message(redact_model(model), provider, self.path, media)
                     ),
                     model,
                 )
@@ -934,6 +953,8 @@ class Budget:
             if price.cache_write_per_token is not None:
                 input_price = price.worst_input_per_token
             input_cost = input_price * prompt_tokens
+            if price.per_call is not None:
+                input_cost += price.per_call
             output_price = price.output_per_token
         try:
             granted, cost, tokens = ledger.hold(
@@ -963,6 +984,8 @@ class Budget:
             max_tokens is None,
             ceiling,
         )
+        if media is not None:
+            reservation.media = media
         if events._listeners:
             reservation.started = time.monotonic()
         self._tree.holds[reservation] = None
@@ -1039,7 +1062,8 @@ class Budget:
             self._root._unpriced_warned.add(model)
         try:
             warn_user(
-                f"shekel: {unknown_price_message(redact_model(model), reservation.provider, self.path)} "
+                "shekel: "
+                f"{unknown_price_message(redact_model(model), reservation.provider, self.path, reservation.media)} "
                 "Until then its calls are counted in tokens but cost $0, so max_usd cannot stop them."
             )
         except BaseException:  # a warning turned error (-W error): the call is not sent, so it holds nothing
@@ -1314,6 +1338,8 @@ class Budget:
         if provider is None or provider == reservation.provider:
             return reservation.price, reservation.provider, []
         price = reservation.chain[0].price_for(reservation.model, provider)
+        if reservation.media is not None and price is not None and price.per_call is None:
+            price = None
         reserved = reservation.price
         if price is None:
             if reserved is None:
@@ -1337,9 +1363,11 @@ class Budget:
                     "a pricing file, or the client's provider=) to have such calls counted."
                 ],
             )
+        per_call = _lower_per_call(price.per_call, reserved.per_call)
         if (
             price.input_per_token > reserved.input_per_token
             or price.output_per_token > reserved.output_per_token
+            or per_call != price.per_call
         ):
             asked = reservation.provider
             asked_text = f" (the call asked for {asked!r})" if asked is not None else ""
@@ -1357,6 +1385,7 @@ class Budget:
                     None
                     if price.cache_write_per_token is None or reserved.cache_write_per_token is None
                     else min(price.cache_write_per_token, reserved.cache_write_per_token),
+                    per_call=per_call,
                 ),
                 provider,
                 [
@@ -1433,6 +1462,13 @@ class Budget:
 _GONE: Any = object()
 
 
+def _lower_per_call(served: Decimal | None, reserved: Decimal | None) -> Decimal | None:
+    """The per-call part a call served at ``served`` is charged: never more than it was reserved at."""
+    if served is None:
+        return None
+    return ZERO if reserved is None else min(served, reserved)
+
+
 def _copy_totals(totals: ModelTotals) -> ModelTotals:
     copy = ModelTotals(**{k: getattr(totals, k) for k in totals.__slots__})
     copy.providers = set(totals.providers)
@@ -1473,7 +1509,7 @@ class _SharedAttempt:
 class _Waiting:
     """The state of one call that may wait for room: what it asks, its place in the queue, its clock."""
 
-    __slots__ = ("ask", "event", "future", "loop", "refusal", "started", "task", "waiter")
+    __slots__ = ("ask", "event", "future", "loop", "media", "refusal", "started", "task", "waiter")
 
     def __init__(
         self,
@@ -1490,6 +1526,7 @@ class _Waiting:
         self.waiter: Waiter | None = None
         self.event: threading.Event | None = None
         self.future: Any = None
+        self.media: str | None = None
 
     def waited(self) -> float:
         return time.monotonic() - self.started

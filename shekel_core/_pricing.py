@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from ._money import MILLION, THOUSAND, to_decimal
+from ._money import MILLION, THOUSAND, ZERO, to_decimal
 from .errors import BudgetConfigError
 
 #: The provider of a call routed by Hugging Face (``provider="auto"`` or the bare router): not known
@@ -36,9 +36,14 @@ MAX_PRICE_PER_TOKEN = Decimal("1e8")
 
 _PRICE_KEYS = frozenset({"input", "output"})
 _OPTIONAL_KEYS = frozenset({"cached_input", "cache_write"})
+#: A price for each call, whatever its tokens: what media tasks (text-to-image, speech...) are charged.
+PER_CALL = "per_call"
 _PRICE_FIX = (
-    'Give prices in USD per 1,000 tokens, e.g. price_per_1k_tokens={"input": 0.001, "output": 0.002}.'
+    'Give prices in USD per 1,000 tokens, e.g. price_per_1k_tokens={"input": 0.001, "output": 0.002}, '
+    'and USD per call for media tasks, e.g. {"black-forest-labs/FLUX.1-dev": {"per_call": 0.003}}.'
 )
+#: The largest price of one call (USD).
+MAX_PER_CALL = Decimal("1e8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +54,9 @@ class Price:
     price source has one; without it cached tokens are charged as ordinary input. ``cache_write_per_token``
     is the price of prompt tokens written to the cache (Anthropic's ``cache_creation_input_tokens``), when
     the source has one; without it they are charged as ordinary input. ``provider`` is the Inference Provider
-    the price belongs to, when it is provider-specific.
+    the price belongs to, when it is provider-specific. ``per_call`` is USD charged for each call on top of
+    its tokens: the price of media tasks (an image, a transcript), which have no tokens to price; a media
+    task whose price has no ``per_call`` counts as unpriced.
     """
 
     input_per_token: Decimal
@@ -58,6 +65,7 @@ class Price:
     cached_input_per_token: Decimal | None = None
     provider: str | None = None
     cache_write_per_token: Decimal | None = None
+    per_call: Decimal | None = None
 
     @property
     def worst_input_per_token(self) -> Decimal:
@@ -73,12 +81,21 @@ class Price:
         cached_input_tokens: int = 0,
         cache_write_tokens: int = 0,
     ) -> Decimal:
-        """The exact USD cost of a call; ``cached_input_tokens`` (read from the provider's cache) and
-        ``cache_write_tokens`` (written to it) are part of ``input_tokens``."""
+        """The exact USD cost of a call (its ``per_call`` price included); ``cached_input_tokens`` (read from
+        the provider's cache) and ``cache_write_tokens`` (written to it) are part of ``input_tokens``."""
+        if self.per_call is not None:
+            return self.per_call + self._token_cost(
+                input_tokens, output_tokens, cached_input_tokens, cache_write_tokens
+            )
+        return self._token_cost(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)
+
+    def _token_cost(
+        self, input_tokens: int, output_tokens: int, cached_input_tokens: int, cache_write_tokens: int
+    ) -> Decimal:
         if cache_write_tokens and self.cache_write_per_token is not None:
             written = min(max(cache_write_tokens, 0), input_tokens)
-            return (self.cache_write_per_token - self.input_per_token) * written + self.cost(
-                input_tokens, output_tokens, min(cached_input_tokens, input_tokens - written)
+            return (self.cache_write_per_token - self.input_per_token) * written + self._token_cost(
+                input_tokens, output_tokens, min(cached_input_tokens, input_tokens - written), 0
             )
         cached_price = self.cached_input_per_token
         # min/max only when there is something cached to charge apart (the usual call has nothing).
@@ -113,6 +130,14 @@ class Price:
         )
         if self.cache_write_per_token is not None:
             cached += f", ${_plain(self.cache_write_per_token * MILLION)} cache write"
+        if self.per_call is not None:
+            tokens = (
+                ""
+                if not (self.input_per_token or self.output_per_token or cached)
+                else f" plus ${_plain(self.input_per_1m)} input, ${_plain(self.output_per_1m)} output{cached} "
+                "per 1M tokens"
+            )
+            return f"${_plain(self.per_call)} per call{tokens}, from {self.source}"
         return (
             f"${_plain(self.input_per_1m)} input, ${_plain(self.output_per_1m)} output{cached} "
             f"per 1M tokens, from {self.source}"
@@ -158,11 +183,13 @@ def highest(prices: Iterable[Price], source: str) -> Price | None:
         return None
     if len(listed) == 1:
         return listed[0]
+    per_call = [p.per_call for p in listed if p.per_call is not None]
     return Price(
         max(p.input_per_token for p in listed),
         max(p.output_per_token for p in listed),
         source,
         provider=AUTO,
+        per_call=max(per_call) if per_call else None,
     )
 
 
@@ -221,16 +248,17 @@ class PriceTable:
 def _parse_one(value: object, *, where: str, source: str) -> Price:
     if not isinstance(value, Mapping):
         raise BudgetConfigError(
-            f"{where} must be a mapping with 'input' and 'output', got {value!r}. {_PRICE_FIX}"
+            f"{where} must be a mapping with 'input' and 'output' (or 'per_call'), got {value!r}. {_PRICE_FIX}"
         )
-    unknown = sorted(str(k) for k in value if k not in _PRICE_KEYS | _OPTIONAL_KEYS)
+    unknown = sorted(str(k) for k in value if k not in _PRICE_KEYS | _OPTIONAL_KEYS | {PER_CALL})
     if unknown:
         raise BudgetConfigError(
             f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; the known keys are 'input', "
-            f"'output', 'cached_input' and 'cache_write' (optional). {_PRICE_FIX}"
+            f"'output', 'cached_input' and 'cache_write' (optional), and 'per_call' (USD per call). {_PRICE_FIX}"
         )
     missing = sorted(_PRICE_KEYS - set(value))
-    if missing:
+    # A per-call price alone is whole; tokens priced beside it need both their prices.
+    if missing and (PER_CALL not in value or len(missing) < len(_PRICE_KEYS) or set(value) & _OPTIONAL_KEYS):
         raise BudgetConfigError(f"{where} is missing {', '.join(map(repr, missing))}. {_PRICE_FIX}")
     per_1k: dict[str, Decimal] = {}
     for key in ("input", "output", "cached_input", "cache_write"):
@@ -247,14 +275,34 @@ def _parse_one(value: object, *, where: str, source: str) -> Price:
         if problem is not None:
             raise BudgetConfigError(f"{where}[{key!r}] {problem}, got {value[key]!r}. {_PRICE_FIX}")
         per_1k[key] = amount
+    per_call = None
+    if PER_CALL in value:
+        per_call = to_decimal(
+            value[PER_CALL], what=f"{where}['per_call']", fix=_PRICE_FIX, below=MAX_PER_CALL
+        )
+        problem = per_call_problem(per_call)
+        if problem is not None:
+            raise BudgetConfigError(f"{where}['per_call'] {problem}, got {value[PER_CALL]!r}. {_PRICE_FIX}")
     cached, write = per_1k.get("cached_input"), per_1k.get("cache_write")
     return Price(
-        per_1k["input"] / THOUSAND,
-        per_1k["output"] / THOUSAND,
+        per_1k.get("input", ZERO) / THOUSAND,
+        per_1k.get("output", ZERO) / THOUSAND,
         source,
         None if cached is None else cached / THOUSAND,
         cache_write_per_token=None if write is None else write / THOUSAND,
+        per_call=per_call,
     )
+
+
+def per_call_problem(amount: Decimal) -> str | None:
+    """What is wrong with a price of ``amount`` USD per call (finite), or None."""
+    if amount < 0:
+        return "must not be negative"
+    if amount >= MAX_PER_CALL:
+        return "must be below 1e8 USD per call"
+    if amount and _last_digit(amount) < PRICE_QUANTUM.adjusted():
+        return "must be 0 or a whole number of 1e-12 USD (at most 12 decimal places)"
+    return None
 
 
 def parse_price_table(value: object, *, budget_name: str) -> PriceTable:
@@ -266,7 +314,7 @@ def parse_price_table(value: object, *, budget_name: str) -> PriceTable:
             'Per model: {"meta-llama/Llama-3.2-1B-Instruct": {"input": ..., "output": ...}, "*": {...}}.'
         )
     keys = set(value)
-    if keys & _PRICE_KEYS:
+    if keys & (_PRICE_KEYS | {PER_CALL}):
         return PriceTable(flat=_parse_one(value, where="price_per_1k_tokens", source=source), per_model={})
     per_model: dict[str, Price] = {}
     for model, price in value.items():
@@ -313,8 +361,10 @@ def resolve_bundled(model: str | None, provider: str | None) -> Price | None:
     return bundled_price(base, provider)
 
 
-def unknown_price_message(model: str | None, provider: str | None, budget_path: str) -> str:
-    """Why a call has no price, and how to give one."""
+def unknown_price_message(
+    model: str | None, provider: str | None, budget_path: str, task: str | None = None
+) -> str:
+    """Why a call has no price, and how to give one. ``task``: a media task, priced per call only."""
     served = {None: "a self-hosted or unknown endpoint", AUTO: "provider 'auto'"}.get(
         provider, f"provider {provider!r}"
     )
@@ -330,6 +380,13 @@ def unknown_price_message(model: str | None, provider: str | None, budget_path: 
         missing = unavailable_reason()
         why = "" if missing is None else f" {missing}"
     name = model if model is not None else "*"
+    if task is not None:
+        return (
+            f"no per-call price for {task} with model {model!r} on {served} in budget {budget_path!r}: "
+            "media tasks are priced per call, not per token. Give one with "
+            f'price_per_1k_tokens={{{name!r}: {{"per_call": ...}}}} (USD per call), a pricing file '
+            "(per_call = ... in its models table), or on_unknown_price='zero' to count it as free."
+        )
     return (
         f"no price for model {model!r} on {served} in budget {budget_path!r}.{why} Give one with "
         f'price_per_1k_tokens={{{name!r}: {{"input": ..., "output": ...}}}}, a pricing file '

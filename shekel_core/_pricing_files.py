@@ -13,6 +13,9 @@
     input = 0.50
     output = 0.60
 
+    [models."black-forest-labs/FLUX.1-dev"]
+    per_call = 0.003                  # USD per call, whatever the unit: media tasks (images, speech...)
+
     [models."*"]                      # optional: every other model
     input = 1.0
     output = 2.0
@@ -35,7 +38,7 @@ from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Any
 
-from ._money import MILLION, THOUSAND
+from ._money import MILLION, THOUSAND, ZERO
 from ._pricing import Price, PriceTable, price_problem
 from .errors import PricingError
 
@@ -46,9 +49,9 @@ ENV_VAR = "SHEKEL_PRICING"
 MAX_FILE_BYTES = 8 * 1024 * 1024
 _UNITS = {"per_1k_tokens": THOUSAND, "per_1m_tokens": MILLION}
 _TOP_KEYS = frozenset({"unit", "models"})
-_ENTRY_KEYS = frozenset({"input", "output", "cached_input", "providers"})
+_ENTRY_KEYS = frozenset({"input", "output", "cached_input", "per_call", "providers"})
 _PRICE_ORDER = ("input", "output", "cached_input")
-_PRICE_KEYS = frozenset(_PRICE_ORDER)
+_PRICE_KEYS = frozenset((*_PRICE_ORDER, "per_call"))
 _EXAMPLE = (
     'e.g. unit = "per_1m_tokens" then [models."org/model"] with input = 0.5 and output = 1.5 '
     "(see docs/pricing.md)"
@@ -219,7 +222,7 @@ def _parse(file: Path, data: Any) -> PriceTable:
             entry,
             _ENTRY_KEYS,
             f", {_EXAMPLE}",
-            "'input', 'output', 'cached_input' and 'providers'",
+            "'input', 'output', 'cached_input', 'per_call' and 'providers'",
         )
         if _PRICE_KEYS & set(entry) or "providers" not in entry:
             per_model[model] = _price(where, at, entry, per, source, None)
@@ -228,7 +231,9 @@ def _parse(file: Path, data: Any) -> PriceTable:
             raise PricingError(f"{where}: {at}.providers must be a table of provider names, {_EXAMPLE}.")
         for provider, price in providers.items():
             place = f"{at}.providers.{_quote(provider)}"
-            _check_table(where, place, price, _PRICE_KEYS, "", "'input', 'output' and 'cached_input'")
+            _check_table(
+                where, place, price, _PRICE_KEYS, "", "'input', 'output', 'cached_input' and 'per_call'"
+            )
             per_provider[(model, provider)] = _price(where, place, price, per, source, provider)
     return PriceTable(flat=None, per_model=per_model, per_provider=per_provider)
 
@@ -250,15 +255,20 @@ def _price(
     where: str, at: str, entry: Mapping[str, Any], per: Decimal, source: str, provider: str | None
 ) -> Price:
     missing = [k for k in ("input", "output") if k not in entry]
-    if missing:
+    # A per-call price alone is whole (a media task's); tokens priced beside it need both their prices.
+    if missing and ("per_call" not in entry or len(missing) == 1 or "cached_input" in entry):
         raise PricingError(f"{where}: {at} is missing {' and '.join(map(repr, missing))}, {_EXAMPLE}.")
     amounts = {k: _amount(where, f"{at}.{k}", entry[k], per) / per for k in _PRICE_ORDER if k in entry}
+    per_call = None
+    if "per_call" in entry:  # USD per call, whatever the file's unit
+        per_call = _amount(where, f"{at}.per_call", entry["per_call"], Decimal(1))
     return Price(
-        amounts["input"],
-        amounts["output"],
+        amounts.get("input", ZERO),
+        amounts.get("output", ZERO),
         source if provider is None else f"{source}, provider {provider!r}",
         amounts.get("cached_input"),
         provider,
+        per_call=per_call,
     )
 
 

@@ -1,11 +1,16 @@
 """Counting ``huggingface_hub`` inference calls.
 
-Patched: ``InferenceClient.chat_completion`` and ``text_generation`` and their ``AsyncInferenceClient`` twins
-(``client.chat.completions.create`` resolves to ``chat_completion``, so it is covered too).
+Patched, on ``InferenceClient`` and ``AsyncInferenceClient``: ``chat_completion`` and ``text_generation``
+(``client.chat.completions.create`` resolves to ``chat_completion``, so it is covered too), counted precisely;
+every other task method (``feature_extraction``, ``text_to_image``..., see ``_hf_tasks``), counted as a call
+and priced per token or per call; and ``_inner_post``, the request every task sends, as a net: a request
+that reaches it with no call counted above it (a task method captured before shekel was imported, a task
+added by a later huggingface_hub) is counted as a call priced per call.
 
 Count-once rule: this adapter counts every such call made while a budget is active, unless a call is
-already being counted higher up (``call_in_progress``): huggingface_hub's own retry inside
-``text_generation``, or an integration handler that counts the call itself.
+already being counted higher up (``call_in_progress``): a task method over the ``_inner_post`` it sends,
+huggingface_hub's own retry inside ``text_generation``, or an integration handler that counts the call
+itself.
 
 Patch once per process, decide per call: with no active budget the wrapper calls the original and does
 nothing else.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from collections.abc import Callable, Mapping
 from importlib.util import find_spec
 from typing import Any
@@ -44,6 +50,7 @@ from .._usage import (
 )
 from .._versions import check as check_version
 from . import _http_hooks as http_hooks
+from ._hf_tasks import TASKS, Task, TaskCall, planner
 from ._patches import Patches
 
 #: TGI's own default ``max_new_tokens``: used as the ceiling when the caller gave none, so that text
@@ -184,6 +191,7 @@ class _ChatCall(CallAccounting):
     """A chat completion in flight: settles a response, or observes each stream chunk."""
 
     __slots__ = ("n", "strip")
+    media: str | None = None  # priced per token
     #: Choices asked for (``n``); whether shekel asks for the usage chunk (so it must hide it). Set by
     #: ``_plan_chat``.
     n: int
@@ -335,6 +343,7 @@ class _TextCall(CallAccounting):
     """A text generation in flight. Gives the caller exactly what it asked for (details or not)."""
 
     __slots__ = ("added_details",)
+    media: str | None = None  # priced per token
     #: Whether shekel asks for ``details`` (so it must hand back plain text); set by ``_plan_text``.
     added_details: bool
 
@@ -386,7 +395,7 @@ class _TextCall(CallAccounting):
 
 
 # ------------------------------------------------------------------------------------------ wrappers
-Planner = Callable[[Budget, Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | _TextCall"]
+Planner = Callable[[Budget, Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | _TextCall | TaskCall"]
 
 
 def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
@@ -399,7 +408,13 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
         observer = call_observer.get()  # before_reserve(), inline: usually there is no observer
         target = (observer is not None and before_reserve()) or budget
         pending = plan(target, self, args, kwargs)
-        pending.start(target.reserve_call(pending.ask), kwargs, observer)
+        media = pending.media
+        reservation = (
+            target.reserve_call(pending.ask)
+            if media is None
+            else target.reserve_call(pending.ask, media=media)
+        )
+        pending.start(reservation, kwargs, observer)
         token = call_in_progress.set(pending)
         try:
             if http_hooks.attach_sync():
@@ -428,7 +443,14 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
         observer = call_observer.get()
         target = (observer is not None and before_reserve()) or budget
         pending = plan(target, self, args, kwargs)
-        pending.start(await target.areserve_call(pending.ask, asyncio.current_task()), kwargs, observer)
+        media = pending.media
+        task = asyncio.current_task()
+        reservation = await (
+            target.areserve_call(pending.ask, task)
+            if media is None
+            else target.areserve_call(pending.ask, task, media=media)
+        )
+        pending.start(reservation, kwargs, observer)
         token = call_in_progress.set(pending)
         try:
             if await http_hooks.attach_async(self):
@@ -450,31 +472,100 @@ def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., An
     return counted
 
 
+# ------------------------------------------------------------------------------------------ the net
+class _PostCall(TaskCall):
+    """A request that reached ``_inner_post`` with no call counted above it: priced per call."""
+
+    __slots__ = ()
+
+    def start(self, reservation: Reservation, kwargs: dict[str, Any], observer: Any) -> None:
+        # The request is built: a fallback model cannot be sent instead (it is charged as reserved).
+        self.reservation = reservation
+        if observer is not None:
+            observer(self)
+
+
+def _plan_post(target: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskCall:
+    request = args[0] if args else kwargs.get("request_parameters")
+    model = getattr(request, "model", None)
+    if not isinstance(model, str) or not model:
+        model = getattr(client, "model", None)
+    model = redact_model(model) if isinstance(model, str) else None
+    task = getattr(request, "task", None)
+    task = task if isinstance(task, str) and task else "unknown"
+    call = _PostCall(
+        (model, 0, 0, 0, _provider_of(client, {})),
+        prompt_fair=0,
+        source=f"huggingface_hub.{task}",
+        streamed=False,
+        model_label=model,
+    )
+    call.output_attr = None
+    call.media = task
+    return call
+
+
 # ------------------------------------------------------------------------------------------ install
 def available() -> bool:
     """Whether huggingface_hub can be imported here."""
     return find_spec("huggingface_hub") is not None
 
 
-def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
-    from huggingface_hub import AsyncInferenceClient, InferenceClient
+#: The modules defining the clients, each client's name, and whether it is the async one. The import hook
+#: (``shekel._patching``) installs each client's patches as its module is loaded, importing nothing else.
+MODULES: Mapping[str, tuple[str, bool]] = {
+    "huggingface_hub.inference._client": ("InferenceClient", False),
+    "huggingface_hub.inference._generated._async_client": ("AsyncInferenceClient", True),
+}
 
-    return [
-        (InferenceClient, "chat_completion", lambda f: _wrap_sync(f, _plan_chat)),
-        (InferenceClient, "text_generation", lambda f: _wrap_sync(f, _plan_text)),
-        (AsyncInferenceClient, "chat_completion", lambda f: _wrap_async(f, _plan_chat)),
-        (AsyncInferenceClient, "text_generation", lambda f: _wrap_async(f, _plan_text)),
+
+def _task_wrapper(
+    task: Task, wrap: Callable[[Callable[..., Any], Planner], Callable[..., Any]]
+) -> Callable[[Any], Any]:
+    def wrap_task(original: Any) -> Any:
+        return wrap(original, planner(task, original, _target))
+
+    return wrap_task
+
+
+def _wrappers(cls: type, is_async: bool) -> list[tuple[str, Callable[[Any], Any]]]:
+    wrap = _wrap_async if is_async else _wrap_sync
+    methods: list[tuple[str, Callable[[Any], Any]]] = [
+        ("chat_completion", lambda f: wrap(f, _plan_chat)),
+        ("text_generation", lambda f: wrap(f, _plan_text)),
     ]
+    for name, task in TASKS.items():
+        if name in cls.__dict__:  # tasks a huggingface_hub lacks are simply not there to count
+            methods.append((name, _task_wrapper(task, wrap)))
+    if "_inner_post" in cls.__dict__:
+        methods.append(("_inner_post", lambda f: wrap(f, _plan_post)))
+    return methods
+
+
+def install_loaded() -> bool:
+    """Patch the clients whose modules are loaded, importing nothing. Idempotent; returns whether any is."""
+    found = False
+    for module_name, (class_name, is_async) in MODULES.items():
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if not isinstance(cls, type):
+            continue
+        if not found:
+            check_version("huggingface_hub", "huggingface")
+            found = True
+        for name, wrap in _wrappers(cls, is_async):
+            _patches.install(cls, name, wrap)
+    return found
 
 
 def install() -> bool:
-    """Patch the clients. Idempotent; returns False (and does nothing) without huggingface_hub."""
+    """Patch the clients, importing them. Idempotent; returns False (and does nothing) without
+    huggingface_hub."""
     if not available():
         return False
-    check_version("huggingface_hub", "huggingface")
-    for cls, name, wrap in _targets():
-        _patches.install(cls, name, wrap)
-    return True
+    from huggingface_hub import AsyncInferenceClient, InferenceClient  # noqa: F401  (loads both modules)
+
+    return install_loaded()
 
 
 def uninstall() -> None:

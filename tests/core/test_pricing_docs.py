@@ -45,6 +45,7 @@ def test_pricing_page_examples_run(
     assert "together\nbundled genai-prices" in out  # the first call was priced for its provider
     assert "highest of" in out and "budget 'inner'\nbudget 'outer'" in out
     assert "from pricing file 'prices.toml'" in out
+    assert "$0.003 per call, from budget 'budget'\n0.003\n" in out
     assert 'models."my-org/my-finetune".input must not be negative' in out
     assert "no price for model 'my-org/unlisted-model'" in out and "1 UNPRICED" in out
     assert "\ntokens\n" in out  # the free-tier loop was stopped by max_total_tokens
