@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections import deque
 from collections.abc import Mapping
 from contextlib import suppress
@@ -65,7 +66,9 @@ from shekel._call import CallAccounting, call_observer
 from shekel._context import current_budget
 from shekel._money import exact_money
 from shekel._patching import ensure_installed
+from shekel._redact import redact_model
 from shekel._usage import Usage, prompt_tokens_estimates, text_tokens_fair, text_tokens_high
+from shekel._warn import warn_user
 from shekel.errors import BudgetExceededError
 
 __all__ = ["BudgetCallbackHandler"]
@@ -287,6 +290,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         # checked call by call, as the earlier calls settle.
         if (not adapter or started_in_copy) and (queue is None or not queue._runs):
             try:
+                if not adapter:
+                    budget.check_price(model)  # on_unknown_price, for a model no adapter prices
                 _check(budget, model, prompt_high, max_tokens)
             except BaseException:
                 with _runs_lock:
@@ -469,6 +474,28 @@ def _settle_here(run: _Run, usage: Usage | None, label: str | None, *, text: str
     call.output_chars = max(run.output_chars, len(text))
     call.saw_usage(usage)
     call.finish()
+    if usage is None:
+        _warn_estimated(budget, run.model)
+
+
+#: The models each budget was warned about: charged by estimate, as neither a client shekel patches nor
+#: LangChain reported their usage.
+_estimated_warned: weakref.WeakKeyDictionary[Budget, set[str | None]] = weakref.WeakKeyDictionary()
+
+
+def _warn_estimated(budget: Budget, model: str | None) -> None:
+    with _runs_lock:
+        warned = _estimated_warned.setdefault(budget, set())
+        if model in warned:
+            return
+        warned.add(model)
+    name = "a model with no name" if model is None else f"model {redact_model(model)!r}"
+    with suppress(Exception):  # the call is charged already; a warning turned error must not undo it
+        warn_user(
+            f"shekel: {name} is not called through a client shekel counts, and LangChain reported no token "
+            f"usage for it: budget {budget.path!r} charges its calls by estimate (records marked estimated). "
+            "Prefer a model built on huggingface_hub, openai or anthropic, or one that reports usage_metadata."
+        )
 
 
 def _result_usage(run: _Run, response: LLMResult) -> tuple[Usage | None, str]:

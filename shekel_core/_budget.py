@@ -1070,6 +1070,30 @@ class Budget:
             self.release(reservation)
             raise
 
+    def check_price(self, model: str | None) -> None:
+        """Apply ``on_unknown_price`` to a call no adapter sees (an integration counting a model whose client
+        shekel does not patch), before it is sent: raise :class:`PricingError` with ``"raise"``, warn once per
+        model with ``"warn"`` (when the budget has a ``max_usd``), nothing with ``"zero"`` or a known price."""
+        if self.price_for(model) is not None:
+            return
+        policy = self._unknown_policy()
+        if policy == "raise":
+            raise self._emit_refusal(
+                PricingError(
+                    "shekel refused the call before sending it (on_unknown_price='raise'): "
+                    + unknown_price_message(redact_model(model), None, self.path)
+                ),
+                model,
+            )
+        with self._lock:
+            if policy != "warn" or not self._has_limit() or model in self._root._unpriced_warned:
+                return
+            self._root._unpriced_warned.add(model)
+        warn_user(
+            f"shekel: {unknown_price_message(redact_model(model), None, self.path)} "
+            "Until then its calls are counted in tokens but cost $0, so max_usd cannot stop them."
+        )
+
     @exact_money
     def check(self, *, model: str | None, prompt_tokens: int, max_tokens: int | None) -> None:
         """Raise :class:`BudgetExceededError` if a call like this could not be paid for now; hold nothing.
