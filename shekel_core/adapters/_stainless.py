@@ -13,7 +13,8 @@ passes through untouched.
 
 What the caller gets is what it would get without shekel: the same object (a parsed model, the SDK's own
 ``Stream`` whose iterator is wrapped in place, or the raw response, whose parse is cached by the SDK so that
-the caller's ``parse()`` returns the very object counted here). The request's ``sent`` flag, status and
+the caller's ``parse()`` returns the very object counted here; a streamed raw response, which the caller may
+read as lines or bytes, is counted at the bytes of its HTTP response, see ``_sse_bytes``). The request's ``sent`` flag, status and
 ``x-inference-provider`` header are noted by the same HTTP hooks the Hugging Face adapter uses, put on the
 SDK client's HTTP client once.
 """
@@ -164,6 +165,9 @@ def wrap_sync(original: Callable[..., Any], endpoints: Endpoints) -> Callable[..
             call_in_progress.reset(token)
         answer = result
         if type(result).__name__ in _RAW_RESPONSES:
+            if pending.streamed:  # read as the caller likes: counted at its bytes
+                _count_raw_stream(pending, result, asynchronous=False)
+                return result
             try:
                 answer = result.parse()  # cached by the SDK: the caller's parse() returns this object
             except BaseException as error:
@@ -211,6 +215,9 @@ def wrap_async(original: Callable[..., Any], endpoints: Endpoints) -> Callable[.
             call_in_progress.reset(token)
         answer = result
         if type(result).__name__ in _RAW_RESPONSES:
+            if pending.streamed:
+                _count_raw_stream(pending, result, asynchronous=True)
+                return result
             try:
                 answer = result.parse()
                 if inspect.isawaitable(answer):
@@ -231,6 +238,16 @@ def wrap_async(original: Callable[..., Any], endpoints: Endpoints) -> Callable[.
 
 
 # ------------------------------------------------------------------------------------------ streams
+def _count_raw_stream(pending: Any, result: Any, *, asynchronous: bool) -> None:
+    """A streamed raw response: the caller may read it through ``parse()``, ``iter_lines()``,
+    ``iter_bytes()`` or ``read()``, all of which read the HTTP response's bytes, so it is counted there."""
+    from . import _sse_bytes
+
+    count = _sse_bytes.count_async if asynchronous else _sse_bytes.count_sync
+    if not count(pending, getattr(result, "http_response", None)):
+        pending.finish()  # not the httpx response this was written for: an answer without usage
+
+
 # The SDK's ``Stream`` hands out what its ``_iterator`` yields (an attribute in the OpenAI SDK, a cached
 # property in the Anthropic SDK: an entry in the instance's ``__dict__`` overrides both). Replacing it keeps
 # the object the caller gets, its type and its helpers; ``close`` is wrapped on the instance so that a stream
