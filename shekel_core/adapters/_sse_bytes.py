@@ -194,8 +194,8 @@ def _counted(mixin: type, base: type) -> type:
     return type(f"Counted{base.__name__}", (mixin, base), {})
 
 
-def count_sync(call: CallAccounting, response: Any) -> bool:
-    """Count ``call`` at the bytes of ``response`` (an ``httpx.Response`` not yet read); False when it is
+def count_sync(call: Any, response: Any) -> bool:
+    """Count ``call`` (a CallAccounting with ``observe``) at the bytes of ``response`` (an ``httpx.Response`` not yet read); False when it is
     not one."""
     inner = getattr(response, "stream", None)
     base = _base(inner, "SyncByteStream")
@@ -205,7 +205,7 @@ def count_sync(call: CallAccounting, response: Any) -> bool:
     return True
 
 
-def count_async(call: CallAccounting, response: Any) -> bool:
+def count_async(call: Any, response: Any) -> bool:
     """The async twin of :func:`count_sync`."""
     inner = getattr(response, "stream", None)
     base = _base(inner, "AsyncByteStream")

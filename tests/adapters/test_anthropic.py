@@ -77,6 +77,14 @@ def test_a_streamed_raw_response_read_as_lines_or_abandoned_is_settled(client: A
         assert b.calls == 2 and b.reserved == 0
 
 
+def test_a_retry_past_max_llm_calls_is_not_sent(server: FakeInferenceServer) -> None:
+    server.fail_next(503, times=2)
+    retrying = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=2)
+    with budget(max_llm_calls=2, price_per_1k_tokens=PRICES) as b, pytest.raises(anthropic.APIStatusError):
+        create(retrying)
+    assert server.request_count == 2 and (b.calls, b.failed_calls, b.reserved) == (0, 2, 0)
+
+
 def test_count_tokens_is_not_charged(client: Any) -> None:
     with budget(max_usd=1, max_llm_calls=1, price_per_1k_tokens=PRICES) as b:
         client.messages.count_tokens(model="claude-x", messages=MESSAGES)

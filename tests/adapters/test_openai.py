@@ -167,6 +167,32 @@ async def test_an_async_streamed_raw_response_read_as_lines_is_settled(server: F
             assert not any('"choices": []' in line for line in lines)
 
 
+@pytest.mark.parametrize("cap", [1, 3])
+def test_each_attempt_of_the_sdks_retries_is_a_call(server: FakeInferenceServer, cap: int) -> None:
+    server.fail_next(503, times=2)
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=2) as retrying:
+        with budget(max_llm_calls=cap, price_per_1k_tokens=PRICES) as b:
+            if cap == 1:
+                with pytest.raises(openai.APIStatusError):  # the retry was not sent: the SDK's own error
+                    chat(retrying, max_tokens=2)
+            else:
+                chat(retrying, max_tokens=2)
+    assert server.request_count == cap and b.reserved == 0
+    assert (b.calls, b.failed_calls) == ((0, 1) if cap == 1 else (1, 2))
+    assert b.spent_exact == (0 if cap == 1 else cost(5, 2))
+
+
+def test_an_attempt_that_timed_out_and_was_retried_is_charged_what_it_held(
+    server: FakeInferenceServer,
+) -> None:
+    server.latency = 0.5
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=1, timeout=0.1) as retrying:
+        with budget(max_llm_calls=5, price_per_1k_tokens=PRICES) as b, pytest.raises(openai.APITimeoutError):
+            chat(retrying, max_tokens=2)
+    assert server.request_count == 2 and b.reserved == 0
+    assert [r.outcome for r in b.records] == ["unknown", "unknown"]
+
+
 class Answer(BaseModel):
     text: str
 
