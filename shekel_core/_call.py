@@ -341,8 +341,11 @@ def _lost_in_flight(error: BaseException) -> bool:
 def _settle_if_never_started(call: CallAccounting, stream: Any) -> None:
     # The request was sent (the clients open streams eagerly), so the prompt is charged; a generator dropped
     # before its first ``next`` never runs its ``finally``, so without this it would hold its reservation
-    # forever.
+    # forever. ``stream`` is a weak reference where the stream takes one: the SDKs' streams are generators
+    # of an object that holds the wrapper, and a strong one here would keep that cycle alive for ever.
     if not call._done:
+        if isinstance(stream, weakref.ref):
+            stream = stream()
         close = getattr(stream, "close", None)
         try:
             if close is not None:
@@ -357,7 +360,11 @@ def iterate_sync(call: CallAccounting, stream: Iterator[Any], observe: Callable[
     A stream dropped before it is read is settled when it is garbage-collected.
     """
     wrapped = _iterate_sync(call, stream, observe)
-    weakref.finalize(wrapped, _settle_if_never_started, call, stream).atexit = False
+    try:
+        held: Any = weakref.ref(stream)
+    except TypeError:  # an iterator without weak references cannot refer back to the wrapper either
+        held = stream
+    weakref.finalize(wrapped, _settle_if_never_started, call, held).atexit = False
     return wrapped
 
 

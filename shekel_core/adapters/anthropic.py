@@ -30,7 +30,7 @@ from .._tokenizer import chat_prompt_estimates
 from .._usage import Usage, _field, _token_count
 from .._versions import check as check_version
 from ._patches import Patches
-from ._stainless import target_of, wrap_async, wrap_sync
+from ._stainless import retry_targets, target_of, wrap_async, wrap_sync
 
 _patches = Patches()
 
@@ -171,11 +171,13 @@ def available() -> bool:
 
 
 def _targets() -> list[tuple[type, str, Any]]:
+    from anthropic import _base_client
     from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
     return [
         (SyncAPIClient, "request", lambda f: wrap_sync(f, endpoints)),
         (AsyncAPIClient, "request", lambda f: wrap_async(f, endpoints)),
+        *retry_targets(_base_client),
     ]
 
 

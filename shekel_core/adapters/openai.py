@@ -35,7 +35,7 @@ from .._tokenizer import chat_prompt_estimates, counts_output
 from .._usage import Usage, _field, _token_count, text_tokens_fair, text_tokens_high
 from .._versions import check as check_version
 from ._patches import Patches
-from ._stainless import target_of, wrap_async, wrap_sync
+from ._stainless import retry_targets, target_of, wrap_async, wrap_sync
 from .huggingface_hub import _ChatCall
 
 _patches = Patches()
@@ -287,11 +287,13 @@ def available() -> bool:
 
 
 def _targets() -> list[tuple[type, str, Any]]:
+    from openai import _base_client
     from openai._base_client import AsyncAPIClient, SyncAPIClient
 
     return [
         (SyncAPIClient, "request", lambda f: wrap_sync(f, endpoints)),
         (AsyncAPIClient, "request", lambda f: wrap_async(f, endpoints)),
+        *retry_targets(_base_client),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from decimal import Decimal
 from typing import Any
 
@@ -59,6 +60,29 @@ def test_messages_create_stream_helper_and_raw(client: Any) -> None:
     assert b.spent_exact == cost(5, 5) * 2 + cost(5, 4) + cost(5, 3)
     assert (b.calls, b.estimated_calls, b.reserved) == (4, 0, 0)
     assert {r.source for r in b.records} == {"anthropic.messages"}
+
+
+def test_a_streamed_raw_response_read_as_lines_or_abandoned_is_settled(client: Any) -> None:
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        with client.messages.with_streaming_response.create(
+            model="claude-x", messages=MESSAGES, max_tokens=3, stream=True
+        ) as response:
+            assert any("message_delta" in line for line in response.iter_lines())
+        assert (b.calls, b.reserved, b.spent_exact) == (1, 0, cost(5, 3))
+        stream = create(client, max_tokens=30, stream=True)
+        for _event in stream:
+            break
+        del stream, _event
+        gc.collect()  # left part-way and dropped: charged what was received
+        assert b.calls == 2 and b.reserved == 0
+
+
+def test_a_retry_past_max_llm_calls_is_not_sent(server: FakeInferenceServer) -> None:
+    server.fail_next(503, times=2)
+    retrying = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=2)
+    with budget(max_llm_calls=2, price_per_1k_tokens=PRICES) as b, pytest.raises(anthropic.APIStatusError):
+        create(retrying)
+    assert server.request_count == 2 and (b.calls, b.failed_calls, b.reserved) == (0, 2, 0)
 
 
 def test_count_tokens_is_not_charged(client: Any) -> None:

@@ -136,6 +136,63 @@ def test_raw_response_is_counted_once_and_parses_to_the_counted_object(client: A
     assert b.calls == 2 and b.spent_exact == cost(5, 3) + cost(5, 2) and b.reserved == 0
 
 
+def test_a_streamed_raw_response_read_any_way_is_settled_and_hides_the_usage_chunk_it_added(
+    client: Any,
+) -> None:
+    stream = client.chat.completions.with_streaming_response
+    with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+        with stream.create(model="m", messages=MESSAGES, max_tokens=2, stream=True) as response:
+            lines = [line for line in response.iter_lines() if line]
+        assert b.calls == 1 and b.reserved == 0 and b.spent_exact == cost(5, 2)
+        assert lines[-1] == "data: [DONE]" and not any('"choices": []' in line for line in lines)
+        with stream.create(model="m", messages=MESSAGES, max_tokens=2, stream=True) as response:
+            body = response.read()
+        assert b'"choices": []' not in body and b.spent_exact == 2 * cost(5, 2)
+        with stream.create(model="m", messages=MESSAGES, max_tokens=2, stream=True) as response:
+            chunks = list(response.parse())
+        assert len(chunks) == 2 and b.spent_exact == 3 * cost(5, 2)
+        with stream.create(model="m", messages=MESSAGES, max_tokens=20, stream=True):
+            pass  # closed unread: the request was sent, so its prompt is charged
+        assert b.calls == 4 and b.reserved == 0 and b.records[-1].estimated
+
+
+async def test_an_async_streamed_raw_response_read_as_lines_is_settled(server: FakeInferenceServer) -> None:
+    async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+        with budget(max_usd=1, price_per_1k_tokens=PRICES) as b:
+            async with client.chat.completions.with_streaming_response.create(
+                model="m", messages=MESSAGES, max_tokens=2, stream=True
+            ) as response:
+                lines = [line async for line in response.iter_lines() if line]
+            assert b.calls == 1 and b.reserved == 0 and b.spent_exact == cost(5, 2)
+            assert not any('"choices": []' in line for line in lines)
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_each_attempt_of_the_sdks_retries_is_a_call(server: FakeInferenceServer, cap: int) -> None:
+    server.fail_next(503, times=2)
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=2) as retrying:
+        with budget(max_llm_calls=cap, price_per_1k_tokens=PRICES) as b:
+            if cap == 1:
+                with pytest.raises(openai.APIStatusError):  # the retry was not sent: the SDK's own error
+                    chat(retrying, max_tokens=2)
+            else:
+                chat(retrying, max_tokens=2)
+    assert server.request_count == cap and b.reserved == 0
+    assert (b.calls, b.failed_calls) == ((0, 1) if cap == 1 else (1, 2))
+    assert b.spent_exact == (0 if cap == 1 else cost(5, 2))
+
+
+def test_an_attempt_that_timed_out_and_was_retried_is_charged_what_it_held(
+    server: FakeInferenceServer,
+) -> None:
+    server.latency = 0.5
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=1, timeout=0.1) as retrying:
+        with budget(max_llm_calls=5, price_per_1k_tokens=PRICES) as b, pytest.raises(openai.APITimeoutError):
+            chat(retrying, max_tokens=2)
+    assert server.request_count == 2 and b.reserved == 0
+    assert [r.outcome for r in b.records] == ["unknown", "unknown"]
+
+
 class Answer(BaseModel):
     text: str
 
