@@ -49,7 +49,7 @@ def test_an_unrelated_error_raised_while_handling_a_refusal_is_the_programs_own(
             from shekel.errors import BudgetExceededError
             from huggingface_hub import InferenceClient
             try:
-                with budget(max_usd=0, price_per_1k_tokens={"input": 1, "output": 1}):
+                with budget(max_usd=0.000001, price_per_1k_tokens={"input": 1, "output": 1}):
                     InferenceClient(base_url="http://127.0.0.1:9").chat_completion(
                         [{"role": "user", "content": "hi"}], model="m", max_tokens=5)
             except BudgetExceededError:
