@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from decimal import Decimal
 from typing import Any
@@ -109,14 +110,21 @@ class _Telemetry:
         self.duration = _histogram(
             meter, "gen_ai.client.operation.duration", "s", "GenAI operation duration.", DURATION_BUCKETS
         )
-        self.cost = meter.create_counter(
-            "shekel.cost", unit="USD", description="What the calls a budget counted cost."
+        # Cost is summed exactly here (Decimal, per attribute set) and observed at collection: the exported
+        # total is the float of the exact sum, not a sum of floats.
+        self.costs: dict[frozenset[tuple[str, str]], Decimal] = {}
+        meter.create_observable_counter(
+            "shekel.cost",
+            [self.cost_observer()],
+            unit="USD",
+            description="What the calls a budget counted cost.",
         )
         self.refusals = meter.create_counter(
             "shekel.budget.refusals", unit="{call}", description="Calls a budget refused before sending them."
         )
-        # The budget gauges are observed when the SDK collects: a call only notes its budgets' figures.
-        self.figures: dict[str, tuple[Decimal, Decimal, Decimal | None]] = {}
+        # The budget gauges are observed when the SDK collects, from the budgets themselves (their figures
+        # now, calls in flight included): a call only notes which budgets it was held on or charged to.
+        self.figures: dict[str, tuple[weakref.ref[Budget], tuple[Decimal, Decimal, Decimal | None]]] = {}
         self.figures_lock = threading.Lock()
         for name, unit, description, read in (
             ("shekel.budget.spent", "USD", "What a budget has spent (settled calls).", _spent),
@@ -138,11 +146,26 @@ class _Telemetry:
             with telemetry.figures_lock:
                 figures = list(telemetry.figures.items())
             observed = []
-            for path, each in figures:
-                value = read(*each)
+            for path, (ref, last) in figures:
+                budget = ref()
+                value = read(*(last if budget is None else _figures_of(budget)))
                 if value is not None:
                     observed.append(metrics.Observation(float(value), {BUDGET: path}))
             return observed
+
+        return observe
+
+    def cost_observer(self) -> Callable[[metrics.CallbackOptions], list[metrics.Observation]]:
+        meter = self.meter
+
+        def observe(options: metrics.CallbackOptions) -> list[metrics.Observation]:
+            # As for the gauges: the instrumentation on now, if it is on this meter.
+            telemetry = ShekelInstrumentor._instance._telemetry if ShekelInstrumentor._instance else None
+            if telemetry is None or telemetry.meter is not meter:
+                return []
+            with telemetry.figures_lock:
+                costs = list(telemetry.costs.items())
+            return [metrics.Observation(float(total), dict(attributes)) for attributes, total in costs]
 
         return observe
 
@@ -151,6 +174,8 @@ class _Telemetry:
             self.settled(event)
         elif isinstance(event, events.Refused):
             self.refused(event)
+        elif isinstance(event, events.Reserved):
+            self.note(event.budgets)
 
     # ---------------------------------------------------------------- a charged call
     def settled(self, event: events.Settled) -> None:
@@ -170,7 +195,9 @@ class _Telemetry:
             self.token_usage.record(record.input_tokens, {**common, TOKEN_TYPE: "input"})
             self.token_usage.record(record.output_tokens, {**common, TOKEN_TYPE: "output"})
         self.duration.record(event.duration, common if answered else {**common, ERROR_TYPE: "_OTHER"})
-        self.cost.add(float(record.cost), {**common, BUDGET: path})
+        key = frozenset({**common, BUDGET: path}.items())
+        with self.figures_lock:
+            self.costs[key] = self.costs.get(key, Decimal(0)) + record.cost
         self.note(event.budgets)
 
         attributes: dict[str, Any] = {
@@ -218,12 +245,9 @@ class _Telemetry:
         charges since."""
         with self.figures_lock:
             for budget in budgets:
-                part = budget._shared
-                account = budget._account
-                spent = account.spent if part is None else part.seen_spent
                 path = budget.path
                 self.figures.pop(path, None)  # the most recent last: the oldest go first past the bound
-                self.figures[path] = (spent, account.reserved, budget._cap_usd)
+                self.figures[path] = (weakref.ref(budget), _figures_of(budget))
             while len(self.figures) > MAX_GAUGED_BUDGETS:
                 del self.figures[next(iter(self.figures))]
 
@@ -264,6 +288,15 @@ class _Telemetry:
         span.set_status(status)
         span.record_exception(error)
         span.end()
+
+
+def _figures_of(budget: Budget) -> tuple[Decimal, Decimal, Decimal | None]:
+    """Spent, reserved and limit, as this process sees them without asking a store: for a shared budget,
+    the spend in its window as of this process's last hold, plus its own charges since."""
+    part = budget._shared
+    account = budget._account
+    spent = account.spent if part is None else part.seen_spent
+    return spent, account.reserved, budget._cap_usd
 
 
 _Read = Callable[[Decimal, Decimal, "Decimal | None"], "Decimal | None"]

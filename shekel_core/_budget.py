@@ -986,9 +986,10 @@ class Budget:
         )
         if media is not None:
             reservation.media = media
+        self._tree.holds[reservation] = None
         if events._listeners:
             reservation.started = time.monotonic()
-        self._tree.holds[reservation] = None
+            events.emit(events.Reserved(reservation.chain))
         return reservation
 
     def _waitable(self, refusal: NoRoom, task: object) -> bool:

@@ -43,13 +43,21 @@ class Refused:
     model: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A call was held on ``budgets`` (innermost first), before it is sent."""
+
+    budgets: tuple[Budget, ...]
+
+
 Listener = Callable[[Any], None]
 _listeners: tuple[Listener, ...] = ()
 _lock = threading.Lock()
 
 
 def subscribe(listener: Listener) -> None:
-    """Call ``listener(event)`` with every :class:`Settled` and :class:`Refused` event. Idempotent."""
+    """Call ``listener(event)`` with every :class:`Reserved`, :class:`Settled` and :class:`Refused` event.
+    Idempotent. Listeners ignore the kinds of event they do not know."""
     global _listeners
     with _lock:
         if listener not in _listeners:
@@ -66,7 +74,7 @@ def listening() -> bool:
     return bool(_listeners)
 
 
-def emit(event: Settled | Refused) -> None:
+def emit(event: Settled | Refused | Reserved) -> None:
     for listener in _listeners:
         with contextlib.suppress(Exception):  # telemetry fails open
             listener(event)

@@ -4,7 +4,8 @@
 ``sys.meta_path`` finder) wraps the ``exec_module`` of each watched module's loader, so that the adapter is
 installed the moment that module has run, before any code can take a method from it. The hook imports
 nothing itself and leaves ``sys.meta_path`` once every watched module is loaded. Entering a budget installs
-whatever is importable too (``ensure_installed``), and ``install()`` does it on demand.
+what is loaded and re-arms the hook (``ensure_installed``, after an ``uninstall()``), importing nothing;
+``install()`` imports and patches every importable library, on demand.
 
 Each adapter module (``shekel.adapters.<library>``) has ``install()`` (import the library if it can, patch
 it, return whether it did), ``uninstall()`` (put back the exact originals) and, optionally,
@@ -62,6 +63,10 @@ def install() -> None:
             importlib.import_module(adapter.module).install()
         _installed = True
         _arm(ADAPTERS)
+    _pick_up_langchain()
+
+
+def _pick_up_langchain() -> None:
     if "langchain_core" in sys.modules and "langchain_huggingface" in sys.modules:
         # LangChain is in use: importing the integration registers its configure hook, so that LangChain
         # runs inside a budget pick up shekel's callback handler by themselves.
@@ -87,8 +92,15 @@ def uninstall() -> None:
 
 
 def ensure_installed() -> None:
-    if not _installed:
-        install()
+    """At the first budget entered (and after ``uninstall()``): patch the libraries loaded now and watch for
+    the others, importing none (an SDK the program never imports costs it nothing, and pulls in nothing)."""
+    global _installed
+    if _installed:
+        return
+    watch()
+    with _lock:
+        _installed = True
+    _pick_up_langchain()
 
 
 def watch() -> None:
