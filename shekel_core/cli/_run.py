@@ -65,6 +65,7 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
             )
         pricing = str(path.resolve())
     return {
+        _autorun.MARKER: _autorun.VERSION,
         "store": _absolute(args.store) if args.store is not None else private_store,
         "name": args.name or DEFAULT_NAME,
         "window": args.window,
@@ -116,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         private = None if args.store is not None else f"sqlite:///{Path(folder, 'run.db').as_posix()}"
         config = config_from(args, private, str(Path(folder, "refusals.jsonl")))
-        outer = os.environ.get(_autorun.RUN_ENV)
-        if outer:  # inside another `shekel run`: its cap holds here and in our children too
-            config["outer"] = json.loads(outer)
+        outer = _autorun.parse(os.environ.get(_autorun.RUN_ENV) or "")
+        if outer is not None:  # inside another `shekel run`: its cap holds here and in our children too
+            config["outer"] = outer
         try:
             entered = _autorun.join(config, with_outer=process_budget() is None)
         except ShekelError as error:

@@ -125,7 +125,7 @@ def test_a_child_that_cannot_join_the_budget_stops(shekel: Shekel, tmp_path: Pat
         textwrap.dedent(
             """
             import json, os, subprocess, sys
-            env = dict(os.environ, SHEKEL_RUN=json.dumps({"store": "ftp://nowhere", "name": "x"}))
+            env = dict(os.environ, SHEKEL_RUN=json.dumps({"shekel_run": 1, "store": "ftp://nowhere", "name": "x"}))
             child = subprocess.run([sys.executable, "-c", "print('spent outside the cap')"], env=env, capture_output=True, text=True)
             print(child.returncode, child.stdout.strip() or "-", child.stderr.strip())
             """
