@@ -30,6 +30,7 @@ JOIN_FAILED = 3
 #: only a value carrying it is a run's configuration (anything else is ignored, never fatal).
 MARKER = "shekel_run"
 VERSION = 1
+_warned = False
 
 
 def parse(raw: str) -> dict[str, Any] | None:
@@ -128,6 +129,10 @@ def start() -> None:
         return
     config = parse(raw)
     if config is None:
+        global _warned
+        if _warned:  # site may run the .pth line twice (a venv's site-packages is added twice)
+            return
+        _warned = True
         sys.stderr.write(
             f"shekel: ignoring {RUN_ENV}: it is not the configuration `shekel run` writes "
             f"(unset it to silence this warning)\n"
