@@ -26,6 +26,26 @@ if TYPE_CHECKING:
 RUN_ENV = "SHEKEL_RUN"
 #: The exit code of a child process that could not join the run's budget (it must not spend outside it).
 JOIN_FAILED = 3
+#: The key ``shekel run`` writes in every configuration it puts in ``SHEKEL_RUN``, with the format's version:
+#: only a value carrying it is a run's configuration (anything else is ignored, never fatal).
+MARKER = "shekel_run"
+VERSION = 1
+_warned = False
+
+
+def parse(raw: str) -> dict[str, Any] | None:
+    """The run's configuration in ``raw`` (the value of ``SHEKEL_RUN``), or None if ``raw`` is not one.
+
+    Only a JSON object carrying :data:`MARKER` is a run's configuration: a leftover ``SHEKEL_RUN=1`` or
+    another tool's variable of the same name is not, and must not stop an unrelated Python process.
+    """
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(config, dict) and config.get(MARKER) == VERSION:
+        return config
+    return None
 
 
 def budget_from(config: dict[str, Any]) -> Budget:
@@ -98,13 +118,29 @@ def join(config: dict[str, Any], *, with_outer: bool = True) -> Budget:
 
 
 def start() -> None:
-    """Called by ``shekel_autorun.pth`` at start-up when ``SHEKEL_RUN`` is set. A process that cannot join
-    the run's budget stops at once (exit code 3): it must not spend outside the cap."""
+    """Called by ``shekel_autorun.pth`` at start-up when ``SHEKEL_RUN`` is set.
+
+    A value that is not a run's configuration (see :func:`parse`) is ignored, with a one-line warning: the
+    .pth runs in every Python process and must never break one. A process of a real run that cannot join
+    the run's budget stops at once (exit code 3): it must not spend outside the cap.
+    """
     raw = os.environ.get(RUN_ENV)
     if not raw or process_budget() is not None:
         return
+    config = parse(raw)
+    if config is None:
+        global _warned
+        if _warned:  # site may run the .pth line twice (a venv's site-packages is added twice)
+            return
+        _warned = True
+        sys.stderr.write(
+            f"shekel: ignoring {RUN_ENV}: it is not the configuration `shekel run` writes "
+            f"(unset it to silence this warning)\n"
+        )
+        sys.stderr.flush()
+        return
     try:
-        join(json.loads(raw))
+        join(config)
     except Exception as error:  # fail closed, in one line: this runs before the program does
         sys.stderr.write(
             f"shekel: this process could not join the budget of `shekel run` ({type(error).__name__}: "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -62,7 +64,7 @@ def since(text: str, now: float | None = None) -> float:
     now = time.time() if now is None else now
     match = _SINCE.match(text)
     if match:
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
+        return _since_checked(now - float(match.group(1)) * _UNITS[match.group(2)], text)
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -71,4 +73,25 @@ def since(text: str, now: float | None = None) -> float:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    return _since_checked(moment.timestamp(), text)
+
+
+def _since_checked(start: float, text: str) -> float:
+    if not start >= 0:  # before 1970 (or not a number): no call was logged then, and no date can show it
+        raise UsageError(
+            f"--since {text.strip()} reaches back before 1970: give a shorter duration (e.g. 52w) or a date "
+            f"(e.g. 2025-01-31)"
+        )
+    return start
+
+
+def writable_file(option: str, given: str) -> Path:
+    """``given`` as an absolute path, refused now (one line) if it cannot be written."""
+    path = Path(given).expanduser().resolve()
+    if path.is_dir():
+        raise UsageError(f"{option} {given}: is a directory, give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {given}: cannot be written, no such directory {str(path.parent)!r}")
+    if not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise UsageError(f"{option} {given}: cannot be written, permission denied")
+    return path

@@ -9,7 +9,9 @@ is read back from the store's log of settled calls, which holds every process's 
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
+import io
 import json
 import os
 import runpy
@@ -19,10 +21,12 @@ import tempfile
 import threading
 import time
 import traceback
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from .. import _autorun
@@ -43,6 +47,11 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
     """The run's budget as ``SHEKEL_RUN`` carries it; raises ``UsageError`` for a bad value."""
     budget_text = args.budget if args.budget is not None else os.environ.get(BUDGET_ENV)
     what = "--budget" if args.budget is not None else BUDGET_ENV
+    if args.budget is not None and not args.budget.strip():
+        raise _args.UsageError(
+            '--budget is empty (an unset variable in --budget "$BUDGET"?): give a number of US dollars, '
+            "e.g. --budget 0.50, or leave --budget out for no money cap"
+        )
     max_usd = None if budget_text in (None, "") else str(_args.money(budget_text, what))
     if args.store is None and args.window is not None:
         raise _args.UsageError("--window applies to a shared budget: give --store URL --name NAME too")
@@ -65,6 +74,7 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
             )
         pricing = str(path.resolve())
     return {
+        _autorun.MARKER: _autorun.VERSION,
         "store": _absolute(args.store) if args.store is not None else private_store,
         "name": args.name or DEFAULT_NAME,
         "window": args.window,
@@ -93,7 +103,9 @@ def check_target(args: argparse.Namespace) -> None:
         raise _args.UsageError(
             "give the program to run: shekel run [OPTIONS] SCRIPT [ARGS...] or -m MODULE [ARGS...]"
         )
-    if args.module is None and not Path(args.script).is_file():
+    if args.module is None and not _runnable(Path(args.script)):
+        if Path(args.script).is_dir():
+            raise _args.UsageError(f"can't find '__main__' module in {args.script!r}")
         raise _args.UsageError(f"cannot open file {args.script!r}: no such file")
     if args.module is not None:
         import importlib.util
@@ -106,9 +118,26 @@ def check_target(args: argparse.Namespace) -> None:
             raise _args.UsageError(f"no module named {args.module!r}")
 
 
+def _runnable(path: Path) -> bool:
+    """A file (a script, or a zip file with ``__main__.py``), or a directory with ``__main__.py``: what
+    ``python PATH`` runs."""
+    return path.is_file() or (path.is_dir() and (path / "__main__.py").is_file())
+
+
+def _check_store(entered: Any, config: dict[str, Any]) -> None:
+    """Read the run's store once before the program starts: a store that cannot be reached is refused now,
+    not found out after the program has run (the message names the store without its password)."""
+    try:
+        entered._shared.store.log(config["name"], since=time.time())
+    except ShekelError as error:
+        raise _args.UsageError(str(error)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     check_target(args)
-    json_path = None if args.json is None else Path(args.json).resolve()  # the program may chdir
+    json_path = (
+        None if args.json is None else _args.writable_file("--json", args.json)
+    )  # the program may chdir
     if args.warn_at is not None:
         _args.fraction(args.warn_at, "--warn-at")
     folder = tempfile.mkdtemp(prefix="shekel-run-")
@@ -116,13 +145,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         private = None if args.store is not None else f"sqlite:///{Path(folder, 'run.db').as_posix()}"
         config = config_from(args, private, str(Path(folder, "refusals.jsonl")))
-        outer = os.environ.get(_autorun.RUN_ENV)
-        if outer:  # inside another `shekel run`: its cap holds here and in our children too
-            config["outer"] = json.loads(outer)
+        outer = _autorun.parse(os.environ.get(_autorun.RUN_ENV) or "")
+        if outer is not None:  # inside another `shekel run`: its cap holds here and in our children too
+            config["outer"] = outer
         try:
             entered = _autorun.join(config, with_outer=process_budget() is None)
         except ShekelError as error:
             raise _args.UsageError(str(error)) from None
+        _check_store(entered, config)
         os.environ[_autorun.RUN_ENV] = json.dumps(config)
         started = time.time()
         monitor = _Monitor(
@@ -131,9 +161,18 @@ def run(args: argparse.Namespace) -> int:
         with monitor.showing(live=not args.quiet and sys.stderr.isatty()):
             code, stopped = _run_program(args)
         leave_process()
-        report = monitor.report(code, stopped)
+        try:
+            report = monitor.report(code, stopped)
+        except ShekelError as error:  # the store failed after the program ran: keep the program's exit code
+            _render.line(f"shekel: no summary: {error}", style="red")
+            return code
         if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
+            try:
+                json_path.write_text(json.dumps(report, indent=2) + "\n")
+            except OSError as error:
+                _render.line(
+                    f"shekel: could not write --json {json_path}: {error.strerror or error}", style="red"
+                )
         if not args.quiet:
             _print_summary(report)
         if report["calls"] == 0 and not report["refused"]:
@@ -150,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stopped_by_budget(error: BaseException) -> bool:
+    """Whether a budget refusal stopped the program: ``error`` is a ``BudgetExceededError``, or one is its
+    explicit cause (``raise ... from refusal``) or in its group. The implicit ``__context__`` is not
+    followed: a bug raised while the program handled a refusal is the program's own error."""
     seen: set[int] = set()
     stack = [error]
     while stack:
@@ -159,7 +201,8 @@ def _stopped_by_budget(error: BaseException) -> bool:
         seen.add(id(each))
         if isinstance(each, BudgetExceededError):
             return True
-        stack.extend(e for e in (each.__cause__, each.__context__) if e is not None)
+        if each.__cause__ is not None:
+            stack.append(each.__cause__)
         stack.extend(getattr(each, "exceptions", ()))
     return False
 
@@ -170,13 +213,15 @@ def _run_program(args: argparse.Namespace) -> tuple[int, bool]:
         sys.argv = [args.module, *args.args]
         sys.path[0] = os.getcwd()
     else:
-        sys.argv = [args.script, *args.args]
-        sys.path[0] = str(Path(args.script).resolve().parent)
+        sys.argv = [args.script, *args.args]  # as typed, as python leaves it
+        script = Path(args.script).resolve()  # __file__ is absolute, as python sets it
+        # python puts the script's directory first on sys.path, or the directory or zip file it runs.
+        sys.path[0] = str(script if script.is_dir() or zipfile.is_zipfile(script) else script.parent)
     try:
         if args.module is not None:
             runpy.run_module(args.module, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(args.script, run_name="__main__")
+            _run_as_main(script, as_path=sys.path[0] == str(script))
     except SystemExit as done:
         return _exit_code(done.code), False
     except KeyboardInterrupt:
@@ -185,9 +230,52 @@ def _run_program(args: argparse.Namespace) -> tuple[int, bool]:
         if _stopped_by_budget(error):
             _render.line(f"shekel: the budget stopped the program: {error}", style="red")
             return EXIT_BUDGET, True
-        traceback.print_exc()
+        traceback.print_exception(type(error), error, _programs_frames(error.__traceback__))
         return 1, False
     return 0, False
+
+
+def _run_as_main(script: Path, *, as_path: bool) -> None:
+    """Run ``script`` (absolute) in a fresh ``__main__`` module as ``python SCRIPT`` does: ``__file__``
+    absolute, ``sys.argv`` untouched (``runpy.run_path`` would set ``argv[0]`` to the path it was given).
+    ``as_path``: a directory or zip file on ``sys.path``, whose ``__main__`` module is run."""
+    import importlib.machinery
+    import types
+
+    main = types.ModuleType("__main__")
+    if as_path:
+        spec = importlib.machinery.PathFinder.find_spec("__main__", [str(script)])
+        if spec is None or spec.loader is None or spec.origin is None:
+            raise _args.UsageError(f"can't find '__main__' module in {str(script)!r}")
+        code = spec.loader.get_code("__main__")  # type: ignore[attr-defined]
+        main.__dict__.update(__file__=spec.origin, __loader__=spec.loader, __spec__=spec, __package__="")
+    else:
+        with io.open_code(str(script)) as source:
+            code = compile(source.read(), str(script), "exec")
+        loader = importlib.machinery.SourceFileLoader("__main__", str(script))
+        main.__dict__.update(__file__=str(script), __loader__=loader, __spec__=None, __package__=None)
+    main.__dict__.update(__cached__=None, __builtins__=builtins)
+    previous = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if previous is not None:
+            sys.modules["__main__"] = previous
+
+
+def _programs_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` without its leading frames of shekel and runpy: python shows only the program's frames."""
+    ours = {str(Path(__file__).resolve()), str(Path(runpy.__file__).resolve()), "<frozen runpy>"}
+    first = tb
+    while first is not None and _frame_file(first) in ours:
+        first = first.tb_next
+    return first if first is not None else tb
+
+
+def _frame_file(tb: TracebackType) -> str:
+    name = tb.tb_frame.f_code.co_filename
+    return name if name.startswith("<") else str(Path(name).resolve())
 
 
 def _exit_code(code: object) -> int:

@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from ..errors import ShekelError
+from ..errors import ShekelError, StoreError
 from ..ledger.shared import SharedLimits, Store, from_nano, parse_window
+from ..ledger.sqlite import SQLiteStore
 from ..stores import open_store
 from . import _args, _render
 from ._codes import EXIT_OK
@@ -22,10 +23,17 @@ BY_KEYS = ("model", "provider", "budget", "day", "hour")
 
 
 def _open(url: str) -> Store:
+    """The store at ``url``, which must exist: these commands read (or reset) a store, they never make one."""
     try:
-        return open_store(url)
+        store = open_store(url)
     except ShekelError as error:
         raise _args.UsageError(str(error)) from None
+    if isinstance(store, SQLiteStore) and not store.path.is_file():
+        raise StoreError(
+            f"shared budget store {store.display} could not be read: no such file (is the path right? "
+            f"shekel status/report/reset never create a store)"
+        )
+    return store
 
 
 def _limits(store: Store, name: str) -> tuple[SharedLimits, dict[str, Any]] | None:
@@ -160,21 +168,31 @@ def aggregate(entries: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
 
 
 def report(args: argparse.Namespace) -> int:
-    store = _open(args.store)
     since = _args.since(args.since)
     if args.plot is not None and not args.plot.lower().endswith((".png", ".svg")):
         raise _args.UsageError(f"--plot writes a .png or a .svg file, got {args.plot!r}")
+    for option, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if path is not None:
+            _args.writable_file(option, path)
+    store = _open(args.store)
     entries = store.log(args.name, since=since)
     if args.name is not None and not entries and store.describe(args.name) is None:
         raise _args.UsageError(f"no shared budget named {args.name!r} in {store.display}")
     rows = aggregate(entries, args.by)
     total = sum(int(e["cost_nano"]) for e in entries)
     if args.csv is not None:
-        with open(args.csv, "w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            writer.writerow([args.by, "calls", "input_tokens", "output_tokens", "spent_usd"])
-            for r in rows:
-                writer.writerow([r[args.by], r["calls"], r["input_tokens"], r["output_tokens"], r["spent"]])
+        try:
+            with open(args.csv, "w", newline="", encoding="utf-8") as out:
+                writer = csv.writer(out)
+                writer.writerow([args.by, "calls", "input_tokens", "output_tokens", "spent_usd"])
+                for r in rows:
+                    writer.writerow(
+                        [r[args.by], r["calls"], r["input_tokens"], r["output_tokens"], r["spent"]]
+                    )
+        except OSError as error:
+            raise _args.UsageError(
+                f"--csv {args.csv}: cannot be written ({error.strerror or error})"
+            ) from None
     if args.plot is not None:
         from ._plot import plot
 
@@ -182,7 +200,12 @@ def report(args: argparse.Namespace) -> int:
         if args.name is not None:
             found = _limits(store, args.name)
             limit = None if found is None or found[0].max_nano is None else from_nano(found[0].max_nano)
-        plot(entries, args.by, args.plot, limit=limit, title=_title(store, args.name, since))
+        try:
+            plot(entries, args.by, args.plot, limit=limit, title=_title(store, args.name, since))
+        except OSError as error:
+            raise _args.UsageError(
+                f"--plot {args.plot}: cannot be written ({error.strerror or error})"
+            ) from None
     if args.json:
         print(
             json.dumps(

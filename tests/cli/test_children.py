@@ -125,7 +125,7 @@ def test_a_child_that_cannot_join_the_budget_stops(shekel: Shekel, tmp_path: Pat
         textwrap.dedent(
             """
             import json, os, subprocess, sys
-            env = dict(os.environ, SHEKEL_RUN=json.dumps({"store": "ftp://nowhere", "name": "x"}))
+            env = dict(os.environ, SHEKEL_RUN=json.dumps({"shekel_run": 1, "store": "ftp://nowhere", "name": "x"}))
             child = subprocess.run([sys.executable, "-c", "print('spent outside the cap')"], env=env, capture_output=True, text=True)
             print(child.returncode, child.stdout.strip() or "-", child.stderr.strip())
             """
@@ -212,3 +212,22 @@ def test_a_relative_store_is_the_same_file_for_children_in_another_directory(
         report["calls"] == int(done.stdout) > 0
         and report["store"] == f"sqlite:///{tmp_path.resolve()}/budgets.db"
     )
+
+
+@pytest.mark.parametrize("value", ["1", '{"x": 1}', "[1]", '{"shekel_run": 99, "name": "x"}'])
+def test_a_shekel_run_value_shekel_did_not_write_is_ignored_with_one_line(value: str) -> None:
+    import subprocess
+
+    from shekel._autorun import parse
+
+    from .conftest import environment
+
+    assert parse(value) is None and parse('{"shekel_run": 1, "name": "x"}') == {"shekel_run": 1, "name": "x"}
+    done = subprocess.run(
+        [sys.executable, "-c", "from shekel._process import process_budget; print(process_budget())"],
+        env=environment(SHEKEL_RUN=value),
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "None")  # not joined
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("shekel: ignoring SHEKEL_RUN")

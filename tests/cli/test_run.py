@@ -268,3 +268,25 @@ def test_every_help_has_an_example(shekel: Shekel) -> None:
     for command in ([], ["run"], ["status"], ["report"], ["prices"], ["reset"]):
         done = shekel(*command, "--help")
         assert done.returncode == 0 and "example" in done.stdout and "shekel " in done.stdout, command
+
+
+def test_an_error_raised_from_a_refusal_is_the_budget_stopping_the_program(
+    shekel: Shekel, tmp_path: Path
+) -> None:
+    (tmp_path / "wrapped.py").write_text(
+        textwrap.dedent(
+            """
+            from huggingface_hub import InferenceClient
+            from shekel import BudgetExceededError, budget
+            try:
+                with budget(max_usd=0.000001, price_per_1k_tokens={"input": 1, "output": 1}):
+                    InferenceClient(base_url="http://127.0.0.1:9").chat_completion(
+                        [{"role": "user", "content": "hi"}], model="m", max_tokens=5)
+            except BudgetExceededError as refusal:
+                raise RuntimeError("the agent gave up") from refusal
+            """
+        )
+    )
+    done = shekel("run", "--quiet", "wrapped.py")
+    assert done.returncode == 3, done.stderr
+    assert "the budget stopped the program" in done.stderr and "Traceback" not in done.stderr
