@@ -83,20 +83,13 @@ class Price:
     ) -> Decimal:
         """The exact USD cost of a call (its ``per_call`` price included); ``cached_input_tokens`` (read from
         the provider's cache) and ``cache_write_tokens`` (written to it) are part of ``input_tokens``."""
-        if self.per_call is not None:
-            return self.per_call + self._token_cost(
-                input_tokens, output_tokens, cached_input_tokens, cache_write_tokens
-            )
-        return self._token_cost(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)
-
-    def _token_cost(
-        self, input_tokens: int, output_tokens: int, cached_input_tokens: int, cache_write_tokens: int
-    ) -> Decimal:
         if cache_write_tokens and self.cache_write_per_token is not None:
             written = min(max(cache_write_tokens, 0), input_tokens)
-            return (self.cache_write_per_token - self.input_per_token) * written + self._token_cost(
+            # The written tokens' extra over plain input, then the rest as a call without writes.
+            return (self.cache_write_per_token - self.input_per_token) * written + self.cost(
                 input_tokens, output_tokens, min(cached_input_tokens, input_tokens - written), 0
             )
+        # One function for the usual call (settled on every call: no helper calls on its path).
         cached_price = self.cached_input_per_token
         # min/max only when there is something cached to charge apart (the usual call has nothing).
         cached = (
@@ -105,12 +98,14 @@ class Price:
             else min(max(cached_input_tokens, 0), input_tokens)
         )
         if not cached or cached_price is None:
-            return self.input_per_token * input_tokens + self.output_per_token * output_tokens
-        return (
-            self.input_per_token * (input_tokens - cached)
-            + cached_price * cached
-            + self.output_per_token * output_tokens
-        )
+            tokens = self.input_per_token * input_tokens + self.output_per_token * output_tokens
+        else:
+            tokens = (
+                self.input_per_token * (input_tokens - cached)
+                + cached_price * cached
+                + self.output_per_token * output_tokens
+            )
+        return tokens if self.per_call is None else self.per_call + tokens
 
     @property
     def input_per_1m(self) -> Decimal:

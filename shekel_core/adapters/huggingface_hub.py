@@ -145,7 +145,12 @@ def _limits_from_extra_body(kwargs: dict[str, Any]) -> int | None:
 def _plan_chat(target: Budget, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ChatCall:
     """What a chat completion asks the budget for; its limits are normalised to what is sent."""
     messages = args[0] if args else kwargs.get("messages") or ()
-    model, provider = _target(client, kwargs)
+    try:  # _target's cache, inline: the usual call's model and provider were worked out already
+        model, provider = _targets_cache[
+            (client.model, client.provider, kwargs["model"] if "model" in kwargs else None)  # noqa: SIM401
+        ]
+    except (KeyError, AttributeError, TypeError):  # not cached, not an InferenceClient, or unhashable
+        model, provider = _target(client, kwargs)
     streamed = "stream" in kwargs and bool(kwargs["stream"])
     extra_body = kwargs["extra_body"] if "extra_body" in kwargs else None  # noqa: SIM401
     completion_cap = _limits_from_extra_body(kwargs) if extra_body else None
@@ -401,9 +406,11 @@ Planner = Callable[[Budget, Any, tuple[Any, ...], dict[str, Any]], "_ChatCall | 
 def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
     @functools.wraps(original)
     def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if call_in_progress.get():  # first: the usual case inside a counted call (the _inner_post net)
+            return original(self, *args, **kwargs)
         frame = active_frame.get()  # current_budget(), inline
         budget = None if frame is None else frame.budget
-        if budget is None or call_in_progress.get():
+        if budget is None:
             return original(self, *args, **kwargs)
         observer = call_observer.get()  # before_reserve(), inline: usually there is no observer
         target = (observer is not None and before_reserve()) or budget
@@ -436,9 +443,11 @@ def _wrap_sync(original: Callable[..., Any], plan: Planner) -> Callable[..., Any
 def _wrap_async(original: Callable[..., Any], plan: Planner) -> Callable[..., Any]:
     @functools.wraps(original)
     async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if call_in_progress.get():  # first: the usual case inside a counted call (the _inner_post net)
+            return await original(self, *args, **kwargs)
         frame = active_frame.get()  # current_budget(), inline
         budget = None if frame is None else frame.budget
-        if budget is None or call_in_progress.get():
+        if budget is None:
             return await original(self, *args, **kwargs)
         observer = call_observer.get()
         target = (observer is not None and before_reserve()) or budget
