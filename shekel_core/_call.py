@@ -191,11 +191,15 @@ class CallAccounting:
         if counted is None:
             counted = math.ceil(self.output_chars / 4)
         output = max(self.output_chunks, counted)
-        # The server cannot have generated more than it was allowed to.
-        allowed = self.reservation.max_tokens
+        # The server cannot have generated more than it was allowed to (when the limit was sent).
+        allowed = self.output_allowed()
         if allowed is not None:
             output = min(output, allowed)
         return Usage(self._prompt_fair, output, estimated=True)
+
+    def output_allowed(self) -> int | None:
+        """The most output tokens the server was told to generate, which caps an estimate of its output."""
+        return self.reservation.max_tokens
 
     def held_usage(self) -> Usage:
         """The worst case the call held: its prompt estimate and every output token it was allowed."""

@@ -96,6 +96,8 @@ def ensure_installed() -> None:
     the others, importing none (an SDK the program never imports costs it nothing, and pulls in nothing)."""
     global _installed
     if _installed:
+        if _watched:
+            _pick_up_missed()
         return
     watch()
     with _lock:
@@ -113,6 +115,13 @@ def watch() -> None:
 
 
 # ------------------------------------------------------------------------------------------ the hook
+def _pick_up_missed() -> None:
+    """Watched modules loaded without the hook seeing them (another import hook ahead of it in
+    ``sys.meta_path`` loaded them): install their adapters now, at the budget being entered."""
+    for name in [name for name in _watched if name in sys.modules]:
+        _loaded(name, sys.modules[name])
+
+
 def _install_loaded(adapter_module: str) -> None:
     module = importlib.import_module(adapter_module)
     install_loaded: Callable[[], Any] = getattr(module, "install_loaded", module.install)

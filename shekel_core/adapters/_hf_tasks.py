@@ -115,10 +115,17 @@ def _output_limit(kwargs: Mapping[str, Any]) -> int | None:
 class TaskCall(CallAccounting):
     """A task call in flight; its answer is read only for the text a summary or translation generated."""
 
-    __slots__ = ("media", "output_attr")
+    __slots__ = ("limit_sent", "media", "output_attr")
     #: The media task's name (priced per call only), or None; the answer's attribute with generated text.
     media: str | None
     output_attr: str | None
+    #: Whether the output limit reserved for was the caller's own, sent to the server (shekel's default
+    #: is reserved for but never sent: it would change the answer).
+    limit_sent: bool
+
+    def output_allowed(self) -> int | None:
+        """An estimate is capped by the limit only when the server was given it."""
+        return self.reservation.max_tokens if self.limit_sent else None
 
     def start(self, reservation: Reservation, kwargs: dict[str, Any], observer: Any) -> None:
         """Send what was reserved for: the fallback model, when one took over."""
@@ -172,8 +179,10 @@ def planner(
                     prompt_high += high
                     prompt_fair += fair
         max_output = 0
+        own_limit = None
         if task.output is not None:
-            max_output = _output_limit(kwargs) or DEFAULT_MAX_OUTPUT_TOKENS
+            own_limit = _output_limit(kwargs)
+            max_output = own_limit or DEFAULT_MAX_OUTPUT_TOKENS
         call = TaskCall(
             (model, prompt_high, max_output, max_output, provider),
             prompt_fair=prompt_fair,
@@ -183,6 +192,7 @@ def planner(
         )
         call.output_attr = task.output
         call.media = task.name if task.media else None
+        call.limit_sent = own_limit is not None
         return call
 
     return plan
