@@ -51,7 +51,9 @@ def _ask(hold_id: str, max_tokens: int | None = 5, lease: float = 600.0) -> Ask:
 
 
 def _at(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    # strptime, not fromisoformat: Python 3.10's reads no fraction shorter than 3 digits ("59.5").
+    form = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
+    return datetime.strptime(text, form).replace(tzinfo=timezone.utc).timestamp()
 
 
 @pytest.mark.parametrize(
