@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
 import sys
 from collections.abc import Callable, Mapping
 from functools import lru_cache
+from importlib.util import find_spec
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -44,9 +46,11 @@ from .._call import (
 from .._context import _active as active_frame
 from .._hf_routing import provider_from_url
 from .._pricing import AUTO, ROUTING_POLICIES, split_model
+from .._versions import check as check_version
 from ..errors import BudgetExceededError
 from ..ledger import ERROR
 from . import _http_hooks as http_hooks
+from ._patches import Patches
 
 
 class SdkCall(Protocol):
@@ -339,7 +343,7 @@ def wrap_sleep_async(original: Callable[..., Any]) -> Callable[..., Any]:
     return sleep_for_retry
 
 
-def retry_targets(base_client: Any) -> list[tuple[type, str, Any]]:
+def _retry_targets(base_client: Any) -> list[tuple[type, str, Any]]:
     """The retry hooks of an SDK's ``_base_client`` module that it has (``_sleep_for_retry`` is not in
     every version: there, an attempt without an answer is retried on the call's reservation)."""
     targets: list[tuple[type, str, Any]] = [(base_client.BaseClient, "_should_retry", wrap_should_retry)]
@@ -350,6 +354,40 @@ def retry_targets(base_client: Any) -> list[tuple[type, str, Any]]:
         if "_sleep_for_retry" in cls.__dict__:
             targets.append((cls, "_sleep_for_retry", wrap))
     return targets
+
+
+class SdkInstaller:
+    """Installing one Stainless SDK's patches: its clients' ``request`` (planned by ``endpoints``) and its
+    retry hooks. What the openai and anthropic adapters' ``available``/``install``/``uninstall`` do."""
+
+    def __init__(self, package: str, endpoints: Endpoints) -> None:
+        self.package = package
+        self.endpoints = endpoints
+        self.patches = Patches()
+
+    def available(self) -> bool:
+        """Whether the SDK can be imported here."""
+        return find_spec(self.package) is not None
+
+    def install(self) -> bool:
+        """Patch the SDK. Idempotent; returns False (and does nothing) without it."""
+        if not self.available():
+            return False
+        check_version(self.package, self.package)
+        base_client = importlib.import_module(f"{self.package}._base_client")
+        endpoints = self.endpoints
+        targets: list[tuple[type, str, Any]] = [
+            (base_client.SyncAPIClient, "request", lambda f: wrap_sync(f, endpoints)),
+            (base_client.AsyncAPIClient, "request", lambda f: wrap_async(f, endpoints)),
+            *_retry_targets(base_client),
+        ]
+        for cls, name, wrap in targets:
+            self.patches.install(cls, name, wrap)
+        return True
+
+    def uninstall(self) -> None:
+        """Put back the exact original methods, where our wrapper is still the one in place. Idempotent."""
+        self.patches.uninstall()
 
 
 # ------------------------------------------------------------------------------------------ streams

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from importlib.util import find_spec
 from typing import Any
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget, Reservation
@@ -28,11 +27,7 @@ from .._call import CallAccounting
 from .._limits import whole_number
 from .._tokenizer import chat_prompt_estimates
 from .._usage import Usage, _field, _token_count
-from .._versions import check as check_version
-from ._patches import Patches
-from ._stainless import retry_targets, target_of, wrap_async, wrap_sync
-
-_patches = Patches()
+from ._stainless import SdkInstaller, target_of
 
 
 def read_usage(usage: object, previous: Usage | None = None) -> Usage | None:
@@ -165,35 +160,25 @@ def endpoints(path: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ install
+_installer = SdkInstaller("anthropic", endpoints)
+
+
 def available() -> bool:
     """Whether the anthropic SDK can be imported here."""
-    return find_spec("anthropic") is not None
-
-
-def _targets() -> list[tuple[type, str, Any]]:
-    from anthropic import _base_client
-    from anthropic._base_client import AsyncAPIClient, SyncAPIClient
-
-    return [
-        (SyncAPIClient, "request", lambda f: wrap_sync(f, endpoints)),
-        (AsyncAPIClient, "request", lambda f: wrap_async(f, endpoints)),
-        *retry_targets(_base_client),
-    ]
+    return _installer.available()
 
 
 def install() -> bool:
     """Patch the SDK. Idempotent; returns False (and does nothing) without anthropic."""
-    if not available():
-        return False
-    check_version("anthropic", "anthropic")
-    for cls, name, wrap in _targets():
-        _patches.install(cls, name, wrap)
-    return True
+    return _installer.install()
 
 
 def uninstall() -> None:
-    """Put back the exact original methods, where our wrapper is still the one in place. Idempotent."""
-    _patches.uninstall()
+    """Put back the exact original methods, where our wrapper is still the one in place. Idempotent.
+
+    The hooks put on SDK clients' HTTP clients stay there; without a counted call in flight they do nothing.
+    """
+    _installer.uninstall()
 
 
 __all__ = ["available", "install", "read_usage", "uninstall"]

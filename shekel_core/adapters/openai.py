@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from importlib.util import find_spec
 from typing import Any
 
 from .._budget import DEFAULT_MAX_TOKENS_CEILING, Budget, Reservation
@@ -33,12 +32,8 @@ from .._limits import whole_number
 from .._redact import redact_model
 from .._tokenizer import chat_prompt_estimates, counts_output
 from .._usage import Usage, _field, _token_count, text_tokens_fair, text_tokens_high
-from .._versions import check as check_version
-from ._patches import Patches
-from ._stainless import retry_targets, target_of, wrap_async, wrap_sync
+from ._stainless import SdkInstaller, target_of
 from .huggingface_hub import _ChatCall
-
-_patches = Patches()
 
 #: Where an OpenAI-compatible server other than OpenAI's reads the output limit shekel sends.
 _MAX_TOKENS = "max_tokens"
@@ -281,30 +276,17 @@ def endpoints(path: str) -> Any:
     return _ENDPOINTS.get(path)
 
 
+_installer = SdkInstaller("openai", endpoints)
+
+
 def available() -> bool:
     """Whether the openai SDK can be imported here."""
-    return find_spec("openai") is not None
-
-
-def _targets() -> list[tuple[type, str, Any]]:
-    from openai import _base_client
-    from openai._base_client import AsyncAPIClient, SyncAPIClient
-
-    return [
-        (SyncAPIClient, "request", lambda f: wrap_sync(f, endpoints)),
-        (AsyncAPIClient, "request", lambda f: wrap_async(f, endpoints)),
-        *retry_targets(_base_client),
-    ]
+    return _installer.available()
 
 
 def install() -> bool:
     """Patch the SDK. Idempotent; returns False (and does nothing) without openai."""
-    if not available():
-        return False
-    check_version("openai", "openai")
-    for cls, name, wrap in _targets():
-        _patches.install(cls, name, wrap)
-    return True
+    return _installer.install()
 
 
 def uninstall() -> None:
@@ -312,7 +294,7 @@ def uninstall() -> None:
 
     The hooks put on SDK clients' HTTP clients stay there; without a counted call in flight they do nothing.
     """
-    _patches.uninstall()
+    _installer.uninstall()
 
 
 __all__ = ["available", "install", "uninstall"]
