@@ -208,6 +208,19 @@ class CallAccounting:
         output = self.usage().output_tokens if allowed is None else allowed + OUTPUT_MARGIN_TOKENS
         return Usage(reservation.prompt_tokens, output, estimated=True)
 
+    def settle(self, response: Any) -> Any:
+        """Charge the call from its whole answer (:meth:`_read`) and hand the answer back: an answer shekel
+        cannot read is the caller's, as it came (charged what the call held)."""
+        try:
+            self._read(response)
+        except Exception:
+            self.unreadable = True
+        self.finish()
+        return response
+
+    def _read(self, response: Any) -> None:
+        """Note the usage and output of a whole answer (each adapter's call reads its own shape)."""
+
     def finish(self) -> None:
         """Settle at the usage seen so far (a stream that ended or was abandoned). Idempotent."""
         if self._done:

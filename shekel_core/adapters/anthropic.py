@@ -65,14 +65,6 @@ class _MessageCall(CallAccounting):
         if self.ask[2] is None and reservation.max_tokens is not None:
             changes["max_tokens"] = max(1, reservation.max_tokens)
 
-    def settle(self, response: Any) -> Any:
-        try:
-            self._read(response)
-        except Exception:  # an answer shekel cannot read is the caller's, as it came
-            self.unreadable = True
-        self.finish()
-        return response
-
     def _read(self, message: Any) -> None:
         self.saw_usage(read_usage(_field(message, "usage")))
         content = _field(message, "content")

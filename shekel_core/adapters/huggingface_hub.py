@@ -215,14 +215,6 @@ class _ChatCall(CallAccounting):
         if self.strip:
             kwargs["stream_options"] = {"include_usage": True}
 
-    def settle(self, response: Any) -> Any:
-        try:
-            self._read(response)
-        except Exception:  # an answer shekel cannot read is the caller's, as it came
-            self.unreadable = True
-        self.finish()
-        return response
-
     def _read(self, response: Any) -> None:
         usage = read_usage(response)
         if usage is not None:

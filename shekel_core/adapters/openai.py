@@ -160,14 +160,6 @@ class _ResponseCall(CallAccounting):
         if self.ask[2] is None and reservation.max_tokens is not None:
             changes["max_output_tokens"] = max(1, reservation.max_tokens)
 
-    def settle(self, response: Any) -> Any:
-        try:
-            self._read(response)
-        except Exception:  # an answer shekel cannot read is the caller's, as it came
-            self.unreadable = True
-        self.finish()
-        return response
-
     def _read(self, response: Any) -> None:
         self.saw_usage(_responses_usage(_field(response, "usage")))
         for item in _listed(_field(response, "output")):
