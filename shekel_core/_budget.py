@@ -467,6 +467,8 @@ class Budget:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         _context.pop(self)
+        if self._shared_groups:  # settles a store keeps to send with a later command go now
+            sharing.send_settles(self._shared_groups)
 
     async def __aenter__(self) -> Budget:
         return self.__enter__()
@@ -474,7 +476,9 @@ class Budget:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.__exit__(exc_type, exc, tb)
+        _context.pop(self)
+        if self._shared_groups:
+            await sharing.asend_settles(self._shared_groups)
 
     def _attach(self, parent: Budget | None) -> None:
         """Fix the budget's place in a tree (under ``_ATTACH_LOCK``; once)."""

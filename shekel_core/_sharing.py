@@ -283,6 +283,20 @@ def renew_if_due(reservation: Reservation) -> None:
             _quietly(held.store.renew, held.names, held.hold_id, held.lease)
 
 
+def send_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> None:
+    """Send the settles the chain's stores keep to send with a later command (a budget leaving its block)."""
+    for store, _ in groups:
+        if store.waiting:
+            _quietly(store.flush)
+
+
+async def asend_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> None:
+    """:func:`send_settles` in a worker thread: the event loop never waits on a store."""
+    for store, _ in groups:
+        if store.waiting:
+            await _aquietly(asyncio.to_thread, store.flush)
+
+
 def figures(part: SharedPart) -> Figures:
     result = part.store.read(part.limits)
     part.seen_spent = from_nano(result.spent)

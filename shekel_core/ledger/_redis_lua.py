@@ -42,9 +42,13 @@ local function idiv(a, b)
 end
 """,
     "clock": r"""
+local server_now = nil  -- read once per script run (settles and a reserve in one run share it)
 local function clock(offset)
-  local now = redis.call('TIME')
-  return tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(offset)
+  if server_now == nil then
+    local now = redis.call('TIME')
+    server_now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+  end
+  return server_now + tonumber(offset)
 end
 """,
     "rolling": r"""
@@ -213,9 +217,7 @@ def _with(*names: str) -> str:
 #: name, window, max_nano, max_calls, max_tokens ('' = no limit).
 #: Returns {'ok', now, max_tokens or '', money, tokens, spent...} or {'no', now, name, reason, waitable,
 #: needed, figures...} or {'window', now, name, stored window}.
-RESERVE = (
-    "".join(_HELPERS.values())
-    + r"""
+_RESERVE_BODY = r"""
 local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
 local id, owner = ARGV[3], ARGV[4]
@@ -304,13 +306,11 @@ for i, b in ipairs(budgets) do
 end
 return out
 """
-)
+RESERVE = "".join(_HELPERS.values()) + _RESERVE_BODY
 
 #: ARGV: offset, log limit, hold id, money, calls, failed, input tokens, output tokens, log entry (JSON without
 #: ``at`` and ``name``), then the budgets' names (KEYS: their prefixes).
-SETTLE = (
-    _with("s", "t", "clock", "rolling", "bucket_of", "ttl_of", "spec_of", "add", "push_log")
-    + r"""
+_SETTLE_BODY = r"""
 local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
 local id = ARGV[3]
@@ -341,6 +341,28 @@ for i, p in ipairs(KEYS) do
   push_log(p, '{"at":' .. string.format('%.6f', now) .. ',"name":' .. cjson.encode(name) .. ',' .. string.sub(rest, 2), limit)
 end
 return t(now)
+"""
+SETTLE = (
+    _with("s", "t", "clock", "rolling", "bucket_of", "ttl_of", "spec_of", "add", "push_log") + _SETTLE_BODY
+)
+
+#: Settles, then a reserve, in one script (the hot path: a call's settle is sent with the next call's reserve).
+#: ARGV: the number of settles; then per settle its number of keys and of arguments, and its arguments (as
+#: SETTLE's); then RESERVE's arguments. KEYS: each settle's keys, then RESERVE's. Returns RESERVE's answer.
+SETTLES_THEN_RESERVE = (
+    "".join(_HELPERS.values())
+    + "local function settle(KEYS, ARGV)\n"
+    + _SETTLE_BODY
+    + "end\nlocal function reserve(KEYS, ARGV)\n"
+    + _RESERVE_BODY
+    + r"""end
+local k, a = 1, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  settle({unpack(KEYS, k, k + nk - 1)}, {unpack(ARGV, a + 2, a + 1 + na)})
+  k, a = k + nk, a + 2 + na
+end
+return reserve({unpack(KEYS, k)}, {unpack(ARGV, a)})
 """
 )
 

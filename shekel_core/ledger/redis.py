@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import BudgetConfigError
 from . import _redis_lua as lua
+from ._redis_wire import Wire
 from .shared import (
     LOG_LIMIT,
     Ask,
@@ -96,7 +97,12 @@ class RedisStore(Store):
                 f"RedisStore takes a redis://, rediss:// or unix:// URL or a redis.Redis client, got "
                 f"{type(url_or_client).__name__}."
             )
-        self._scripts = {name: self._client.register_script(getattr(lua, name)) for name in _SCRIPTS}
+        self._wire = Wire(
+            self._client.connection_pool,
+            {name: getattr(lua, name) for name in _SCRIPTS},
+            deferred="SETTLE",
+            folds={"RESERVE": "SETTLES_THEN_RESERVE"},
+        )
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     @staticmethod
@@ -107,9 +113,9 @@ class RedisStore(Store):
         return options
 
     # ---------------------------------------------------------------- calling scripts
-    def _run(self, script: str, action: str, keys: list[str], args: list[Any]) -> Any:
+    def _run(self, script: str, action: str, keys: list[str], args: list[Any], in_order: bool = True) -> Any:
         try:
-            return self._scripts[script](keys=keys, args=args)
+            return self._wire.call(script, keys, args, in_order)
         except (redis.RedisError, OSError) as error:
             raise store_error(self, action, error) from error
 
@@ -137,8 +143,21 @@ class RedisStore(Store):
         except (redis.RedisError, OSError) as error:
             raise store_error(self, action, error) from error
 
+    def flush(self) -> None:
+        try:
+            self._wire.flush()
+        except (redis.RedisError, OSError) as error:
+            raise store_error(self, "send settles", error) from error
+
+    @property
+    def waiting(self) -> bool:
+        return self._wire.waiting
+
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._wire.close()
+        finally:
+            self._client.close()
 
     # ---------------------------------------------------------------- operations
     def _reserve_args(self, budgets: list[SharedLimits], ask: Ask) -> tuple[list[str], list[Any]]:
@@ -192,7 +211,7 @@ class RedisStore(Store):
 
     def reserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
         keys, args = self._reserve_args(budgets, ask)
-        return self._granted(budgets, self._run("RESERVE", "reserve a call", keys, args))
+        return self._granted(budgets, self._run("RESERVE", "reserve a call", keys, args, False))
 
     async def areserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
         keys, args = self._reserve_args(budgets, ask)
@@ -229,7 +248,9 @@ class RedisStore(Store):
         return [_prefix(n) for n in names], args
 
     def settle(self, names: list[str], hold_id: str, charge: Charge) -> None:
-        self._run("SETTLE", "settle a call", *self._settle_args(names, hold_id, charge))
+        """Charge the call: sent with this process's next command to the server, or alone within a few
+        milliseconds (see :mod:`shekel.ledger._redis_wire`); its hold stays until then."""
+        self._wire.defer(*self._settle_args(names, hold_id, charge))
 
     async def asettle(self, names: list[str], hold_id: str, charge: Charge) -> None:
         await self._arun("SETTLE", "settle a call", *self._settle_args(names, hold_id, charge))
@@ -256,6 +277,8 @@ class RedisStore(Store):
         return self._read(budget, self._run("READ", "read a budget", *self._read_args(budget)))
 
     async def aread(self, budget: SharedLimits) -> Figures:
+        if self._wire.waiting:  # settles of this process's sync calls come first
+            await asyncio.to_thread(self.flush)
         return self._read(budget, await self._arun("READ", "read a budget", *self._read_args(budget)))
 
     def reset(self, name: str) -> None:
@@ -294,7 +317,7 @@ class RedisStore(Store):
         return calls
 
 
-_SCRIPTS = ("RESERVE", "SETTLE", "RELEASE", "RENEW", "READ", "RESET", "LOG")
+_SCRIPTS = ("RESERVE", "SETTLE", "SETTLES_THEN_RESERVE", "RELEASE", "RENEW", "READ", "RESET", "LOG")
 
 
 def _figures(values: list[Any], resets_at: float | None) -> Figures:

@@ -286,6 +286,14 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - optional: stores without connections need nothing
         """Close connections (the store reopens them when used again)."""
 
+    def flush(self) -> None:  # noqa: B027 - optional: only stores that send settles late have any
+        """Send the settles of this process that wait to be sent with a later command (none by default)."""
+
+    @property
+    def waiting(self) -> bool:
+        """Whether settles of this process wait to be sent (see :meth:`flush`)."""
+        return False
+
     async def areserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
         grant: Grant = await _in_thread(self.reserve, budgets, ask)
         return grant

@@ -31,6 +31,7 @@ def test_a_client_and_a_unix_socket_url_reach_the_same_ledger(redis_store_url: s
     by_url = RedisStore(redis_store_url)
     by_url.reserve([LIMITS], _ask("h:1:1"))
     by_url.settle([LIMITS.name], "h:1:1", Charge(123, 1, 1, "ok"))
+    by_url.flush()  # a settle waits to be sent with the next command (or a few ms): another store reads now
     client = redis.Redis.from_url(redis_store_url)
     by_client = RedisStore(client)
     assert by_client.read(LIMITS).spent == 123
@@ -45,6 +46,7 @@ def test_keys_are_namespaced_by_budget_name(redis_store_url: str) -> None:
     store = RedisStore(redis_store_url)
     store.reserve([LIMITS], _ask("h:1:1"))
     store.settle([LIMITS.name], "h:1:1", Charge(1, 1, 1, "ok"))
+    store.flush()
     keys = sorted(k.decode() for k in store._client.keys("*"))
     assert keys == [
         "shekel:names",

@@ -1,0 +1,266 @@
+"""How :class:`~shekel.stores.RedisStore` talks to its server on the hot path: one round trip per call.
+
+A call costs a reserve and a settle. Sent as two commands they are two round trips, and on a busy machine
+the client's side of a round trip (redis-py's command machinery, two system calls, a context switch) costs
+more than the scripts themselves. So:
+
+* commands are packed here, once, into the Redis protocol and written to a connection this wire keeps
+  (no connection-pool checkout per command); ``EVALSHA`` by the script's SHA1, loaded when the server
+  answers ``NOSCRIPT`` (a restarted server) and sent again, which is safe: a ``NOSCRIPT`` script never ran;
+* a settle is not sent on its own: it waits, at most :data:`SETTLE_DELAY` seconds, for the process's next
+  command to this server (usually the next call's reserve) and goes in the same write, ahead of it; the
+  server runs them in that order. Until it is sent the call's hold stays in the store, at the call's
+  worst case, so a late settle can only make other processes see *more* spent, never less: caps stay hard.
+  A thread of this wire sends settles nothing else carried; a budget leaving its ``with`` block, a read of
+  shared figures and the end of the process send them too.
+
+Settles whose write or answer is lost are not sent again (a settle sent twice would charge twice); their
+holds end with their lease, as for any settle that fails. The wire is fork-aware: a child process starts
+with no connection and no settle of its parent's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+#: Longest time (seconds) a settle waits for another command to carry it before a thread sends it alone.
+SETTLE_DELAY = float(__import__("os").environ.get("SHEKEL_EXP_DELAY", "0.005"))
+#: A wire's sending thread ends after this many seconds without a settle to send.
+_IDLE_EXIT = 1.0
+
+_log = logging.getLogger("shekel.stores")
+
+
+def pack(*parts: str | int) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings, sized in UTF-8 bytes."""
+    texts = [part if type(part) is str else str(part) for part in parts]
+    body = "".join([f"${len(text)}\r\n{text}\r\n" for text in texts])
+    if not body.isascii():  # sizes count bytes
+        body = "".join([f"${len(text.encode())}\r\n{text}\r\n" for text in texts])
+    return f"*{len(texts)}\r\n{body}".encode()
+
+
+class Wire:
+    """Connections of one process to one Redis server, and the settles waiting to be sent on them."""
+
+    def __init__(
+        self, pool: redis.ConnectionPool, scripts: dict[str, str], deferred: str, folds: dict[str, str]
+    ) -> None:
+        """``scripts``: every script by name. ``deferred``: the script :meth:`defer` sends late (the settle).
+        ``folds``: scripts that carry the waiting ones in the same script run, by the name of the script
+        that does both (the reserve: ``SETTLES_THEN_RESERVE``)."""
+        self._pool = pool
+        self._sources = scripts
+        self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in scripts.items()}
+        self._deferred = deferred
+        self._folds = folds
+        self._start()
+        _wires.add(self)
+
+    def _start(self) -> None:
+        """The per-process state (again in a child process after a fork: nothing of the parent's)."""
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._sent = threading.Condition(self._lock)  # notified as a batch of settles is answered
+        self._stop = threading.Event()  # set by close(): the sending thread ends
+        self._pending: list[tuple[list[str], list[Any]]] = []
+        self._since = 0.0
+        self._sending = 0  # batches of settles written and not yet answered
+        self._sender: threading.Thread | None = None
+
+    def _command(self, script: str, keys: list[str], args: list[Any]) -> tuple[str, bytes]:
+        return script, pack("EVALSHA", self._shas[script], len(keys), *keys, *args)
+
+    # ---------------------------------------------------------------- operations
+    def call(self, script: str, keys: list[str], args: list[Any], in_order: bool = False) -> Any:
+        """Run ``script`` and return its answer, with the waiting settles run ahead of it: in the same
+        script run where ``script`` folds them, else in the same write. ``in_order``: first wait for
+        settles other threads are sending (a read must see every settle made before it; a reserve need
+        not: a settle it overtakes only shows as the larger hold). Raises the ``redis`` error of the script
+        or the connection."""
+        answer = self._send(script, keys, args, in_order)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def defer(self, keys: list[str], args: list[Any]) -> None:
+        """Send the deferred script with the next command, or alone within :data:`SETTLE_DELAY` seconds."""
+        with self._lock:
+            if not self._pending:
+                self._since = time.monotonic()
+            self._pending.append((keys, args))
+            if self._sender is None and not self._stop.is_set():
+                self._sender = threading.Thread(target=_send_late, args=(weakref.ref(self),), daemon=True)
+                self._sender.name = "shekel-redis-settles"
+                self._sender.start()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether settles of this process wait to be sent, or are being sent."""
+        return bool(self._pending or self._sending)
+
+    def flush(self) -> None:
+        """Send the settles waiting now and wait for every settle being sent. Raises the ``redis`` error of
+        the connection; a settle's own error answer is logged (as a failed settle is: its hold ends with
+        its lease)."""
+        self._send(None, [], [], True)
+
+    def _send(self, script: str | None, keys: list[str], args: list[Any], in_order: bool) -> Any:
+        with self._lock:
+            while in_order and self._sending:
+                self._sent.wait()
+            waiting = self._pending
+            if waiting:
+                self._pending = []
+                self._sending += 1
+        if not waiting:
+            return (
+                None
+                if script is None
+                else self._exchange([self._command(script, keys, args)], 0, in_order)[0]
+            )
+        try:
+            fold = self._folds.get(script) if waiting and script is not None else None
+            if fold is not None:
+                every_key = [key for some, _ in waiting for key in some]
+                every_key += keys
+                header: list[Any] = [len(waiting)]
+                for some_keys, some_args in waiting:
+                    header += [len(some_keys), len(some_args), *some_args]
+                batch = [self._command(fold, every_key, header + args)]
+                quiet = 0
+            else:
+                batch = [self._command(self._deferred, *one) for one in waiting]
+                quiet = len(batch)
+                if script is not None:
+                    batch.append(self._command(script, keys, args))
+            return self._exchange(batch, quiet, in_order)[-1]
+        finally:
+            if waiting:
+                with self._lock:
+                    self._sending -= 1
+                    self._sent.notify_all()
+
+    def close(self) -> None:
+        """Send the waiting settles, stop the sending thread, and disconnect."""
+        try:
+            self.flush()
+        finally:
+            self._stop.set()
+            idle, self._idle = self._idle, []
+            for connection in idle:
+                connection.disconnect()
+
+    # ---------------------------------------------------------------- the wire itself
+    def _exchange(self, batch: list[tuple[str, bytes]], quiet: int, in_order: bool) -> list[Any]:
+        """Write ``batch`` at once and read an answer per command (an exception for an error answer). The
+        error answers of the first ``quiet`` commands (settles) are logged.
+
+        Commands the server did not know the script of (it restarted, or its scripts were flushed) never
+        ran: every script is loaded and they are sent again, in their order. With ``in_order`` the last
+        command (a read, reset, release or renew: each safe to run twice) is sent again after them when it
+        ran ahead of one of them.
+        """
+        answers, failed = self._round_trip(batch)
+        if not failed:
+            return answers
+        missing = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+        if missing:
+            last = len(batch) - 1
+            if in_order and missing[-1] != last:
+                missing.append(last)
+            load = [("", pack("SCRIPT", "LOAD", source)) for source in self._sources.values()]
+            again, _ = self._round_trip(load + [batch[i] for i in missing])
+            for loaded in again[: len(load)]:
+                if isinstance(loaded, Exception):
+                    raise loaded
+            for i, answer in zip(missing, again[len(load) :], strict=True):
+                answers[i] = answer
+        for (script, _), answer in zip(batch[:quiet], answers, strict=False):
+            if isinstance(answer, Exception):
+                _log.warning("shekel: a %s sent to Redis failed: %s", script, answer)
+        return answers
+
+    def _round_trip(self, batch: list[tuple[str, bytes]]) -> tuple[list[Any], bool]:
+        """The answers to ``batch``, and whether any is an error."""
+        connection = self._idle.pop() if self._idle else self._pool.make_connection()
+        answers: list[Any] = []
+        failed = False
+        try:
+            connection.send_packed_command([b"".join([command for _, command in batch])])
+            for _ in batch:
+                try:
+                    answers.append(connection.read_response())
+                except redis.ResponseError as error:  # an error answer, read whole: the connection is in step
+                    answers.append(error)
+                    failed = True
+        except BaseException:
+            connection.disconnect()  # mid-answer: never reuse it out of step (it reconnects when used again)
+            raise
+        finally:
+            self._idle.append(connection)
+        return answers, failed
+
+
+def _send_late(ref: weakref.ReferenceType[Wire]) -> None:
+    """The sending thread of a wire: settles no other command carried within their delay are sent here."""
+    idle_since = time.monotonic()
+    while True:
+        wire = ref()
+        if wire is None:
+            return
+        with wire._lock:
+            if wire._stop.is_set():
+                wire._sender = None
+                return
+            now = time.monotonic()
+            if not wire._pending:
+                if now - idle_since > _IDLE_EXIT:
+                    wire._sender = None
+                    return
+                due = SETTLE_DELAY
+            else:
+                idle_since = now
+                due = wire._since + SETTLE_DELAY - now
+        if due > 0:
+            stop = wire._stop
+            del wire  # not kept alive while asleep
+            stop.wait(due)
+            continue
+        try:
+            wire.flush()
+        except Exception as error:  # a thread must not die of a store that is down
+            _log.warning(
+                "shekel: settles could not be sent to Redis: %s (their holds end with their lease)", error
+            )
+        del wire
+
+
+_wires: weakref.WeakSet[Wire] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for wire in list(_wires):
+        wire._start()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork to survive
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _flush_all() -> None:
+    for wire in list(_wires):
+        with contextlib.suppress(Exception):  # at exit, a store that is down can only keep its holds
+            wire.flush()
