@@ -108,7 +108,7 @@ def test_many_threads_lose_and_double_no_settle(redis_store_url: str) -> None:
                 store.settle([LIMITS.name], hold_id, Charge(3, 1, 1, "ok"))
                 if i % 50 == 0:
                     store.read(LIMITS)
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
@@ -139,7 +139,9 @@ def test_a_budget_leaving_its_block_sends_its_settles(redis_store_url: str) -> N
     assert figures.spent > 0
 
 
-async def test_an_async_budget_leaving_its_block_sends_sync_settles_off_the_loop(redis_store_url: str) -> None:
+async def test_an_async_budget_leaving_its_block_sends_sync_settles_off_the_loop(
+    redis_store_url: str,
+) -> None:
     from shekel import budget
 
     store = RedisStore(redis_store_url)
