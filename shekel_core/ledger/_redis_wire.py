@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -99,6 +100,7 @@ class Wire:
         with self._lock:
             if not self._pending:
                 self._since = time.monotonic()
+                _owing.add(self)  # a store dropped with settles waiting stays until they are sent
             self._pending.append((keys, args))
             if self._sender is None and not self._stop.is_set():
                 self._sender = threading.Thread(target=_send_late, args=(weakref.ref(self),), daemon=True)
@@ -124,6 +126,7 @@ class Wire:
             if waiting:
                 self._pending = []
                 self._sending += 1
+                _owing.discard(self)
         if not waiting:
             return (
                 None
@@ -248,15 +251,44 @@ def _send_late(ref: weakref.ReferenceType[Wire]) -> None:
 
 
 _wires: weakref.WeakSet[Wire] = weakref.WeakSet()
+#: Wires with settles waiting, held until they are sent.
+_owing: set[Wire] = set()
 
 
 def _after_fork_in_child() -> None:
+    _owing.clear()
     for wire in list(_wires):
         wire._start()
+    _hook_multiprocessing()
+
+
+class _ForkHook:
+    """A multiprocessing worker made by fork ends with ``os._exit``, without ``atexit``: it runs
+    multiprocessing's finalizers instead, which it clears as it starts and then asks its after-fork hooks
+    for (this one registers the flush)."""
+
+    registered = False
+
+    @staticmethod
+    def after_fork(_: object) -> None:
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
+
+
+_FORK_HOOK = _ForkHook()
+
+
+def _hook_multiprocessing() -> None:
+    """Register the hook once multiprocessing is loaded (children inherit the registration)."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and not _ForkHook.registered:
+        _ForkHook.registered = True
+        util.register_after_fork(_FORK_HOOK, _ForkHook.after_fork)
 
 
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork to survive
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_hook_multiprocessing, after_in_child=_after_fork_in_child)
 
 
 @atexit.register

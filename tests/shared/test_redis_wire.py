@@ -208,3 +208,26 @@ def test_pack_sizes_non_ascii_in_bytes() -> None:
     connection = redis.Connection()
     for args in (["EVALSHA", "abc", 1, "shekel:{tenant:ü}:", "0.0", 100000, "x|y", ""], ["PING"]):
         assert _redis_wire.pack(*args) == b"".join(connection.pack_command(*args))
+
+
+def _forked_worker(url: str) -> int:
+    """A fork-pool worker: a settle left waiting (no budget exit, no sending thread in time) at its end."""
+    _redis_wire.SETTLE_DELAY = 600.0
+    store = RedisStore(url)
+    store.reserve([LIMITS], _ask(f"h:{os.getpid()}:1"))
+    store.settle([LIMITS.name], f"h:{os.getpid()}:1", Charge(10, 1, 1, "ok"))
+    return 1 if store.waiting else 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_fork_pool_worker_sends_its_settles_as_it_ends(redis_store_url: str) -> None:
+    import multiprocessing
+
+    RedisStore(redis_store_url)  # a wire in the parent: its children's wires are made at fork
+    with multiprocessing.get_context("fork").Pool(2, maxtasksperchild=1) as pool:
+        waiting = pool.map(_forked_worker, [redis_store_url] * 2)
+        pool.close()
+        pool.join()
+    assert waiting == [1, 1]
+    figures = RedisStore(redis_store_url).read(LIMITS)
+    assert (figures.spent, figures.calls, figures.inflight) == (20, 2, 0)
