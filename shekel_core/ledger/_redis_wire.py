@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -36,7 +37,7 @@ import redis
 from redis.exceptions import NoScriptError
 
 #: Longest time (seconds) a settle waits for another command to carry it before a thread sends it alone.
-SETTLE_DELAY = float(__import__("os").environ.get("SHEKEL_EXP_DELAY", "0.005"))
+SETTLE_DELAY = 0.005
 #: A wire's sending thread ends after this many seconds without a settle to send.
 _IDLE_EXIT = 1.0
 
@@ -71,14 +72,14 @@ class Wire:
 
     def _start(self) -> None:
         """The per-process state (again in a child process after a fork: nothing of the parent's)."""
-        self._idle: list[Any] = []
+        self._idle: list[Any] = []  # connections not in use
         self._lock = threading.Lock()
         self._sent = threading.Condition(self._lock)  # notified as a batch of settles is answered
-        self._stop = threading.Event()  # set by close(): the sending thread ends
         self._pending: list[tuple[list[str], list[Any]]] = []
         self._since = 0.0
-        self._sending = 0  # batches of settles written and not yet answered
-        self._sender: threading.Thread | None = None
+        self._batches = 0  # batches of settles taken to be sent, so far
+        self._in_flight: set[int] = set()  # those written and not yet answered
+        self._sender: threading.Event | None = None  # the sending thread's stop signal, while it runs
 
     def _command(self, script: str, keys: list[str], args: list[Any]) -> tuple[str, bytes]:
         return script, pack("EVALSHA", self._shas[script], len(keys), *keys, *args)
@@ -102,15 +103,16 @@ class Wire:
                 self._since = time.monotonic()
                 _owing.add(self)  # a store dropped with settles waiting stays until they are sent
             self._pending.append((keys, args))
-            if self._sender is None and not self._stop.is_set():
-                self._sender = threading.Thread(target=_send_late, args=(weakref.ref(self),), daemon=True)
-                self._sender.name = "shekel-redis-settles"
-                self._sender.start()
+            if self._sender is None:
+                self._sender = stop = threading.Event()
+                thread = threading.Thread(target=_send_late, args=(weakref.ref(self), stop), daemon=True)
+                thread.name = "shekel-redis-settles"
+                thread.start()
 
     @property
     def waiting(self) -> bool:
         """Whether settles of this process wait to be sent, or are being sent."""
-        return bool(self._pending or self._sending)
+        return bool(self._pending or self._in_flight)
 
     def flush(self) -> None:
         """Send the settles waiting now and wait for every settle being sent. Raises the ``redis`` error of
@@ -120,12 +122,16 @@ class Wire:
 
     def _send(self, script: str | None, keys: list[str], args: list[Any], in_order: bool) -> Any:
         with self._lock:
-            while in_order and self._sending:
-                self._sent.wait()
+            if in_order and self._in_flight:  # wait for the settles taken before now, not for later ones
+                mark = self._batches
+                while self._in_flight and min(self._in_flight) <= mark:
+                    self._sent.wait()
             waiting = self._pending
             if waiting:
                 self._pending = []
-                self._sending += 1
+                self._batches += 1
+                ticket = self._batches
+                self._in_flight.add(ticket)
                 _owing.discard(self)
         if not waiting:
             return (
@@ -152,15 +158,19 @@ class Wire:
         finally:
             if waiting:
                 with self._lock:
-                    self._sending -= 1
+                    self._in_flight.discard(ticket)
                     self._sent.notify_all()
 
     def close(self) -> None:
-        """Send the waiting settles, stop the sending thread, and disconnect."""
+        """Send the waiting settles, stop the sending thread, and disconnect (the wire is used again as
+        new: a later settle starts a sending thread, a later command connects)."""
         try:
             self.flush()
         finally:
-            self._stop.set()
+            with self._lock:
+                stop, self._sender = self._sender, None
+            if stop is not None:
+                stop.set()
             idle, self._idle = self._idle, []
             for connection in idle:
                 connection.disconnect()
@@ -195,9 +205,28 @@ class Wire:
                 _log.warning("shekel: a %s sent to Redis failed: %s", script, answer)
         return answers
 
+    def _connection(self) -> Any:
+        """A connection of this wire's own (made from the client's pool settings, not counted against its
+        ``max_connections``: the client's own commands keep their room). A kept one is checked first, as
+        redis-py's pool does on every checkout: idle, it has nothing to read, so a readable one was closed
+        by the server (an idle ``timeout``, a restart, a failover, ``CLIENT KILL``) and is reconnected
+        instead of failing the next call. The check is one ``select`` of its socket."""
+        try:
+            connection = self._idle.pop()
+        except IndexError:
+            return self._pool.connection_class(**self._pool.connection_kwargs)
+        sock = getattr(connection, "_sock", None)  # None: not connected (it connects as it sends)
+        try:
+            closed = sock is not None and bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            closed = True
+        if closed:
+            connection.disconnect()  # it reconnects as it sends
+        return connection
+
     def _round_trip(self, batch: list[tuple[str, bytes]]) -> tuple[list[Any], bool]:
         """The answers to ``batch``, and whether any is an error."""
-        connection = self._idle.pop() if self._idle else self._pool.make_connection()
+        connection = self._connection()
         answers: list[Any] = []
         failed = False
         try:
@@ -216,28 +245,26 @@ class Wire:
         return answers, failed
 
 
-def _send_late(ref: weakref.ReferenceType[Wire]) -> None:
-    """The sending thread of a wire: settles no other command carried within their delay are sent here."""
+def _send_late(ref: weakref.ReferenceType[Wire], stop: threading.Event) -> None:
+    """The sending thread of a wire: settles no other command carried within their delay are sent here.
+    It ends when ``stop`` is set (the wire was closed), the wire is gone, or after a second without work."""
     idle_since = time.monotonic()
-    while True:
+    while not stop.is_set():
         wire = ref()
         if wire is None:
             return
         with wire._lock:
-            if wire._stop.is_set():
-                wire._sender = None
-                return
             now = time.monotonic()
             if not wire._pending:
                 if now - idle_since > _IDLE_EXIT:
-                    wire._sender = None
+                    if wire._sender is stop:
+                        wire._sender = None
                     return
                 due = SETTLE_DELAY
             else:
                 idle_since = now
                 due = wire._since + SETTLE_DELAY - now
         if due > 0:
-            stop = wire._stop
             del wire  # not kept alive while asleep
             stop.wait(due)
             continue

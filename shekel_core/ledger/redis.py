@@ -154,8 +154,11 @@ class RedisStore(Store):
         return self._wire.waiting
 
     def close(self) -> None:
+        """Send the settles waiting, and close the connections (the store reconnects when used again)."""
         try:
             self._wire.close()
+        except (redis.RedisError, OSError) as error:
+            raise store_error(self, "send settles", error) from error
         finally:
             self._client.close()
 

@@ -19,6 +19,13 @@ from shekel.ledger import _redis_wire  # noqa: E402
 from shekel.stores import RedisStore  # noqa: E402
 
 LIMITS = SharedLimits("wire", parse_window(None), 10**12, None, None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_the_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_redis_wire, "SETTLE_DELAY", _redis_wire.SETTLE_DELAY)
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -82,7 +89,7 @@ def test_settles_waiting_when_the_server_forgot_its_scripts_run_before_the_read(
     client = redis.Redis.from_url(redis_store_url)
     for i in range(3):
         store.reserve([LIMITS], _ask(f"h:1:{i}"))
-    store._wire._stop.set()  # no sending thread: the settles wait for the read
+    _redis_wire.SETTLE_DELAY = 600.0  # no sending thread in time: the settles wait for the read
     for i in range(3):
         store.settle([LIMITS.name], f"h:1:{i}", Charge(10, 1, 1, "ok"))
     client.script_flush()
@@ -127,7 +134,7 @@ def test_a_budget_leaving_its_block_sends_its_settles(redis_store_url: str) -> N
     from shekel.testing import FakeInferenceServer
 
     store = RedisStore(redis_store_url)
-    store._wire._stop.set()  # no sending thread: only the budget's exit can send it
+    _redis_wire.SETTLE_DELAY = 600.0  # no sending thread in time: only the budget's exit can send it
     with FakeInferenceServer() as server:
         client = huggingface_hub.InferenceClient(base_url=server.url)
         with budget(max_usd=1, name="wire", store=store, price_per_1k_tokens={"input": 1, "output": 2}):
@@ -145,7 +152,7 @@ async def test_an_async_budget_leaving_its_block_sends_sync_settles_off_the_loop
     from shekel import budget
 
     store = RedisStore(redis_store_url)
-    store._wire._stop.set()
+    _redis_wire.SETTLE_DELAY = 600.0
     async with budget(max_usd=1, name="wire", store=store):
         store.reserve([LIMITS], _ask("h:1:1"))  # a sync call's settle, inside async code
         store.settle([LIMITS.name], "h:1:1", Charge(10, 1, 1, "ok"))
@@ -159,7 +166,8 @@ def test_a_process_that_exits_sends_its_settles(redis_store_url: str) -> None:
         "from shekel.ledger.shared import Ask, Charge, SharedLimits, parse_window\n"
         f"limits = SharedLimits('wire', parse_window(None), 10**12, None, None)\n"
         f"store = RedisStore({redis_store_url!r})\n"
-        "store._wire._stop.set()\n"  # no sending thread: only the exit can send it
+        "from shekel.ledger import _redis_wire\n"
+        "_redis_wire.SETTLE_DELAY = 600.0\n"  # no sending thread in time: only the exit can send it
         "store.reserve([limits], Ask('h:2:1', 'me', 30, 5, 10, 5, 5, 2, 600.0))\n"
         "store.settle(['wire'], 'h:2:1', Charge(42, 1, 1, 'ok'))\n"
         "assert store.waiting\n"
@@ -173,7 +181,7 @@ def test_a_process_that_exits_sends_its_settles(redis_store_url: str) -> None:
 def test_a_forked_child_never_sends_its_parents_settles(redis_store_url: str) -> None:
     store = RedisStore(redis_store_url)
     store.reserve([LIMITS], _ask("h:1:1"))
-    store._wire._stop.set()
+    _redis_wire.SETTLE_DELAY = 600.0
     store.settle([LIMITS.name], "h:1:1", Charge(10, 1, 1, "ok"))
     pid = os.fork()
     if pid == 0:  # the child: its own wire, empty; its reads and exit send nothing of the parent's
