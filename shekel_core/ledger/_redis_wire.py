@@ -134,11 +134,12 @@ class Wire:
                 self._in_flight.add(ticket)
                 _owing.discard(self)
         if not waiting:
-            return (
-                None
-                if script is None
-                else self._exchange([self._command(script, keys, args)], 0, in_order)[0]
-            )
+            if script is None:
+                return None
+            try:
+                return self._exchange([self._command(script, keys, args)], 0, in_order)[0]
+            except _NotSent as error:
+                raise error.cause from None
         try:
             fold = self._folds.get(script) if waiting and script is not None else None
             if fold is not None:
@@ -155,6 +156,13 @@ class Wire:
                 if script is not None:
                     batch.append(self._command(script, keys, args))
             return self._exchange(batch, quiet, in_order)[-1]
+        except _NotSent as error:  # never written (no connection): the settles wait for the next command
+            with self._lock:
+                self._pending[:0] = waiting
+                if len(self._pending) == len(waiting):
+                    self._since = time.monotonic()
+                _owing.add(self)
+            raise error.cause from None
         finally:
             if waiting:
                 with self._lock:
@@ -194,7 +202,10 @@ class Wire:
             if in_order and missing[-1] != last:
                 missing.append(last)
             load = [("", pack("SCRIPT", "LOAD", source)) for source in self._sources.values()]
-            again, _ = self._round_trip(load + [batch[i] for i in missing])
+            try:
+                again, _ = self._round_trip(load + [batch[i] for i in missing])
+            except _NotSent as error:  # some of the batch ran: none of it is sent again
+                raise error.cause from None
             for loaded in again[: len(load)]:
                 if isinstance(loaded, Exception):
                     raise loaded
@@ -230,6 +241,11 @@ class Wire:
         answers: list[Any] = []
         failed = False
         try:
+            connection.connect()  # a no-op when connected
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._idle.append(connection)
+            raise _NotSent(error) from error
+        try:
             connection.send_packed_command([b"".join([command for _, command in batch])])
             for _ in batch:
                 try:
@@ -245,10 +261,20 @@ class Wire:
         return answers, failed
 
 
+class _NotSent(Exception):
+    """Nothing of a batch was written: the server could not be reached."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 def _send_late(ref: weakref.ReferenceType[Wire], stop: threading.Event) -> None:
     """The sending thread of a wire: settles no other command carried within their delay are sent here.
     It ends when ``stop`` is set (the wire was closed), the wire is gone, or after a second without work."""
     idle_since = time.monotonic()
+    failures = 0
+    retry_at = 0.0  # after a failure: not before this time
     while not stop.is_set():
         wire = ref()
         if wire is None:
@@ -263,17 +289,24 @@ def _send_late(ref: weakref.ReferenceType[Wire], stop: threading.Event) -> None:
                 due = SETTLE_DELAY
             else:
                 idle_since = now
-                due = wire._since + SETTLE_DELAY - now
+                due = max(wire._since + SETTLE_DELAY, retry_at) - now
         if due > 0:
             del wire  # not kept alive while asleep
             stop.wait(due)
             continue
         try:
             wire.flush()
+            failures = 0
+            retry_at = 0.0
         except Exception as error:  # a thread must not die of a store that is down
-            _log.warning(
-                "shekel: settles could not be sent to Redis: %s (their holds end with their lease)", error
-            )
+            if not failures:
+                _log.warning(
+                    "shekel: settles could not be sent to Redis: %s (they are sent when it is back; a hold "
+                    "whose lease ends first is charged what it held)",
+                    error,
+                )
+            failures += 1
+            retry_at = time.monotonic() + min(30.0, 0.1 * 2**failures)  # the server is down: less often
         del wire
 
 

@@ -4,6 +4,7 @@ or alone within a few milliseconds, and is never lost, sent twice, or overtaken 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -239,3 +240,60 @@ def test_a_fork_pool_worker_sends_its_settles_as_it_ends(redis_store_url: str) -
     assert waiting == [1, 1]
     figures = RedisStore(redis_store_url).read(LIMITS)
     assert (figures.spent, figures.calls, figures.inflight) == (20, 2, 0)
+
+
+def test_settles_wait_while_the_server_is_down_and_are_sent_when_it_is_back(tmp_path: Path) -> None:
+    """Nothing of a settle was written while the server could not be reached: it waits (the sending thread
+    tries again, less often), and is charged once the server is back."""
+    from tests._redis_server import binary
+
+    exe = binary()
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(tmp_path),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(500):
+            try:
+                redis.Redis(port=port).ping()
+                return process
+            except redis.ConnectionError:
+                time.sleep(0.01)
+        raise AssertionError("redis-server did not start")
+
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start()
+    try:
+        store = RedisStore(url)
+        store.reserve([LIMITS], _ask("h:1:1"))
+        server.terminate()
+        server.wait(10)
+        store.settle([LIMITS.name], "h:1:1", Charge(50, 1, 1, "ok"))
+        time.sleep(0.3)  # the sending thread tried, and could not connect
+        assert store.waiting
+        server = start()  # a new, empty server (no persistence): the settle lands in it, once
+        deadline = time.monotonic() + 10
+        while store.waiting:
+            assert time.monotonic() < deadline, "the settle was not sent once the server was back"
+            time.sleep(0.01)
+        figures = RedisStore(url).read(LIMITS)
+        assert (figures.spent, figures.calls) == (50, 1)
+    finally:
+        server.terminate()
+        server.wait(10)
