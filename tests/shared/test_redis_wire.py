@@ -4,9 +4,10 @@ or alone within a few milliseconds, and is never lost, sent twice, or overtaken 
 from __future__ import annotations
 
 import os
-import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -242,40 +243,18 @@ def test_a_fork_pool_worker_sends_its_settles_as_it_ends(redis_store_url: str) -
     assert (figures.spent, figures.calls, figures.inflight) == (20, 2, 0)
 
 
-def test_settles_wait_while_the_server_is_down_and_are_sent_when_it_is_back(tmp_path: Path) -> None:
+def test_settles_wait_while_the_server_is_down_and_are_sent_when_it_is_back() -> None:
     """Nothing of a settle was written while the server could not be reached: it waits (the sending thread
     tries again, less often), and is charged once the server is back."""
-    from tests._redis_server import binary
+    from tests._redis_server import free_port, start_server, stop_server
 
-    exe = binary()
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = [
-        exe,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(tmp_path),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="shekel-redis-")  # short: the server's unix socket lives in it
 
     def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(500):
-            try:
-                redis.Redis(port=port).ping()
-                return process
-            except redis.ConnectionError:
-                time.sleep(0.01)
-        raise AssertionError("redis-server did not start")
+        process = start_server(port, folder)
+        assert process is not None, f"port {port} was taken"
+        return process
 
     url = f"redis://127.0.0.1:{port}/0"
     server = start()
@@ -295,5 +274,5 @@ def test_settles_wait_while_the_server_is_down_and_are_sent_when_it_is_back(tmp_
         figures = RedisStore(url).read(LIMITS)
         assert (figures.spent, figures.calls) == (50, 1)
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_server(server)
+        shutil.rmtree(folder, ignore_errors=True)
