@@ -319,7 +319,6 @@ def _after_fork_in_child() -> None:
     _owing.clear()
     for wire in list(_wires):
         wire._start()
-    _hook_multiprocessing()
 
 
 class _ForkHook:
@@ -340,7 +339,7 @@ _FORK_HOOK = _ForkHook()
 
 
 def _hook_multiprocessing() -> None:
-    """Register the hook once multiprocessing is loaded (children inherit the registration)."""
+    """Register the hook once multiprocessing is loaded: before each fork, so the child inherits it."""
     util = sys.modules.get("multiprocessing.util")
     if util is not None and not _ForkHook.registered:
         _ForkHook.registered = True
