@@ -126,20 +126,17 @@ class Wire:
                 mark = self._batches
                 while self._in_flight and min(self._in_flight) <= mark:
                     self._sent.wait()
-            waiting = self._pending
-            if waiting:
+            waiting, ticket = self._pending, 0
+            if waiting:  # taken: defer() appends to the new list from now on
                 self._pending = []
                 self._batches += 1
                 ticket = self._batches
                 self._in_flight.add(ticket)
                 _owing.discard(self)
-        if not waiting:
-            if script is None:
-                return None
-            try:
-                return self._exchange([self._command(script, keys, args)], 0, in_order)[0]
-            except _NotSent as error:
-                raise error.cause from None
+            else:
+                waiting = []  # not the live list, which other threads append to
+        if not waiting and script is None:
+            return None
         try:
             fold = self._folds.get(script) if waiting and script is not None else None
             if fold is not None:
@@ -157,14 +154,15 @@ class Wire:
                     batch.append(self._command(script, keys, args))
             return self._exchange(batch, quiet, in_order)[-1]
         except _NotSent as error:  # never written (no connection): the settles wait for the next command
-            with self._lock:
-                self._pending[:0] = waiting
-                if len(self._pending) == len(waiting):
-                    self._since = time.monotonic()
-                _owing.add(self)
+            if waiting:
+                with self._lock:
+                    self._pending[:0] = waiting
+                    if len(self._pending) == len(waiting):
+                        self._since = time.monotonic()
+                    _owing.add(self)
             raise error.cause from None
         finally:
-            if waiting:
+            if ticket:
                 with self._lock:
                     self._in_flight.discard(ticket)
                     self._sent.notify_all()
