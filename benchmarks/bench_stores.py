@@ -36,6 +36,8 @@ RUNS = 3
 #: Targets from issue 9, from 8 processes on this 2-core machine.
 TARGETS = {"redis": 5000.0, "sqlite": 1000.0}
 OVERSHOOT_CAP = 5_000_000  # nano-dollars: $0.005, a few hundred calls
+#: Calls in flight (held by another process) during the "crowded" runs: a reserve must not slow down with them.
+CROWD = 1000
 
 
 def _limits(cap: int) -> Any:
@@ -44,8 +46,9 @@ def _limits(cap: int) -> Any:
     return SharedLimits("bench", parse_window(None), cap, None, None)
 
 
-def _pairs(kind: str, spec: str, seconds: float, start: Any, t0: Any, queue: Any) -> None:
-    """One process: reserve+settle pairs from ``t0`` (set with ``start``) for ``seconds``; puts the count."""
+def _pairs(kind: str, spec: str, seconds: float, crowd: int, start: Any, t0: Any, queue: Any) -> None:
+    """One process: reserve+settle pairs from ``t0`` (set with ``start``) for ``seconds``; puts the count.
+    ``crowd``: holds of calls in flight (of another owner) taken on the budget first, and left open."""
     from shekel.ledger.shared import Ask, Charge
 
     done = 0
@@ -73,6 +76,8 @@ def _pairs(kind: str, spec: str, seconds: float, start: Any, t0: Any, queue: Any
     limits = [_limits(10**15)]
     store.read(limits[0])  # connect before the clock starts
     pid = os.getpid()
+    for i in range(crowd):
+        store.reserve(limits, Ask(f"crowd:{pid}:{i}", "crowd", 3000, 5, 10, 100, 100, 2, 600.0))
     queue.put("ready")
     start.wait()
     time.sleep(max(0.0, t0.value - time.time()))
@@ -209,7 +214,7 @@ def _script_us(spec: str) -> float:
 def measure(quick: bool = False) -> dict[str, Any]:
     """Pairs per second per store and process count, and the overshoot runs: a dict of figures."""
     seconds = 1.0 if quick else SECONDS
-    figures: dict[str, Any] = {"pairs": {}, "spread": {}, "overshoot": {}, "server_us": {}}
+    figures: dict[str, Any] = {"pairs": {}, "spread": {}, "overshoot": {}, "server_us": {}, "crowded": {}}
     with tempfile.TemporaryDirectory(prefix="shekel-bench-sqlite-") as folder, _redis_server() as redis_url:
         stores = {"memory": "", "sqlite": f"sqlite:///{folder}/b.db"}
         if redis_url is not None:
@@ -220,7 +225,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
                 for _ in range(1 if quick else RUNS):
                     if spec:
                         _flush(spec)
-                    counts = _run(_pairs, [(kind, spec, seconds)] * n)
+                    counts = _run(_pairs, [(kind, spec, seconds, 0)] * n)
                     rates.append(sum(counts) / seconds)
                     if kind == "redis":  # the server's own script time per pair, whatever the clients' load
                         server.append(_script_us(spec) / max(1, sum(counts)))
@@ -235,6 +240,16 @@ def measure(quick: bool = False) -> dict[str, Any]:
                     flush=True,
                 )
             if spec:
+                crowded = []
+                for _ in range(1 if quick else RUNS):
+                    _flush(spec)
+                    crowded.append(_run(_pairs, [(kind, spec, seconds, CROWD)])[0] / seconds)
+                figures["crowded"][kind] = statistics.median(crowded)
+                print(
+                    f"  {kind:6} x1, {CROWD:,} calls in flight: {figures['crowded'][kind]:,.0f} pairs/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 _flush(spec)
                 charged = _spend_run(spec, 8)
                 from shekel.stores import open_store
@@ -263,6 +278,19 @@ def run(quick: bool = False) -> list[Row]:
                 f"ratio {rate / base:.4f}; {1e6 / rate * n:,.0f} us/pair",
                 target="" if target is None else f">= {target:,.0f} pairs/s",
                 ok=None if target is None else rate >= target,
+            )
+        )
+    for kind, rate in figures["crowded"].items():
+        alone = memory[(kind, 1)]
+        rows.append(
+            Row(
+                "stores",
+                f"{kind} reserve+settle pairs/s, 1 process, {CROWD:,} calls of others in flight",
+                f"{kind}, 1 process, none in flight",
+                time_text=f"{rate:,.0f}/s vs {alone:,.0f}/s; ratio {rate / alone:.2f} (a reserve reads running "
+                "totals of the holds, not each hold)"
+                if kind == "redis"
+                else f"{rate:,.0f}/s vs {alone:,.0f}/s; ratio {rate / alone:.2f}",
             )
         )
     for n, us in sorted(figures["server_us"].items()):

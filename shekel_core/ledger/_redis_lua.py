@@ -7,6 +7,9 @@ Keys of budget ``N`` (``P`` = ``shekel:{N}:``; the braces make ``N`` the hash ta
 
 * ``P config``: hash (window, max_nano, max_calls, max_tokens, updated) as processes last opened it;
 * ``P holds``: hash, hold id -> ``money|tokens|owner|model``; ``P deadlines``: sorted set, hold id -> deadline;
+* ``P held``: string ``money|tokens|count``, the running totals of ``P holds`` (a reserve reads them, not
+  every hold: its cost does not grow with the calls in flight); none while nothing is held, and rebuilt
+  from ``P holds`` when missing;
 * ``P buckets``: hash, ``window|bucket|m`` (nano-dollars), ``|c`` (calls), ``|f`` (failed), ``|i`` and ``|o``
   (tokens); buckets out of their window are pruned by every write, and the hash expires (TTL) when unused;
 * ``P expired``: hash, hold id -> ``window|bucket|money|tokens|log entry`` of a hold its lease ended, so
@@ -118,6 +121,57 @@ local function split_hold(v)
   return tonumber(money), tonumber(tokens), owner, model
 end
 """,
+    "held": r"""
+-- The running totals of the budget's holds (money, tokens, count): read once per script run, then cached.
+local held_cache = {}
+local function held_of(p)
+  local c = held_cache[p]
+  if c then return c[1], c[2], c[3] end
+  local m, tk, n = 0, 0, 0
+  local v = redis.call('GET', p .. 'held')
+  if v then
+    m, tk, n = string.match(v, '^(%d+)|(%d+)|(%d+)$')
+    m, tk, n = tonumber(m), tonumber(tk), tonumber(n)
+  else  -- missing (kept by an older version, or deleted by hand): the holds' sum
+    for _, h in ipairs(redis.call('HVALS', p .. 'holds')) do
+      local money, tokens = split_hold(h)
+      m, tk, n = m + money, tk + tokens, n + 1
+    end
+  end
+  held_cache[p] = {m, tk, n}
+  return m, tk, n
+end
+local function set_held(p, m, tk, n)
+  if n <= 0 then  -- none held: no key (a budget with no call in flight has none)
+    held_cache[p] = {0, 0, 0}
+    redis.call('DEL', p .. 'held')
+    return
+  end
+  m, tk = math.max(m, 0), math.max(tk, 0)
+  held_cache[p] = {m, tk, n}
+  redis.call('SET', p .. 'held', s(m) .. '|' .. s(tk) .. '|' .. s(n))
+end
+-- Take hold `id` off the budget: its value, or nil when it is not held (settled, released or expired).
+local function unhold(p, id)
+  local v = redis.call('HGET', p .. 'holds', id)
+  redis.call('ZREM', p .. 'deadlines', id)
+  if not v then return nil end
+  redis.call('HDEL', p .. 'holds', id)
+  local money, tokens = split_hold(v)
+  local m, tk, n = held_of(p)
+  set_held(p, m - money, tk - tokens, n - 1)
+  return v
+end
+-- What holds of `owner` (this process) hold: a scan of every hold, only when a call is refused.
+local function own_of(p, owner)
+  local money, tokens, calls = 0, 0, 0
+  for _, v in ipairs(redis.call('HVALS', p .. 'holds')) do
+    local m, tk, who = split_hold(v)
+    if who == owner then money, tokens, calls = money + m, tokens + tk, calls + 1 end
+  end
+  return money, tokens, calls
+end
+""",
     "host_of": r"""
 local function host_of(id) return string.match(id, '^([^:]*)') end
 """,
@@ -144,9 +198,7 @@ local function sweep(p, name, now, limit)
   local spec = spec_of(p)
   local bucket = bucket_of(spec, now)
   for _, id in ipairs(ids) do
-    local v = redis.call('HGET', p .. 'holds', id)
-    redis.call('HDEL', p .. 'holds', id)
-    redis.call('ZREM', p .. 'deadlines', id)
+    local v = unhold(p, id)
     if v then
       local money, tokens, _, model = split_hold(v)
       add(p, spec, bucket, money, 0, 1, tokens, 0)
@@ -163,11 +215,10 @@ end
 """,
     "figures": r"""
 -- The budget's figures in window `spec` at `now`; with `prune`, buckets out of the window are dropped.
-local function figures(p, spec, now, owner, prune)
+local function figures(p, spec, now, prune)
   local first = first_of(spec, now)
   local keep = first
-  local r = {spent = 0, calls = 0, failed = 0, inp = 0, outp = 0, reserved = 0, rtok = 0, inflight = 0,
-             own_money = 0, own_tokens = 0, own_calls = 0}
+  local r = {spent = 0, calls = 0, failed = 0, inp = 0, outp = 0}
   local flat = redis.call('HGETALL', p .. 'buckets')
   local stale = {}
   for i = 1, #flat, 2 do
@@ -185,18 +236,7 @@ local function figures(p, spec, now, owner, prune)
     end
   end
   if #stale > 0 then redis.call('HDEL', p .. 'buckets', unpack(stale)) end
-  local holds = redis.call('HVALS', p .. 'holds')
-  for _, v in ipairs(holds) do
-    local money, tokens, who = split_hold(v)
-    r.reserved = r.reserved + money
-    r.rtok = r.rtok + tokens
-    r.inflight = r.inflight + 1
-    if who == owner then
-      r.own_money = r.own_money + money
-      r.own_tokens = r.own_tokens + tokens
-      r.own_calls = r.own_calls + 1
-    end
-  end
+  r.reserved, r.rtok, r.inflight = held_of(p)
   return r
 end
 """,
@@ -245,7 +285,7 @@ for i, b in ipairs(budgets) do
     if not st[1] then redis.call('SADD', 'shekel:names', b.name) end
   end
   sweep(b.p, b.name, now, limit)
-  figs[i] = figures(b.p, b.spec, now, owner, true)
+  figs[i] = figures(b.p, b.spec, now, true)
 end
 -- The rule of shekel.ledger.sqlite._fit, over the same integers.
 if k == nil then
@@ -277,20 +317,22 @@ local least_tokens = prompt_tokens + least_out + margin
 for i, b in ipairs(budgets) do
   local f = figs[i]
   local made = f.calls + f.failed
-  local others = f.inflight - f.own_calls > 0
-  local reason, waitable, needed = nil, false, 0
+  local reason, needed = nil, 0
   if b.max_calls ~= nil and made + f.inflight >= b.max_calls then
     reason = 'calls'
-    waitable = others and made + f.own_calls < b.max_calls
   elseif b.max_tokens ~= nil and f.inp + f.outp + f.rtok + tokens > b.max_tokens then
     reason = 'tokens'
-    waitable = others and f.inp + f.outp + f.own_tokens + least_tokens <= b.max_tokens
   elseif b.max_nano ~= nil and f.spent + f.reserved + money > b.max_nano then
     reason = 'usd'
-    waitable = others and f.spent + f.own_money + least <= b.max_nano
     needed = money
   end
   if reason ~= nil then
+    -- Waitable: holds of other processes are in the way, and once they end this call could fit.
+    local own_money, own_tokens, own_calls = own_of(b.p, owner)
+    local waitable = f.inflight - own_calls > 0
+    if reason == 'calls' then waitable = waitable and made + own_calls < b.max_calls
+    elseif reason == 'tokens' then waitable = waitable and f.inp + f.outp + own_tokens + least_tokens <= b.max_tokens
+    else waitable = waitable and f.spent + own_money + least <= b.max_nano end
     local out = {'no', t(now), b.name, reason, waitable and '1' or '0', s(needed)}
     for _, v in ipairs(reply(f)) do out[#out + 1] = v end
     return out
@@ -300,9 +342,19 @@ local deadline = t(now + lease)
 local value = s(money) .. '|' .. s(tokens) .. '|' .. owner .. '|' .. model
 local out = {'ok', t(now), k == nil and '' or s(k), s(money), s(tokens)}
 for i, b in ipairs(budgets) do
-  redis.call('HSET', b.p .. 'holds', id, value)
+  local f = figs[i]
+  if redis.call('HSET', b.p .. 'holds', id, value) == 1 then
+    set_held(b.p, f.reserved + money, f.rtok + tokens, f.inflight + 1)
+  else  -- the same hold id reserved again (a retry of a reserve whose answer was lost): held once
+    local m, tk, n = 0, 0, 0
+    for _, v in ipairs(redis.call('HVALS', b.p .. 'holds')) do
+      local hm, ht = split_hold(v)
+      m, tk, n = m + hm, tk + ht, n + 1
+    end
+    set_held(b.p, m, tk, n)
+  end
   redis.call('ZADD', b.p .. 'deadlines', deadline, id)
-  out[#out + 1] = s(figs[i].spent)
+  out[#out + 1] = s(f.spent)
 end
 return out
 """
@@ -319,9 +371,7 @@ local inp, outp, rest = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 for i, p in ipairs(KEYS) do
   local name = ARGV[9 + i]
   local spec = spec_of(p)
-  local held = redis.call('HDEL', p .. 'holds', id)
-  redis.call('ZREM', p .. 'deadlines', id)
-  if held == 0 then
+  if unhold(p, id) == nil then
     -- Settled after its lease ran out: take back the charge its expiry made (never counted twice).
     local rec = redis.call('HGET', p .. 'expired', id)
     if rec then
@@ -343,7 +393,20 @@ end
 return t(now)
 """
 SETTLE = (
-    _with("s", "t", "clock", "rolling", "bucket_of", "ttl_of", "spec_of", "add", "push_log") + _SETTLE_BODY
+    _with(
+        "s",
+        "t",
+        "clock",
+        "rolling",
+        "bucket_of",
+        "ttl_of",
+        "spec_of",
+        "add",
+        "split_hold",
+        "held",
+        "push_log",
+    )
+    + _SETTLE_BODY
 )
 
 #: Settles, then a reserve, in one script (the hot path: a call's settle is sent with the next call's reserve).
@@ -367,13 +430,13 @@ return reserve({unpack(KEYS, k)}, {unpack(ARGV, a)})
 )
 
 #: ARGV: hold id. KEYS: the budgets' prefixes.
-RELEASE = r"""
-for _, p in ipairs(KEYS) do
-  redis.call('HDEL', p .. 'holds', ARGV[1])
-  redis.call('ZREM', p .. 'deadlines', ARGV[1])
-end
+RELEASE = (
+    _with("s", "split_hold", "held")
+    + r"""
+for _, p in ipairs(KEYS) do unhold(p, ARGV[1]) end
 return 1
 """
+)
 
 #: ARGV: offset, hold id, lease. KEYS: the budgets' prefixes.
 RENEW = (
@@ -398,7 +461,7 @@ local stored = redis.call('HGET', p .. 'config', 'window')
 if stored and stored ~= ARGV[4] then return {'window', t(now), ARGV[3], stored} end
 sweep(p, ARGV[3], now, tonumber(ARGV[2]))
 local out = {'ok', t(now)}
-for _, v in ipairs(reply(figures(p, ARGV[4], now, '', true))) do out[#out + 1] = v end
+for _, v in ipairs(reply(figures(p, ARGV[4], now, true))) do out[#out + 1] = v end
 return out
 """
 )

@@ -12,8 +12,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,33 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE INDEX IF NOT EXISTS calls_by_name ON calls (name, at);
 """
 
+#: Running totals of each budget's holds, kept by triggers (every way a hold is taken or ends, by any process,
+#: of any version, updates them in its own transaction): a reserve reads one row, not every hold, so its cost
+#: does not grow with the calls in flight. Made in one transaction with its first fill, from the holds a file
+#: written before it already has.
+_HELD = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS held (
+    name TEXT PRIMARY KEY, money INTEGER NOT NULL, tokens INTEGER NOT NULL, count INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO held SELECT name, SUM(money), SUM(tokens), COUNT(*) FROM holds GROUP BY name;
+CREATE TRIGGER IF NOT EXISTS held_on_insert AFTER INSERT ON holds BEGIN
+    INSERT INTO held VALUES (new.name, new.money, new.tokens, 1) ON CONFLICT (name) DO UPDATE SET
+        money = money + excluded.money, tokens = tokens + excluded.tokens, count = count + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS held_on_delete AFTER DELETE ON holds BEGIN
+    UPDATE held SET money = money - old.money, tokens = tokens - old.tokens, count = count - 1
+        WHERE name = old.name;
+END;
+CREATE TRIGGER IF NOT EXISTS held_on_update AFTER UPDATE OF money, tokens, name ON holds BEGIN
+    UPDATE held SET money = money - old.money, tokens = tokens - old.tokens, count = count - 1
+        WHERE name = old.name;
+    INSERT INTO held VALUES (new.name, new.money, new.tokens, 1) ON CONFLICT (name) DO UPDATE SET
+        money = money + excluded.money, tokens = tokens + excluded.tokens, count = count + 1;
+END;
+COMMIT;
+"""
+
 #: How long the ids of expired holds are kept, so that a worker settling late replaces their charge.
 EXPIRED_KEPT_SECONDS = 7 * 86400
 
@@ -95,6 +123,8 @@ class SQLiteStore(Store):
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.executescript(_SCHEMA)
+        if not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'held_on_update'").fetchone():
+            connection.executescript(_HELD)
         local.connection, local.pid, local.identity = connection, os.getpid(), _identity(self.path)
         return connection
 
@@ -146,11 +176,13 @@ class SQLiteStore(Store):
         no_room: StoreNoRoom | None = None
         with self._transaction("reserve a call") as db:
             now = time.time()
-            state = []
+            state: list[tuple[SharedLimits, Figures, Callable[[], tuple[int, int, int]]]] = []
             for budget in budgets:
                 self._register(db, budget, now)
                 self._sweep(db, budget.name, now)
-                state.append((budget, self._figures(db, budget, now), self._own(db, budget.name, ask.owner)))
+                state.append(
+                    (budget, self._figures(db, budget, now), partial(self._own, db, budget.name, ask.owner))
+                )
             try:
                 grant = _fit(state, ask)
             except StoreNoRoom as refused:
@@ -352,10 +384,8 @@ class SQLiteStore(Store):
             "WHERE name = ? AND window = ? AND bucket >= ?",
             (budget.name, window.spec, window.first_bucket(now)),
         ).fetchone()
-        reserved, reserved_tokens, inflight = db.execute(
-            "SELECT COALESCE(SUM(money), 0), COALESCE(SUM(tokens), 0), COUNT(*) FROM holds WHERE name = ?",
-            (budget.name,),
-        ).fetchone()
+        row = db.execute("SELECT money, tokens, count FROM held WHERE name = ?", (budget.name,)).fetchone()
+        reserved, reserved_tokens, inflight = row or (0, 0, 0)
         return Figures(
             spent, reserved, calls, failed, inflight, inputs, outputs, reserved_tokens, window.resets_at(now)
         )
@@ -392,9 +422,10 @@ def _host(hold_id: str) -> str:
     return hold_id.split(":", 1)[0]
 
 
-def _fit(state: list[tuple[SharedLimits, Figures, tuple[int, int, int]]], ask: Ask) -> Grant:
+def _fit(state: list[tuple[SharedLimits, Figures, Callable[[], tuple[int, int, int]]]], ask: Ask) -> Grant:
     """The store's rule for one call over the budgets of one store: the same as the in-memory ledger's
-    (``shekel.ledger.memory.hold``), over integer nano-dollars."""
+    (``shekel.ledger.memory.hold``), over integer nano-dollars. Each budget comes with a function for what
+    the asking process's own holds hold (money, tokens, calls), called only when the call is refused."""
     k = ask.max_tokens
     if k is None:
         bound: int | None = None
@@ -418,19 +449,23 @@ def _fit(state: list[tuple[SharedLimits, Figures, tuple[int, int, int]]], ask: A
     )
     least_tokens = ask.prompt_tokens + (1 if ask.max_tokens is None else ask.max_tokens) + ask.margin
     spent: dict[str, int] = {}
-    for budget, figures, (own_money, own_tokens, own_calls) in state:
+    for budget, figures, own in state:
         spent[budget.name] = figures.spent
         made = figures.calls + figures.failed
-        others = figures.inflight - own_calls > 0
         if budget.max_calls is not None and made + figures.inflight >= budget.max_calls:
-            waitable = others and made + own_calls < budget.max_calls
+            own_money, own_tokens, own_calls = own()
+            waitable = figures.inflight > own_calls and made + own_calls < budget.max_calls
             raise StoreNoRoom(budget.name, "calls", waitable, figures)
         if budget.max_tokens is not None:
             used = figures.input_tokens + figures.output_tokens
             if used + figures.reserved_tokens + tokens > budget.max_tokens:
-                waitable = others and used + own_tokens + least_tokens <= budget.max_tokens
+                own_money, own_tokens, own_calls = own()
+                waitable = (
+                    figures.inflight > own_calls and used + own_tokens + least_tokens <= budget.max_tokens
+                )
                 raise StoreNoRoom(budget.name, "tokens", waitable, figures)
         if budget.max_nano is not None and figures.spent + figures.reserved + money > budget.max_nano:
-            waitable = others and figures.spent + own_money + least <= budget.max_nano
+            own_money, own_tokens, own_calls = own()
+            waitable = figures.inflight > own_calls and figures.spent + own_money + least <= budget.max_nano
             raise StoreNoRoom(budget.name, "usd", waitable, figures, money)
     return Grant(k, money, tokens, spent)

@@ -10,6 +10,7 @@ moved by the store's offset (``RedisStore._clock_offset``) before each operation
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,9 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         for book in self.books.values():
             book.sweep(self.now)
-        state = [(b, self.books[b.name].figures(self.now), self.books[b.name].own(owner)) for b in BUDGETS]
+        state = [
+            (b, self.books[b.name].figures(self.now), partial(self.books[b.name].own, owner)) for b in BUDGETS
+        ]
         try:
             expected = _fit(state, ask)
         except StoreNoRoom as refused:

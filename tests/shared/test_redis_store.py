@@ -108,3 +108,39 @@ async def test_async_operations_leave_the_event_loop_free(redis_store_url: str) 
     tick.cancel()
     await other.aclose()
     assert (await store.aread(LIMITS)).spent == grant.money
+
+
+def test_running_totals_are_rebuilt_from_the_holds_when_missing(redis_store_url: str) -> None:
+    store = RedisStore(redis_store_url)
+    limits = SharedLimits("rebuilt", parse_window(None), 10**15, None, None)
+    a = store.reserve([limits], _ask("h:1:1"))
+    b = store.reserve([limits], _ask("h:1:2"))
+    store._client.delete("shekel:{rebuilt}:held")  # as a store written by a version without totals
+    figures = store.read(limits)
+    assert (figures.inflight, figures.reserved) == (2, a.money + b.money)
+    store.release([limits.name], "h:1:1")
+    assert store.read(limits).reserved == b.money
+    store.close()
+
+
+def test_a_hold_reserved_twice_under_one_id_is_held_once(redis_store_url: str) -> None:
+    store = RedisStore(redis_store_url)
+    limits = SharedLimits("twice", parse_window(None), 10**15, None, None)
+    store.reserve([limits], _ask("h:1:1"))
+    grant = store.reserve([limits], _ask("h:1:1"))
+    figures = store.read(limits)
+    assert (figures.inflight, figures.reserved) == (1, grant.money)
+    store.release([limits.name], "h:1:1")
+    assert store.read(limits).inflight == 0
+    store.close()
+
+
+def test_no_totals_key_while_nothing_is_held(redis_store_url: str) -> None:
+    store = RedisStore(redis_store_url)
+    limits = SharedLimits("idle", parse_window(None), 10**15, None, None)
+    store.reserve([limits], _ask("h:1:1"))
+    assert store._client.get("shekel:{idle}:held") is not None
+    store.settle([limits.name], "h:1:1", Charge(1, 1, 1, "ok"))
+    store.flush()
+    assert not store._client.exists("shekel:{idle}:held")
+    store.close()

@@ -111,6 +111,48 @@ def test_money_stays_exact_near_two_to_the_53(store_and_clock: tuple[Store, Call
     assert refused.value.reason == "usd" and refused.value.figures.spent == cap - 1
 
 
+def test_the_holds_totals_follow_every_way_a_hold_ends(
+    store_and_clock: tuple[Store, Callable[[float], None]],
+) -> None:
+    """A reserve reads running totals of the holds, not every hold: they must match the holds as holds are
+    taken, settled, released and expired, and the refusal's "waitable" still sees this process's own."""
+    store, set_clock = store_and_clock
+    now = time.time()
+    set_clock(now)
+    limits = SharedLimits("many", parse_window(None), 10**15, None, None)
+    grants = {}
+    for i in range(300):  # every third hold has a short lease, to expire below
+        ask = Ask(f"h:1:{i}", "me", 30 + i, 5, 10, 5 + i % 7, 5, 2, 60.0 if i % 3 == 2 else 600.0)
+        grants[ask.hold_id] = store.reserve([limits], ask)
+    figures = store.read(limits)
+    assert figures.inflight == 300
+    assert figures.reserved == sum(g.money for g in grants.values())
+    assert figures.reserved_tokens == sum(g.tokens for g in grants.values())
+
+    for i in range(0, 300, 3):
+        store.settle([limits.name], f"h:1:{i}", Charge(7, 1, 1, "ok"))
+    for i in range(1, 300, 3):
+        store.release([limits.name], f"h:1:{i}")
+    store.flush()
+    left = [g for h, g in grants.items() if int(h.rsplit(":", 1)[1]) % 3 == 2]
+    figures = store.read(limits)
+    assert (figures.inflight, figures.spent) == (100, 700)
+    assert figures.reserved == sum(g.money for g in left)
+
+    small = SharedLimits("many", parse_window(None), 700 + figures.reserved, None, None)
+    with pytest.raises(StoreNoRoom) as mine:  # every hold in the way is this owner's: waiting cannot help
+        store.reserve([small], _ask("h:1:mine"))
+    assert not mine.value.waitable
+    with pytest.raises(StoreNoRoom) as theirs:
+        store.reserve([small], Ask("h:2:1", "other", 30, 5, 10, 5, 5, 2, 600.0))
+    assert theirs.value.waitable
+
+    set_clock(now + 120)  # the 60 s leases end: each hold is charged what it held
+    figures = store.read(limits)
+    assert (figures.inflight, figures.reserved, figures.reserved_tokens) == (0, 0, 0)
+    assert figures.spent == 700 + sum(g.money for g in left)
+
+
 def test_log_names_describe_and_reset(store_and_clock: tuple[Store, Callable[[float], None]]) -> None:
     store, set_clock = store_and_clock
     set_clock(time.time())
@@ -194,3 +236,29 @@ def test_four_processes_spend_a_shared_cap_without_passing_it_and_reach_it(
     assert figures.spent == charged <= 2_000_000  # zero overshoot
     assert figures.calls == sum(r[1] for r in results) and figures.reserved == 0
     assert charged >= 0.9 * 2_000_000, f"only {charged} of 2,000,000 spent: {results}"
+
+
+def test_a_sqlite_file_written_before_the_holds_totals_gets_them_from_its_holds(tmp_path: Path) -> None:
+    """A file from a version without the ``held`` table (or its triggers): the first connection makes them
+    and fills them from the holds already there, in one transaction."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    limits = SharedLimits("old", parse_window(None), 10**15, None, None)
+    store = SQLiteStore(path)
+    a = store.reserve([limits], _ask("h:1:1"))
+    b = store.reserve([limits], _ask("h:1:2"))
+    store.close()
+    with sqlite3.connect(path) as db:  # back to the older layout, holds in flight
+        for trigger in ("held_on_insert", "held_on_delete", "held_on_update"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.execute("DROP TABLE held")
+
+    again = SQLiteStore(path)
+    figures = again.read(limits)
+    assert (figures.inflight, figures.reserved) == (2, a.money + b.money)
+    again.settle([limits.name], "h:1:1", Charge(3, 1, 1, "ok"))
+    again.release([limits.name], "h:1:2")
+    figures = again.read(limits)
+    assert (figures.inflight, figures.reserved, figures.spent) == (0, 0, 3)
+    again.close()
