@@ -397,7 +397,8 @@ async def test_text_llm_async(how: str, llm: HuggingFaceEndpoint, server: FakeIn
             await llm.ainvoke("hello there", config=config)
             await llm.abatch(["hello there", "a b"], config=config)
     else:
-        await llm.ainvoke("hello there", config=config)
+        with pytest.warns(UserWarning, match="charges its calls by estimate"):
+            await llm.ainvoke("hello there", config=config)
         await llm.abatch(["hello there", "a b"], config=config)
     assert b.calls == server.request_count == 3
     assert all(r.estimated for r in b.records)
@@ -429,7 +430,8 @@ def counted_by_the_handler_alone(
     assert record.source == "langchain" and not record.estimated, "from the usage LangChain returned"
     assert b.spent_exact == HELLO
 
-    list(chat.stream("hello there", config={"callbacks": [handler]}))
+    with pytest.warns(UserWarning, match="charges its calls by estimate"):
+        list(chat.stream("hello there", config={"callbacks": [handler]}))
     assert b.calls == 2 and b.records[-1].estimated and b.records[-1].streamed
     assert b.records[-1].output_tokens == WORDS
 
@@ -452,7 +454,8 @@ async def test_without_the_adapter_async_runs_are_counted(
     config: RunnableConfig = {"callbacks": [BudgetCallbackHandler(budget=b)]}
     with adapter_removed():
         await chat.ainvoke("hello there", config=config)
-        await llm.ainvoke("hello there", config=config)
+        with pytest.warns(UserWarning, match="charges its calls by estimate"):
+            await llm.ainvoke("hello there", config=config)
     assert b.calls == server.request_count == 2
     assert {r.source for r in b.records} == {"langchain"}
 
@@ -621,7 +624,10 @@ def test_other_langchain_models_are_counted_and_checked_by_the_handler() -> None
     model = FakeListChatModel(responses=["one two three four"] * 10)
     with budget(max_usd=0.2, price_per_1k_tokens=PRICES) as b:
         answered = 0
-        with pytest.raises(BudgetExceededError):
+        with (
+            pytest.raises(BudgetExceededError),
+            pytest.warns(UserWarning, match="charges its calls by estimate"),
+        ):
             for _ in range(10):
                 model.invoke("hello there")
                 answered += 1

@@ -73,7 +73,8 @@ def test_a_chat_runs_prompt_is_read_once(
 
 
 def test_a_stream_without_usage_is_estimated_by_the_cores_rule(chat: ChatHuggingFace, b: Budget) -> None:
-    chunks = list(chat.stream("hello there", config=bound(b)))
+    with pytest.warns(UserWarning, match="charges its calls by estimate"):
+        chunks = list(chat.stream("hello there", config=bound(b)))
     (record,) = b.records
     assert record.source == "langchain" and record.estimated and record.streamed
     assert record.input_tokens == HELLO_FAIR
@@ -94,7 +95,8 @@ def test_an_estimate_is_at_most_max_tokens(
     chat: ChatHuggingFace, b: Budget, server: FakeInferenceServer
 ) -> None:
     server.respond_next(_long_stream(12), content_type="text/event-stream")
-    assert len(list(chat.stream("hello there", config=bound(b)))) >= 12
+    with pytest.warns(UserWarning, match="charges its calls by estimate"):
+        assert len(list(chat.stream("hello there", config=bound(b)))) >= 12
     (record,) = b.records
     assert record.estimated and record.output_tokens == WORDS, "a server cannot generate more than allowed"
 
@@ -104,7 +106,7 @@ def test_a_broken_stream_is_charged_for_what_it_delivered(
 ) -> None:
     server.drop_stream_after(3)
     received = []
-    with pytest.raises(httpx.HTTPError):
+    with pytest.raises(httpx.HTTPError), pytest.warns(UserWarning, match="charges its calls by estimate"):
         for chunk in chat.stream("hello there", config=bound(b)):
             received.append(chunk)
     (record,) = b.records
@@ -117,7 +119,8 @@ def test_a_broken_stream_is_charged_for_what_it_delivered(
 
 
 def test_a_text_answer_without_usage_is_estimated_from_its_text(llm: HuggingFaceEndpoint, b: Budget) -> None:
-    answer = llm.invoke("hello there", config=bound(b))
+    with pytest.warns(UserWarning, match="charges its calls by estimate"):
+        answer = llm.invoke("hello there", config=bound(b))
     (record,) = b.records
     assert record.source == "langchain" and record.estimated and not record.streamed
     assert record.input_tokens == text_tokens_fair("hello there")
