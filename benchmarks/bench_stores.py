@@ -85,7 +85,7 @@ def _pairs(kind: str, spec: str, seconds: float, crowd: int, start: Any, t0: Any
     while time.time() < stop:
         hold_id = f"bench:{pid}:{done}"
         grant = store.reserve(limits, Ask(hold_id, f"bench:{pid}", 3000, 5, 10, 100, 100, 2, 600.0))
-        store.settle(["bench"], hold_id, Charge(grant.money // 2, 10, 50, "ok"))
+        store.settle(["bench"], hold_id, Charge(grant.money // 2, 10, 50, "ok"), ["none"])
         done += 1
     queue.put(done)
 
@@ -108,7 +108,7 @@ def _spend(spec: str, seed: int, queue: Any) -> None:
                 break
             time.sleep(0.0005)
             continue
-        store.settle(["bench"], hold_id, Charge(grant.money, 10, 50, "ok"))  # the worst case, every time
+        store.settle(["bench"], hold_id, Charge(grant.money, 10, 50, "ok"), ["none"])  # the worst case, always
         charged += grant.money
     queue.put(charged)
 

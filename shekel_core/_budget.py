@@ -762,11 +762,18 @@ class Budget:
         with self._lock:
             self._release_locked(reservation)
 
-    def _shrink(self, reservation: Reservation, max_tokens: int) -> None:
-        """A store granted fewer output tokens than this process's budgets held: hold only that many."""
-        if reservation.max_tokens is None or max_tokens >= reservation.max_tokens:
+    def _take_grant(self, reservation: Reservation, max_tokens: int) -> None:
+        """A store sized the call (the caller gave no ``max_tokens``) at ``max_tokens`` output tokens: the call
+        sends that many, and this process's budgets hold for that many. Fewer than they held: they hold less.
+        None held (no budget of this process bounds the call: its limits are the store's): they hold the
+        output too, as the store does, so that the call is charged alike if its answer is lost."""
+        if reservation.max_tokens is None:
+            output = max_tokens + OUTPUT_MARGIN_TOKENS
+            fewer = -output  # more, as the store holds
+        elif max_tokens < reservation.max_tokens:
+            fewer = reservation.max_tokens - max_tokens
+        else:
             return
-        fewer = reservation.max_tokens - max_tokens
         money = ZERO if reservation.price is None else reservation.price.output_per_token * fewer
         tokens = fewer if reservation.tokens else 0
         with self._lock:

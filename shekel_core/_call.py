@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from typing import Any, Final
 
 from ._budget import Budget, Reservation
-from ._sharing import renew_if_due
+from ._sharing import renew_if_due, renew_in_tasks
 from ._usage import Usage, read_usage
 from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN
 
@@ -454,7 +454,7 @@ async def _iterate_async(
         chunks = stream.__aiter__()
         async for chunk in chunks:
             if shared:
-                renew_if_due(call.reservation)
+                renew_in_tasks(call.reservation)
             try:
                 item = observe(chunk)
             except Exception:  # _observe, inline

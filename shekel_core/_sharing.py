@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,8 @@ class StoreHold:
     hold_id: str
     lease: float
     renew_at: float
+    #: Each budget's window as the call was held (its settle is charged there, even after a reset).
+    windows: list[str] = field(default_factory=list)
 
 
 def groups(chain: Sequence[Budget]) -> tuple[tuple[Store, tuple[Budget, ...]], ...]:
@@ -138,6 +140,12 @@ def _names(members: Sequence[Budget]) -> list[str]:
     return list(dict.fromkeys(m._name for m in members))
 
 
+def _windows(members: Sequence[Budget], names: list[str]) -> list[str]:
+    """The window of each of ``names`` (one window per name: :func:`_limits` refuses two)."""
+    spec = {m._name: m._shared.limits.window.spec for m in members if m._shared is not None}
+    return [spec[name] for name in names]
+
+
 def _apply(
     reservation: Reservation, store: Store, members: Sequence[Budget], ask: Ask, grant: Grant
 ) -> StoreHold:
@@ -146,9 +154,11 @@ def _apply(
         if part is not None and member._name in grant.spent:
             part.seen_spent = from_nano(grant.spent[member._name])
     if grant.max_tokens is not None and grant.max_tokens != reservation.max_tokens:
-        reservation.chain[0]._shrink(reservation, grant.max_tokens)
+        reservation.chain[0]._take_grant(reservation, grant.max_tokens)
     names = _names(members)
-    return StoreHold(store, names, ask.hold_id, ask.lease, time.monotonic() + ask.lease / 3)
+    return StoreHold(
+        store, names, ask.hold_id, ask.lease, time.monotonic() + ask.lease / 3, _windows(members, names)
+    )
 
 
 def take_holds(reservation: Reservation, patient: bool = True) -> None:
@@ -231,7 +241,11 @@ def _open(members: Sequence[Budget]) -> bool:
 def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHold, ...]:
     """Holds that were never taken, for a call charged after the fact: each store charges it on settle."""
     hold_id = new_hold_id()
-    return tuple(StoreHold(store, _names(members), hold_id, 0.0, float("inf")) for store, members in groups)
+    return tuple(
+        StoreHold(store, names, hold_id, 0.0, float("inf"), _windows(members, names))
+        for store, members in groups
+        for names in [_names(members)]
+    )
 
 
 def settle(reservation: Reservation, charge: Charge) -> None:
@@ -246,12 +260,14 @@ def settle(reservation: Reservation, charge: Charge) -> None:
     loop = _running_loop() if reservation.defer else None
     for held in holds:
         if loop is not None:  # an async caller: settle in a task, which the caller awaits (``settled``)
-            task = loop.create_task(_aquietly(held.store.asettle, held.names, held.hold_id, charge))
+            task = loop.create_task(
+                _aquietly(held.store.asettle, held.names, held.hold_id, charge, held.windows)
+            )
             _pending.add(task)
             task.add_done_callback(_pending.discard)
             reservation.settling = (*reservation.settling, task)
         else:
-            _quietly(held.store.settle, held.names, held.hold_id, charge)
+            _quietly(held.store.settle, held.names, held.hold_id, charge, held.windows)
 
 
 async def settled(reservation: Reservation) -> None:
@@ -281,6 +297,22 @@ def renew_if_due(reservation: Reservation) -> None:
         if now >= held.renew_at:
             held.renew_at = now + held.lease / 3
             _quietly(held.store.renew, held.names, held.hold_id, held.lease)
+
+
+def renew_in_tasks(reservation: Reservation) -> None:
+    """:func:`renew_if_due` for a stream read in an event loop: each renewal runs in a task of its own, so a
+    store round trip (or a store busy for seconds) never holds up the loop or the stream."""
+    loop = _running_loop()
+    if loop is None:  # another async library's loop (trio): renewed here, as for a sync stream
+        renew_if_due(reservation)
+        return
+    now = time.monotonic()
+    for held in reservation.shared:
+        if now >= held.renew_at:
+            held.renew_at = now + held.lease / 3
+            task = loop.create_task(_aquietly(held.store.arenew, held.names, held.hold_id, held.lease))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
 
 
 def send_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from .._call import SKIP, CallAccounting
 from .._call import _finish as finish_stream
-from .._sharing import renew_if_due, settled
+from .._sharing import renew_if_due, renew_in_tasks, settled
 
 #: The blank line that ends a server-sent event, in the three line endings the format allows.
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -154,7 +154,7 @@ class _AsyncBytes:
         try:
             async for data in self._inner:
                 if call.reservation.shared:
-                    renew_if_due(call.reservation)
+                    renew_in_tasks(call.reservation)
                 shown = events.feed(data)
                 if shown:
                     yield shown

@@ -361,7 +361,8 @@ return out
 RESERVE = "".join(_HELPERS.values()) + _RESERVE_BODY
 
 #: ARGV: offset, log limit, hold id, money, calls, failed, input tokens, output tokens, log entry (JSON without
-#: ``at`` and ``name``), then the budgets' names (KEYS: their prefixes).
+#: ``at`` and ``name``), then the budgets' names (KEYS: their prefixes), then optionally their windows as the
+#: call was held (where it is charged, even if the budget was reset meanwhile; else the stored window).
 _SETTLE_BODY = r"""
 local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -370,7 +371,7 @@ local money, calls, failed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV
 local inp, outp, rest = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 for i, p in ipairs(KEYS) do
   local name = ARGV[9 + i]
-  local spec = spec_of(p)
+  local spec = ARGV[9 + #KEYS + i] or spec_of(p)
   if unhold(p, id) == nil then
     -- Settled after its lease ran out: take back the charge its expiry made (never counted twice).
     local rec = redis.call('HGET', p .. 'expired', id)

@@ -16,7 +16,8 @@ more than the scripts themselves. So:
 
 Settles whose write or answer is lost are not sent again (a settle sent twice would charge twice); their
 holds end with their lease, as for any settle that fails. The wire is fork-aware: a child process starts
-with no connection and no settle of its parent's.
+with no connection and no settle of its parent's, and sends each settle as it is made (a forked worker may
+be killed by its pool as soon as its task returns), at one round trip more per call.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class Wire:
         self._in_flight: set[int] = set()  # those written and not yet answered
         self._sender: threading.Event | None = None  # the sending thread's stop signal, while it runs
 
+    def keep(self, connection: Any) -> None:
+        """A connection (not connected yet) to use first."""
+        self._idle.append(connection)
+
     def _command(self, script: str, keys: list[str], args: list[Any]) -> tuple[str, bytes]:
         return script, pack("EVALSHA", self._shas[script], len(keys), *keys, *args)
 
@@ -108,6 +113,14 @@ class Wire:
                 thread = threading.Thread(target=_send_late, args=(weakref.ref(self), stop), daemon=True)
                 thread.name = "shekel-redis-settles"
                 thread.start()
+        if _forked_child:
+            # A forked child (a multiprocessing pool's worker, a prefork server's) may be ended by SIGTERM
+            # as soon as its task returns (``Pool.__exit__`` terminates its workers), with nothing run at
+            # exit: its settles are sent now, before the task's result leaves, not with a later command.
+            try:
+                self.flush()
+            except Exception as error:  # not sent: the sending thread tries again; else its lease ends it
+                _log.warning("shekel: a settle could not be sent to Redis: %s", error)
 
     @property
     def waiting(self) -> bool:
@@ -313,7 +326,13 @@ _wires: weakref.WeakSet[Wire] = weakref.WeakSet()
 _owing: set[Wire] = set()
 
 
+#: Whether this process is a fork of one that imported this module (see :meth:`Wire.defer`).
+_forked_child = False
+
+
 def _after_fork_in_child() -> None:
+    global _forked_child
+    _forked_child = True
     _owing.clear()
     for wire in list(_wires):
         wire._start()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import BudgetConfigError
@@ -97,12 +98,19 @@ class RedisStore(Store):
                 f"RedisStore takes a redis://, rediss:// or unix:// URL or a redis.Redis client, got "
                 f"{type(url_or_client).__name__}."
             )
+        try:  # options redis-py checks only as it makes a connection (ssl_cert_reqs, protocol): now
+            first = self._client.connection_pool.connection_class(
+                **self._client.connection_pool.connection_kwargs
+            )
+        except (redis.RedisError, ValueError, TypeError) as error:
+            raise BudgetConfigError(f"store {self.display}: {error}. Fix the URL's options.") from None
         self._wire = Wire(
             self._client.connection_pool,
             {name: getattr(lua, name) for name in _SCRIPTS},
             deferred="SETTLE",
             folds={"RESERVE": "SETTLES_THEN_RESERVE"},
         )
+        self._wire.keep(first)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     @staticmethod
@@ -220,7 +228,9 @@ class RedisStore(Store):
         keys, args = self._reserve_args(budgets, ask)
         return self._granted(budgets, await self._arun("RESERVE", "reserve a call", keys, args))
 
-    def _settle_args(self, names: list[str], hold_id: str, charge: Charge) -> tuple[list[str], list[Any]]:
+    def _settle_args(
+        self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None
+    ) -> tuple[list[str], list[Any]]:
         answered = charge.outcome == "ok"
         entry = json.dumps(
             {
@@ -247,16 +257,21 @@ class RedisStore(Store):
             charge.output_tokens,
             entry,
             *names,
+            *(windows or ()),
         ]
         return [_prefix(n) for n in names], args
 
-    def settle(self, names: list[str], hold_id: str, charge: Charge) -> None:
+    def settle(
+        self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None = None
+    ) -> None:
         """Charge the call: sent with this process's next command to the server, or alone within a few
         milliseconds (see :mod:`shekel.ledger._redis_wire`); its hold stays until then."""
-        self._wire.defer(*self._settle_args(names, hold_id, charge))
+        self._wire.defer(*self._settle_args(names, hold_id, charge, windows))
 
-    async def asettle(self, names: list[str], hold_id: str, charge: Charge) -> None:
-        await self._arun("SETTLE", "settle a call", *self._settle_args(names, hold_id, charge))
+    async def asettle(
+        self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None = None
+    ) -> None:
+        await self._arun("SETTLE", "settle a call", *self._settle_args(names, hold_id, charge, windows))
 
     def release(self, names: list[str], hold_id: str) -> None:
         self._run("RELEASE", "release a hold", [_prefix(n) for n in names], [hold_id])
@@ -267,6 +282,10 @@ class RedisStore(Store):
     def renew(self, names: list[str], hold_id: str, lease: float) -> None:
         args = [repr(self._clock_offset), hold_id, repr(float(lease))]
         self._run("RENEW", "renew a lease", [_prefix(n) for n in names], args)
+
+    async def arenew(self, names: list[str], hold_id: str, lease: float) -> None:
+        args = [repr(self._clock_offset), hold_id, repr(float(lease))]
+        await self._arun("RENEW", "renew a lease", [_prefix(n) for n in names], args)
 
     def _read_args(self, budget: SharedLimits) -> tuple[list[str], list[Any]]:
         return [_prefix(budget.name)], [repr(self._clock_offset), LOG_LIMIT, budget.name, budget.window.spec]

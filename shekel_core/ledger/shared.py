@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
@@ -251,9 +252,13 @@ class Store(ABC):
         """Hold the call on every budget (sweeping expired holds first), or raise :class:`StoreNoRoom`."""
 
     @abstractmethod
-    def settle(self, names: list[str], hold_id: str, charge: Charge) -> None:
+    def settle(
+        self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None = None
+    ) -> None:
         """Replace the hold by the charge, on every budget (a hold that expired meanwhile: its charge is
-        replaced, never doubled); log the call."""
+        replaced, never doubled); log the call. ``windows``: each budget's window (``Window.spec``) as the
+        call was held under it, where the charge goes even if the budget was reset meanwhile (None: the
+        window stored for the budget)."""
 
     @abstractmethod
     def release(self, names: list[str], hold_id: str) -> None:
@@ -298,11 +303,16 @@ class Store(ABC):
         grant: Grant = await _in_thread(self.reserve, budgets, ask)
         return grant
 
-    async def asettle(self, names: list[str], hold_id: str, charge: Charge) -> None:
-        await _in_thread(self.settle, names, hold_id, charge)
+    async def asettle(
+        self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None = None
+    ) -> None:
+        await _in_thread(self.settle, names, hold_id, charge, windows)
 
     async def arelease(self, names: list[str], hold_id: str) -> None:
         await _in_thread(self.release, names, hold_id)
+
+    async def arenew(self, names: list[str], hold_id: str, lease: float) -> None:
+        await _in_thread(self.renew, names, hold_id, lease)
 
     async def aread(self, budget: SharedLimits) -> Figures:
         figures: Figures = await _in_thread(self.read, budget)
@@ -338,13 +348,15 @@ def store_error(store: Store, action: str, error: BaseException) -> StoreError:
     """A ``StoreError`` naming the store (without its password) and the fix."""
     return StoreError(
         f"shared budget store {store.display} could not {action}: {type(error).__name__}: "
-        f"{_scrub(str(error))}. Check that the store is reachable, or pass on_store_error='open' to let "
+        f"{_scrub(str(error)).rstrip('. ')}. Check that the store is reachable, or pass on_store_error='open' to let "
         "calls go ahead, counted in this process only, while it is down."
     )
 
 
 #: ``scheme://userinfo@`` (userinfo may itself hold ``@``: the last one ends it) and query strings.
-_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s]*@")
+#: User information: up to the last ``@`` before the path, spaces included (redis-py takes a password
+#: written unencoded, ``redis://:my secret@host``); in free text it may hide more than the password, never less.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\n]*@")
 _QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?]*)\?[^\s]*")
 
 
@@ -364,5 +376,12 @@ def window_mismatch(store: Store, name: str, stored: str, asked: str) -> BudgetC
 
 
 def display_url(url: str) -> str:
-    """``url`` without anything that may be a password."""
-    return _scrub(url)
+    """``url`` without anything that may be a password: its user information (all before the last ``@``
+    of the part before the query, whatever characters the password holds) and its query string."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _scrub(url)
+    head, query, _ = rest.partition("?")
+    if "@" in head:
+        head = "***@" + head[head.rindex("@") + 1 :]
+    return f"{scheme}://{head}" + ("?***" if query else "")

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -206,11 +206,13 @@ class SQLiteStore(Store):
             raise no_room
         return grant
 
-    def settle(self, names: list[str], hold_id: str, charge: Charge) -> None:
+    def settle(
+        self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None = None
+    ) -> None:
         with self._transaction("settle a call") as db:
             now = time.time()
-            for name in names:
-                window = self._window_of(db, name)
+            for i, name in enumerate(names):
+                window = self._window_of(db, name) if windows is None else _window(windows[i])
                 held = db.execute("DELETE FROM holds WHERE id = ? AND name = ? RETURNING 1", (hold_id, name))
                 if held.fetchone() is None:
                     self._unexpire(db, name, hold_id)
@@ -316,7 +318,7 @@ class SQLiteStore(Store):
 
     def _window_of(self, db: sqlite3.Connection, name: str) -> Window:
         row = db.execute("SELECT window FROM budgets WHERE name = ?", (name,)).fetchone()
-        return parse_window(None if row is None or row[0] == "none" else row[0])
+        return _window("none" if row is None else row[0])
 
     def _sweep(self, db: sqlite3.Connection, name: str, now: float) -> None:
         """Charge every hold whose lease ran out at what it held, and remember it as expired."""
@@ -416,6 +418,10 @@ class SQLiteStore(Store):
 def _identity(path: Path) -> tuple[int, int]:
     stat = os.stat(path)
     return stat.st_dev, stat.st_ino
+
+
+def _window(spec: str) -> Window:
+    return parse_window(None if spec == "none" else spec)
 
 
 def _host(hold_id: str) -> str:
