@@ -108,7 +108,9 @@ def _spend(spec: str, seed: int, queue: Any) -> None:
                 break
             time.sleep(0.0005)
             continue
-        store.settle(["bench"], hold_id, Charge(grant.money, 10, 50, "ok"), ["none"])  # the worst case, always
+        store.settle(
+            ["bench"], hold_id, Charge(grant.money, 10, 50, "ok"), ["none"]
+        )  # the worst case, always
         charged += grant.money
     queue.put(charged)
 
