@@ -31,9 +31,23 @@ def test_shekel_run_caps_a_program_that_sets_no_max_tokens(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHEKEL_") and k != "HF_TOKEN"}
     with FakeInferenceServer(reply="word " * 3000) as server:
         done = subprocess.run(
-            [sys.executable, "-m", "shekel", "run", "--budget", "0.10", "--price-per-1k", "1,2", "agent.py",
-             server.url],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "shekel",
+                "run",
+                "--budget",
+                "0.10",
+                "--price-per-1k",
+                "1,2",
+                "agent.py",
+                server.url,
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         (request,) = server.requests
     assert request.body.get("max_tokens") is not None, done.stderr  # observed: None

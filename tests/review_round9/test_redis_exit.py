@@ -26,7 +26,9 @@ def _task(i: int) -> int:
     return i
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a fork pool's workers are SIGTERMed with their last settle unsent")
+@pytest.mark.xfail(
+    strict=True, reason="defect: a fork pool's workers are SIGTERMed with their last settle unsent"
+)
 def test_with_pool_under_a_shared_budget_charges_every_call(
     redis_store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,7 +60,9 @@ def test_a_forked_child_ending_with_os_exit_leaves_its_hold_to_the_lease(redis_s
     prefork servers and test harnesses do) loses the waiting settle; the call stays a hold until its lease.
     The cap stays safe (held at its worst case). Passes today; recorded so the docs can say so."""
     with FakeInferenceServer() as server:
-        with budget(max_usd=5, name="osexit", store=redis_store_url, lease=60, price_per_1k_tokens=PRICES) as b:
+        with budget(
+            max_usd=5, name="osexit", store=redis_store_url, lease=60, price_per_1k_tokens=PRICES
+        ) as b:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child
                 try:

@@ -3,6 +3,7 @@ answer came back). A real redis-server behind a small TCP proxy that can lose th
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -55,10 +56,8 @@ class _Proxy:
             pass
         finally:
             for sk in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sk.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self.sock.close()
@@ -76,7 +75,9 @@ def proxied() -> Iterator[tuple[str, _Proxy]]:
 
 
 @pytest.mark.xfail(strict=True, reason="defect: a reserve of unknown outcome is never released")
-def test_a_call_refused_because_the_reserve_answer_was_lost_leaves_no_hold(proxied: tuple[str, _Proxy]) -> None:
+def test_a_call_refused_because_the_reserve_answer_was_lost_leaves_no_hold(
+    proxied: tuple[str, _Proxy],
+) -> None:
     """The reserve script ran (the hold is in Redis) but its answer was lost: the call is refused with
     StoreError and never sent, yet its hold stays for the whole lease (600 s by default: on a small cap,
     room no process can use) and is then charged its worst case as a failed call, counted against

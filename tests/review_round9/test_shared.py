@@ -5,12 +5,11 @@ main it reviewed (``571f71e``): it shows a defect, and turns into a failure (XPA
 from __future__ import annotations
 
 import threading
-import time
 from decimal import Decimal
 
 import pytest
 
-from shekel import BudgetExceededError, budget
+from shekel import budget
 from shekel.testing import FakeInferenceServer
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
