@@ -419,6 +419,16 @@ class Budget:
 
     def __repr__(self) -> str:
         account = self._account  # this process's share: a repr never reads a store
+        part = self._shared
+        if part is not None:  # its limits are enforced in the store, not on this process's share
+            caps = [f"${self._cap_usd}"] if self._cap_usd is not None else []
+            caps += [f"{self._cap_calls} calls"] if self._cap_calls is not None else []
+            caps += [f"{self._cap_tokens} tokens"] if self._cap_tokens is not None else []
+            limit = " and ".join(caps) or "no limit"
+            return (
+                f"<Budget {self.path!r} shared in {part.store.display}, {limit}; "
+                f"this process: spent=${account.spent}, calls={account.calls}>"
+            )
         limit = "no limit" if account.limit is None else f"${account.limit}"
         return f"<Budget {self.path!r} spent=${account.spent} of {limit}, calls={account.calls}>"
 

@@ -75,7 +75,15 @@ def _from_url(url: str) -> Store:
             raise BudgetConfigError(
                 f"store URL {display_url(url)!r}: write sqlite:///relative.db or sqlite:////absolute/path.db."
             )
-        return SQLiteStore(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
+        file = Path(
+            path[1:]
+        ).expanduser()  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
+        if file.is_dir():
+            raise BudgetConfigError(
+                f"store URL {display_url(url)!r} names a folder: name the database file in it "
+                f"(sqlite:///{path[1:].rstrip('/')}/budgets.db)."
+            )
+        return SQLiteStore(file)
     if url.startswith(_REDIS_SCHEMES):
         try:
             from .ledger.redis import RedisStore
@@ -83,6 +91,13 @@ def _from_url(url: str) -> Store:
             raise BudgetConfigError(
                 f'store URL {display_url(url)!r} needs redis-py: pip install "shekel[redis]" ({error}).'
             ) from None
+        database = url.split("://", 1)[1].partition("?")[0].partition("#")[0]
+        database = database.rpartition("@")[2].partition("/")[2]
+        if not url.startswith("unix://") and database.strip("/") and not database.strip("/").isdigit():
+            raise BudgetConfigError(
+                f"store URL {display_url(url)!r}: the path of a redis:// URL is the database number "
+                f"(redis://host:6379/0), not {database!r}."
+            )
         store: Store = RedisStore(url)
         return store
     scheme = url.split(":", 1)[0] if ":" in url else url

@@ -76,7 +76,7 @@ class Wire:
         self._idle: list[Any] = []  # connections not in use
         self._lock = threading.Lock()
         self._sent = threading.Condition(self._lock)  # notified as a batch of settles is answered
-        self._pending: list[tuple[list[str], list[Any]]] = []
+        self._pending: list[tuple[str, list[str], list[Any]]] = []  # (script, keys, args)
         self._since = 0.0
         self._batches = 0  # batches of settles taken to be sent, so far
         self._in_flight: set[int] = set()  # those written and not yet answered
@@ -90,29 +90,30 @@ class Wire:
         return script, pack("EVALSHA", self._shas[script], len(keys), *keys, *args)
 
     # ---------------------------------------------------------------- operations
-    def call(self, script: str, keys: list[str], args: list[Any], in_order: bool = False) -> Any:
+    def call(
+        self,
+        script: str,
+        keys: list[str],
+        args: list[Any],
+        in_order: bool = False,
+        undo: tuple[str, list[str], list[Any]] | None = None,
+    ) -> Any:
         """Run ``script`` and return its answer, with the waiting settles run ahead of it: in the same
         script run where ``script`` folds them, else in the same write. ``in_order``: first wait for
         settles other threads are sending (a read must see every settle made before it; a reserve need
-        not: a settle it overtakes only shows as the larger hold). Raises the ``redis`` error of the script
-        or the connection."""
-        answer = self._send(script, keys, args, in_order)
+        not: a settle it overtakes only shows as the larger hold). ``undo``: a command (script, keys, args)
+        that must not hurt if sent twice, queued as a settle is when ``script`` was written and its answer
+        lost (it may have run: a reserve's hold is released). Raises the ``redis`` error of the script or
+        the connection."""
+        answer = self._send(script, keys, args, in_order, undo)
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    def defer(self, keys: list[str], args: list[Any]) -> None:
-        """Send the deferred script with the next command, or alone within :data:`SETTLE_DELAY` seconds."""
-        with self._lock:
-            if not self._pending:
-                self._since = time.monotonic()
-                _owing.add(self)  # a store dropped with settles waiting stays until they are sent
-            self._pending.append((keys, args))
-            if self._sender is None:
-                self._sender = stop = threading.Event()
-                thread = threading.Thread(target=_send_late, args=(weakref.ref(self), stop), daemon=True)
-                thread.name = "shekel-redis-settles"
-                thread.start()
+    def defer(self, keys: list[str], args: list[Any], script: str | None = None) -> None:
+        """Send the deferred script (or ``script``) with the next command, or alone within
+        :data:`SETTLE_DELAY` seconds."""
+        self._queue((script or self._deferred, keys, args))
         if _forked_child:
             # A forked child (a multiprocessing pool's worker, a prefork server's) may be ended by SIGTERM
             # as soon as its task returns (``Pool.__exit__`` terminates its workers), with nothing run at
@@ -121,6 +122,18 @@ class Wire:
                 self.flush()
             except Exception as error:  # not sent: the sending thread tries again; else its lease ends it
                 _log.warning("shekel: a settle could not be sent to Redis: %s", error)
+
+    def _queue(self, command: tuple[str, list[str], list[Any]]) -> None:
+        with self._lock:
+            if not self._pending:
+                self._since = time.monotonic()
+                _owing.add(self)  # a store dropped with settles waiting stays until they are sent
+            self._pending.append(command)
+            if self._sender is None:
+                self._sender = stop = threading.Event()
+                thread = threading.Thread(target=_send_late, args=(weakref.ref(self), stop), daemon=True)
+                thread.name = "shekel-redis-settles"
+                thread.start()
 
     @property
     def waiting(self) -> bool:
@@ -133,7 +146,14 @@ class Wire:
         its lease)."""
         self._send(None, [], [], True)
 
-    def _send(self, script: str | None, keys: list[str], args: list[Any], in_order: bool) -> Any:
+    def _send(
+        self,
+        script: str | None,
+        keys: list[str],
+        args: list[Any],
+        in_order: bool,
+        undo: tuple[str, list[str], list[Any]] | None = None,
+    ) -> Any:
         with self._lock:
             if in_order and self._in_flight:  # wait for the settles taken before now, not for later ones
                 mark = self._batches
@@ -152,20 +172,25 @@ class Wire:
             return None
         try:
             fold = self._folds.get(script) if waiting and script is not None else None
-            if fold is not None:
-                every_key = [key for some, _ in waiting for key in some]
+            if fold is not None and all(one[0] == self._deferred for one in waiting):
+                every_key = [key for _, some, _ in waiting for key in some]
                 every_key += keys
                 header: list[Any] = [len(waiting)]
-                for some_keys, some_args in waiting:
+                for _, some_keys, some_args in waiting:
                     header += [len(some_keys), len(some_args), *some_args]
                 batch = [self._command(fold, every_key, header + args)]
                 quiet = 0
             else:
-                batch = [self._command(self._deferred, *one) for one in waiting]
+                batch = [self._command(*one) for one in waiting]
                 quiet = len(batch)
                 if script is not None:
                     batch.append(self._command(script, keys, args))
-            return self._exchange(batch, quiet, in_order)[-1]
+            try:
+                return self._exchange(batch, quiet, in_order)[-1]
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                if undo is not None:  # written, answer lost: it may have run
+                    self._queue(undo)
+                raise
         except _NotSent as error:  # never written (no connection): the settles wait for the next command
             if waiting:
                 with self._lock:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import BudgetConfigError
+from ..errors import BudgetConfigError, StoreError
 from . import _redis_lua as lua
 from ._redis_wire import Wire
 from .shared import (
@@ -121,9 +121,17 @@ class RedisStore(Store):
         return options
 
     # ---------------------------------------------------------------- calling scripts
-    def _run(self, script: str, action: str, keys: list[str], args: list[Any], in_order: bool = True) -> Any:
+    def _run(
+        self,
+        script: str,
+        action: str,
+        keys: list[str],
+        args: list[Any],
+        in_order: bool = True,
+        undo: tuple[str, list[str], list[Any]] | None = None,
+    ) -> Any:
         try:
-            return self._wire.call(script, keys, args, in_order)
+            return self._wire.call(script, keys, args, in_order, undo)
         except (redis.RedisError, OSError) as error:
             raise store_error(self, action, error) from error
 
@@ -222,11 +230,22 @@ class RedisStore(Store):
 
     def reserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
         keys, args = self._reserve_args(budgets, ask)
-        return self._granted(budgets, self._run("RESERVE", "reserve a call", keys, args, False))
+        # A reserve whose answer is lost may have run: its hold is released with the next command (the call
+        # is refused), instead of holding room until its lease ends and being charged then.
+        undo = ("RELEASE", keys, [ask.hold_id])
+        return self._granted(budgets, self._run("RESERVE", "reserve a call", keys, args, False, undo))
 
     async def areserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
         keys, args = self._reserve_args(budgets, ask)
-        return self._granted(budgets, await self._arun("RESERVE", "reserve a call", keys, args))
+        try:
+            answer = await self._arun("RESERVE", "reserve a call", keys, args)
+        except StoreError as error:
+            if isinstance(error.__cause__, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                # Its answer may have been lost after it ran: the hold is released as a settle is sent
+                # (by this store's sending thread, or with its next command; a no-op if it never ran).
+                self._wire.defer(keys, [ask.hold_id], script="RELEASE")
+            raise
+        return self._granted(budgets, answer)
 
     def _settle_args(
         self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None

@@ -376,7 +376,7 @@ def test_thousands_of_waiting_settles_fold_into_one_reserve(redis_store_url: str
         # many threads settling at once can queue this many; queued here directly to be deterministic
         for i in range(5000):
             store._wire._pending.append(
-                store._settle_args([LIMITS.name], f"h:11:{i}", Charge(1, 0, 0, "ok"), None)
+                ("SETTLE", *store._settle_args([LIMITS.name], f"h:11:{i}", Charge(1, 0, 0, "ok"), None))
             )
         store._wire._since = time.monotonic() + 60  # the sending thread leaves them to the reserve
         store.reserve([LIMITS], _ask("h:11:x"))

@@ -40,7 +40,6 @@ def _make_store_busy(store_url: str, seconds: float) -> threading.Thread:
     return thread
 
 
-@pytest.mark.xfail(strict=True, reason="defect: _iterate_async calls the sync renew_if_due on the event loop")
 async def test_an_async_stream_renewing_its_lease_never_blocks_the_event_loop(store_url: str) -> None:
     """Issue 9 / docs: async calls "never block the event loop". ``_call._iterate_async`` calls
     ``renew_if_due`` (sync: ``store.renew``, one SQLite transaction with a 30 s busy timeout, or a Redis

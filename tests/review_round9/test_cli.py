@@ -22,7 +22,6 @@ client.chat_completion([{"role": "user", "content": "hi there"}], model="m")  # 
 """
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a shared budget's granted max_tokens is never sent")
 def test_shekel_run_caps_a_program_that_sets_no_max_tokens(tmp_path: Path) -> None:
     """``shekel run --budget 0.10 agent.py``, whose one call sets no max_tokens: the request goes out with
     none, and the run reports 'spent $2.005000 of $0.100000 (2005.0%)', exit 0. The same program under

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from shekel import BudgetConfigError, StoreError, budget
@@ -17,7 +19,6 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.mark.xfail(strict=True, reason="defect: _scrub stops at whitespace, a password with a space shows")
 def test_a_password_with_a_space_never_shows_in_a_store_error() -> None:
     """redis-py accepts ``redis://:my secret@host`` (the password 'my secret', unencoded), and connects with
     it. ``shared._USERINFO`` matches ``[^/\\s]*@``, so userinfo holding a space is not hidden: the
@@ -28,13 +29,15 @@ def test_a_password_with_a_space_never_shows_in_a_store_error() -> None:
     with pytest.raises(StoreError) as caught:
         _ = b.spent
     assert "secret" not in str(caught.value), str(caught.value)
-    assert "secret" not in str(b.to_dict())
+    assert "secret" not in repr(b)
+    with warnings.catch_warnings(record=True) as warned:  # 'open': figures and warnings show no password
+        warnings.simplefilter("always")
+        opened = budget(max_usd=1, name="pw", store=url, on_store_error="open")
+        shown = str(opened.to_dict())
+    assert "secret" not in shown and all("secret" not in str(w.message) for w in warned)
 
 
 @pytest.mark.parametrize("query", ["ssl_cert_reqs=bogus", "protocol=9"], ids=["ssl_cert_reqs", "protocol"])
-@pytest.mark.xfail(
-    strict=True, reason="defect: URL options redis-py checks on connect are not checked at budget()"
-)
 def test_a_bad_redis_url_option_is_a_config_error_at_budget_time(query: str) -> None:
     """Issue 9: bad URLs "raise BudgetConfigError at budget() time with a clear message". ``?db=abc`` and
     ``?socket_timeout=abc`` do; ``?ssl_cert_reqs=bogus`` and ``?protocol=9`` pass budget() and fail at the
@@ -48,7 +51,6 @@ def test_a_bad_redis_url_option_is_a_config_error_at_budget_time(query: str) -> 
         _ = b.spent  # observed: StoreError here instead
 
 
-@pytest.mark.xfail(strict=True, reason="defect: repr of a shared budget shows the local share's 'no limit'")
 def test_the_repr_of_a_shared_budget_does_not_say_no_limit(tmp_path: object) -> None:
     """``repr(budget(max_usd=1, name=..., store=...))`` is "<Budget 'r' spent=$0 of no limit, calls=0>":
     the repr reads this process's share (its account has no limit: the store enforces it), and says the
@@ -56,3 +58,28 @@ def test_the_repr_of_a_shared_budget_does_not_say_no_limit(tmp_path: object) -> 
     budget capped at $1 (shown in logs, debuggers, error reports)."""
     b = budget(max_usd=1, name="r", store=f"sqlite:///{tmp_path}/budgets.db")
     assert "no limit" not in repr(b), repr(b)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis://127.0.0.1:6379/x", "database number"),
+        ("redis://127.0.0.1:6379/tenants", "database number"),
+    ],
+)
+def test_a_redis_url_whose_path_is_not_a_database_number_is_a_config_error(url: str, says: str) -> None:
+    """redis-py ignores a path it cannot read as a number (database 0, silently): shekel says so at once."""
+    with pytest.raises(BudgetConfigError, match=says):
+        budget(max_usd=1, name="db", store=url)
+
+
+def test_an_sqlite_url_naming_a_folder_is_a_config_error(tmp_path: object) -> None:
+    with pytest.raises(BudgetConfigError, match="names a folder: name the database file in it"):
+        budget(max_usd=1, name="dir", store=f"sqlite:///{tmp_path}")
+
+
+def test_the_repr_of_a_shared_budget_names_its_limits_and_store(tmp_path: object) -> None:
+    b = budget(max_usd=1, max_llm_calls=3, name="r", store=f"sqlite:///{tmp_path}/budgets.db")
+    assert repr(b) == (
+        f"<Budget 'r' shared in sqlite:///{tmp_path}/budgets.db, $1 and 3 calls; this process: spent=$0, calls=0>"
+    )
