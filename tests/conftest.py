@@ -6,6 +6,7 @@ import inspect
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -61,6 +62,16 @@ def redis_store_url(redis_url: str) -> str:
     with redis.Redis.from_url(redis_url) as client:
         client.flushdb()
     return redis_url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A shared-budget store URL: each test that takes it runs against SQLite (a file of its own) and
+    against the session's real redis-server (emptied for it)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'budgets.db'}"
+    url: str = request.getfixturevalue("redis_store_url")
+    return url
 
 
 @pytest.fixture
