@@ -970,12 +970,7 @@ class Budget:
             input_cost = output_price = ZERO
         else:
             # A prompt written to the provider's cache may cost more per token than plain input.
-            input_price = price.input_per_token
-            if price.cache_write_per_token is not None:
-                input_price = price.worst_input_per_token
-            input_cost = input_price * prompt_tokens
-            if price.per_call is not None:
-                input_cost += price.per_call
+            input_cost = price.worst_input_cost(prompt_tokens)
             output_price = price.output_per_token
         try:
             granted, cost, tokens = ledger.hold(

@@ -74,6 +74,12 @@ class Price:
         write = self.cache_write_per_token
         return self.input_per_token if write is None or write <= self.input_per_token else write
 
+    def worst_input_cost(self, prompt_tokens: int) -> Decimal:
+        """The most a call's input can cost: the prompt at :attr:`worst_input_per_token`, plus the per-call
+        price (what every budget holds for a call before its output)."""
+        cost = self.worst_input_per_token * prompt_tokens
+        return cost if self.per_call is None else cost + self.per_call
+
     def cost(
         self,
         input_tokens: int,

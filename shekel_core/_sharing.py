@@ -84,7 +84,7 @@ def ask_for(reservation: Reservation, members: Sequence[Budget], hold_id: str, p
     return Ask(
         hold_id=hold_id,
         owner=owner(reservation.task),
-        input_nano=0 if price is None else nano_up(price.input_per_token * reservation.prompt_tokens),
+        input_nano=0 if price is None else nano_up(price.worst_input_cost(reservation.prompt_tokens)),
         output_nano=0 if price is None else nano_up(price.output_per_token),
         prompt_tokens=reservation.prompt_tokens,
         max_tokens=None if flexible else reservation.max_tokens,

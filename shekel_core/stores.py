@@ -75,15 +75,12 @@ def _from_url(url: str) -> Store:
             raise BudgetConfigError(
                 f"store URL {display_url(url)!r}: write sqlite:///relative.db or sqlite:////absolute/path.db."
             )
-        file = Path(
-            path[1:]
-        ).expanduser()  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
-        if file.is_dir():
+        if "?" in path or path.endswith("/"):
             raise BudgetConfigError(
-                f"store URL {display_url(url)!r} names a folder: name the database file in it "
-                f"(sqlite:///{path[1:].rstrip('/')}/budgets.db)."
+                f"store URL {display_url(url)!r}: write the database file's path alone "
+                "(sqlite:///relative.db or sqlite:////absolute/path.db): no folder, no ?options."
             )
-        return SQLiteStore(file)
+        return SQLiteStore(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
     if url.startswith(_REDIS_SCHEMES):
         try:
             from .ledger.redis import RedisStore
@@ -91,13 +88,6 @@ def _from_url(url: str) -> Store:
             raise BudgetConfigError(
                 f'store URL {display_url(url)!r} needs redis-py: pip install "shekel[redis]" ({error}).'
             ) from None
-        database = url.split("://", 1)[1].partition("?")[0].partition("#")[0]
-        database = database.rpartition("@")[2].partition("/")[2]
-        if not url.startswith("unix://") and database.strip("/") and not database.strip("/").isdigit():
-            raise BudgetConfigError(
-                f"store URL {display_url(url)!r}: the path of a redis:// URL is the database number "
-                f"(redis://host:6379/0), not {database!r}."
-            )
         store: Store = RedisStore(url)
         return store
     scheme = url.split(":", 1)[0] if ":" in url else url

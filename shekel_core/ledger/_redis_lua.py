@@ -214,13 +214,16 @@ local function sweep(p, name, now, limit)
 end
 """,
     "figures": r"""
--- The budget's figures in window `spec` at `now`; with `prune`, buckets out of the window are dropped.
-local function figures(p, spec, now, prune)
+-- The budget's figures in window `spec` at `now`; with `prune`, buckets out of the window are dropped. With
+-- `adopt` (no window is stored: the budget was reset, or is new), buckets of other windows (charges made
+-- since, by calls held under another window) are moved into this window's current bucket, not dropped.
+local function figures(p, spec, now, prune, adopt)
   local first = first_of(spec, now)
   local keep = first
   local r = {spent = 0, calls = 0, failed = 0, inp = 0, outp = 0}
   local flat = redis.call('HGETALL', p .. 'buckets')
   local stale = {}
+  local moved = nil
   for i = 1, #flat, 2 do
     local fspec, b, kind = string.match(flat[i], '^(.*)|(-?%d+)|(%a)$')
     b = tonumber(b)
@@ -231,11 +234,20 @@ local function figures(p, spec, now, prune)
       elseif kind == 'f' then r.failed = r.failed + v
       elseif kind == 'i' then r.inp = r.inp + v
       else r.outp = r.outp + v end
+    elseif adopt and fspec ~= spec then
+      moved = moved or {m = 0, c = 0, f = 0, i = 0, o = 0}
+      moved[kind] = moved[kind] + tonumber(flat[i + 1])
+      stale[#stale + 1] = flat[i]
     elseif prune and (fspec ~= spec or b < keep) then
       stale[#stale + 1] = flat[i]
     end
   end
   if #stale > 0 then redis.call('HDEL', p .. 'buckets', unpack(stale)) end
+  if moved then
+    add(p, spec, bucket_of(spec, now), moved.m, moved.c, moved.f, moved.i, moved.o)
+    r.spent, r.calls, r.failed = r.spent + moved.m, r.calls + moved.c, r.failed + moved.f
+    r.inp, r.outp = r.inp + moved.i, r.outp + moved.o
+  end
   r.reserved, r.rtok, r.inflight = held_of(p)
   return r
 end
@@ -264,6 +276,8 @@ local id, owner = ARGV[3], ARGV[4]
 local input_nano, output_nano, prompt_tokens = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local k, ceiling, margin, lease = opt(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local model, patient = ARGV[12], ARGV[13] == '1'
+-- Given up by its process (its answer was lost, and UNDO ran first): never held.
+if redis.call('EXISTS', KEYS[1] .. 'undone:' .. id) == 1 then return {'undone', t(now)} end
 local budgets = {}
 for i = 1, #KEYS do
   local a = 13 + (i - 1) * 5
@@ -285,7 +299,7 @@ for i, b in ipairs(budgets) do
     if not st[1] then redis.call('SADD', 'shekel:names', b.name) end
   end
   sweep(b.p, b.name, now, limit)
-  figs[i] = figures(b.p, b.spec, now, true)
+  figs[i] = figures(b.p, b.spec, now, true, not st[1])
 end
 -- The rule of shekel.ledger.sqlite._fit, over the same integers.
 if k == nil then
@@ -362,7 +376,8 @@ RESERVE = "".join(_HELPERS.values()) + _RESERVE_BODY
 
 #: ARGV: offset, log limit, hold id, money, calls, failed, input tokens, output tokens, log entry (JSON without
 #: ``at`` and ``name``), then the budgets' names (KEYS: their prefixes), then optionally their windows as the
-#: call was held (where it is charged, even if the budget was reset meanwhile; else the stored window).
+#: call was held. A settle is charged in the budget's stored window (the one its processes read now), or,
+#: when none is stored (the budget was reset meanwhile), in the window it was held under.
 _SETTLE_BODY = r"""
 local now = clock(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -371,7 +386,7 @@ local money, calls, failed = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV
 local inp, outp, rest = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 for i, p in ipairs(KEYS) do
   local name = ARGV[9 + i]
-  local spec = ARGV[9 + #KEYS + i] or spec_of(p)
+  local spec = redis.call('HGET', p .. 'config', 'window') or ARGV[9 + #KEYS + i] or 'none'
   if unhold(p, id) == nil then
     -- Settled after its lease ran out: take back the charge its expiry made (never counted twice).
     local rec = redis.call('HGET', p .. 'expired', id)
@@ -439,6 +454,19 @@ return 1
 """
 )
 
+#: A reserve whose answer was lost, given up by its process: its hold is released, or, when it is not there
+#: (the reserve has not run yet: delayed on its way), a mark makes that reserve hold nothing when it runs.
+#: ARGV: hold id, seconds to keep the mark. KEYS: the budgets' prefixes.
+UNDO = (
+    _with("s", "split_hold", "held")
+    + r"""
+for _, p in ipairs(KEYS) do
+  if unhold(p, ARGV[1]) == nil then redis.call('SET', p .. 'undone:' .. ARGV[1], '1', 'EX', ARGV[2]) end
+end
+return 1
+"""
+)
+
 #: ARGV: offset, hold id, lease. KEYS: the budgets' prefixes.
 RENEW = (
     _with("t", "clock")
@@ -462,7 +490,7 @@ local stored = redis.call('HGET', p .. 'config', 'window')
 if stored and stored ~= ARGV[4] then return {'window', t(now), ARGV[3], stored} end
 sweep(p, ARGV[3], now, tonumber(ARGV[2]))
 local out = {'ok', t(now)}
-for _, v in ipairs(reply(figures(p, ARGV[4], now, true))) do out[#out + 1] = v end
+for _, v in ipairs(reply(figures(p, ARGV[4], now, true, not stored))) do out[#out + 1] = v end
 return out
 """
 )

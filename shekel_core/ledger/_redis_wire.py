@@ -187,8 +187,10 @@ class Wire:
                     batch.append(self._command(script, keys, args))
             try:
                 return self._exchange(batch, quiet, in_order)[-1]
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                if undo is not None:  # written, answer lost: it may have run
+            except _NotSent:
+                raise
+            except BaseException:  # written (in part, maybe), its answer not read: it may run, or have run
+                if undo is not None:
                     self._queue(undo)
                 raise
         except _NotSent as error:  # never written (no connection): the settles wait for the next command

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,8 @@ from .shared import (
     StoreNoRoom,
     display_url,
     store_error,
+    unreadable_url,
+    userinfo_end,
     window_mismatch,
 )
 
@@ -75,13 +78,14 @@ class RedisStore(Store):
         if isinstance(url_or_client, str):
             self._url = url_or_client
             self.display = display_url(url_or_client)
+            _check_database(url_or_client, self.display)
             # No retries: a script whose answer was lost may have run (a settle sent twice would charge twice).
             try:
                 self._client: redis.Redis = redis.Redis.from_url(
                     url_or_client, **self._options(url_or_client)
                 )
             except ValueError as error:
-                raise BudgetConfigError(f"store URL {self.display!r}: {error}") from None
+                raise BudgetConfigError(unreadable_url(self.display, url_or_client, error)) from None
         elif isinstance(url_or_client, redis.Redis):
             self._url = None
             self._client = url_or_client
@@ -207,6 +211,11 @@ class RedisStore(Store):
 
     def _granted(self, budgets: list[SharedLimits], answer: list[Any]) -> Grant:
         kind = _text(answer[0])
+        if kind == "undone":  # only a reserve its process gave up gets this, and that process reads no answer
+            raise StoreError(
+                f"shared budget store {self.display} answered a reservation this process had given up "
+                "(its answer was lost before); nothing is held: try the call again."
+            )
         if kind == "window":
             self._mismatch(budgets, _text(answer[2]), _text(answer[3]))
         now = float(_text(answer[1]))
@@ -230,10 +239,11 @@ class RedisStore(Store):
 
     def reserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
         keys, args = self._reserve_args(budgets, ask)
-        # A reserve whose answer is lost may have run: its hold is released with the next command (the call
-        # is refused), instead of holding room until its lease ends and being charged then.
-        undo = ("RELEASE", keys, [ask.hold_id])
-        return self._granted(budgets, self._run("RESERVE", "reserve a call", keys, args, False, undo))
+        # A reserve whose answer is lost may have run, or may still run: it is undone with the next command
+        # (the call is refused), instead of holding room until its lease ends and being charged then.
+        return self._granted(
+            budgets, self._run("RESERVE", "reserve a call", keys, args, False, _undo(keys, ask))
+        )
 
     async def areserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:
         keys, args = self._reserve_args(budgets, ask)
@@ -243,7 +253,7 @@ class RedisStore(Store):
             if isinstance(error.__cause__, (redis.ConnectionError, redis.TimeoutError, OSError)):
                 # Its answer may have been lost after it ran: the hold is released as a settle is sent
                 # (by this store's sending thread, or with its next command; a no-op if it never ran).
-                self._wire.defer(keys, [ask.hold_id], script="RELEASE")
+                self._wire.defer(*_undo(keys, ask)[1:], script="UNDO")
             raise
         return self._granted(budgets, answer)
 
@@ -358,7 +368,28 @@ class RedisStore(Store):
         return calls
 
 
-_SCRIPTS = ("RESERVE", "SETTLE", "SETTLES_THEN_RESERVE", "RELEASE", "RENEW", "READ", "RESET", "LOG")
+_SCRIPTS = ("RESERVE", "SETTLE", "SETTLES_THEN_RESERVE", "RELEASE", "UNDO", "RENEW", "READ", "RESET", "LOG")
+
+
+def _check_database(url: str, display: str) -> None:
+    """redis-py reads the path of a ``redis://`` URL as the database number, and ignores one that is not a
+    number (database 0, silently): refused here instead."""
+    if url.startswith("unix://"):
+        return
+    authority_and_path = url.split("://", 1)[1]
+    path = authority_and_path[userinfo_end(authority_and_path) :].partition("/")[2]
+    database = path.partition("?")[0].partition("#")[0].strip("/")
+    if database and not database.isdigit():
+        raise BudgetConfigError(
+            f"store URL {display!r}: the path of a redis:// URL is the database number "
+            f"(redis://host:6379/0), not {database!r}."
+        )
+
+
+def _undo(keys: list[str], ask: Ask) -> tuple[str, list[str], list[Any]]:
+    """The command that undoes a reserve given up (see ``_redis_lua.UNDO``): its mark outlives any delay the
+    reserve could still arrive after (twice its lease)."""
+    return "UNDO", keys, [ask.hold_id, max(1, math.ceil(2 * ask.lease))]
 
 
 def _figures(values: list[Any], resets_at: float | None) -> Figures:

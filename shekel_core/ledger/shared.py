@@ -256,9 +256,9 @@ class Store(ABC):
         self, names: list[str], hold_id: str, charge: Charge, windows: Sequence[str] | None = None
     ) -> None:
         """Replace the hold by the charge, on every budget (a hold that expired meanwhile: its charge is
-        replaced, never doubled); log the call. ``windows``: each budget's window (``Window.spec``) as the
-        call was held under it, where the charge goes even if the budget was reset meanwhile (None: the
-        window stored for the budget)."""
+        replaced, never doubled); log the call. The charge goes to the window stored for each budget (the
+        one its processes read now), or where none is stored (the budget was reset meanwhile) to its window
+        in ``windows`` (``Window.spec``, as the call was held), else to no window."""
 
     @abstractmethod
     def release(self, names: list[str], hold_id: str) -> None:
@@ -375,13 +375,33 @@ def window_mismatch(store: Store, name: str, stored: str, asked: str) -> BudgetC
     )
 
 
+def userinfo_end(rest: str) -> int:
+    """Where the user information of a URL's part after ``scheme://`` ends (0: it has none): after the last
+    ``@`` before the query (a password may hold ``/`` or ``@``), else after the last ``@`` before the path
+    (a password may hold ``?``); an ``@`` in the query (``?password=a@b``) is not one."""
+    before_query = rest.partition("?")[0]
+    if "@" in before_query:
+        return before_query.rindex("@") + 1
+    before_path = rest.partition("/")[0]
+    return before_path.rindex("@") + 1 if "@" in before_path else 0
+
+
 def display_url(url: str) -> str:
-    """``url`` without anything that may be a password: its user information (all before the last ``@``
-    of the part before the query, whatever characters the password holds) and its query string."""
+    """``url`` without anything that may be a password: its user information and its query string."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return _scrub(url)
-    head, query, _ = rest.partition("?")
-    if "@" in head:
-        head = "***@" + head[head.rindex("@") + 1 :]
-    return f"{scheme}://{head}" + ("?***" if query else "")
+    end = userinfo_end(rest)
+    head, query, _ = rest[end:].partition("?")
+    return f"{scheme}://{'***@' if end else ''}{head}" + ("?***" if query else "")
+
+
+def unreadable_url(display: str, url: str, error: BaseException) -> str:
+    """Why a library could not read store URL ``url``, without quoting it when the URL has a password
+    (the library's message may hold a piece of it)."""
+    if userinfo_end(url.partition("://")[2]):
+        return (
+            f"store URL {display!r} cannot be read ({type(error).__name__}): if its password holds characters "
+            "such as ? # / @ or %, percent-encode it (urllib.parse.quote(password, safe=''))."
+        )
+    return f"store URL {display!r}: {_scrub(str(error))}"

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..errors import BudgetConfigError
 from .shared import (
     LOG_LIMIT,
     Ask,
@@ -98,6 +99,10 @@ class SQLiteStore(Store):
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
         self.path = Path(path).expanduser()
         self.display = f"sqlite:///{self.path}"
+        if self.path.is_dir():
+            raise BudgetConfigError(
+                f"store {self.display} is a folder: name the database file in it ({self.path / 'budgets.db'})."
+            )
         self._busy_timeout = busy_timeout
         self._local = threading.local()
 
@@ -178,8 +183,11 @@ class SQLiteStore(Store):
             now = time.time()
             state: list[tuple[SharedLimits, Figures, Callable[[], tuple[int, int, int]]]] = []
             for budget in budgets:
+                unstored = self._stored_window(db, budget.name) is None
                 self._register(db, budget, now)
                 self._sweep(db, budget.name, now)
+                if unstored:
+                    self._adopt(db, budget, now)
                 state.append(
                     (budget, self._figures(db, budget, now), partial(self._own, db, budget.name, ask.owner))
                 )
@@ -212,7 +220,9 @@ class SQLiteStore(Store):
         with self._transaction("settle a call") as db:
             now = time.time()
             for i, name in enumerate(names):
-                window = self._window_of(db, name) if windows is None else _window(windows[i])
+                window = self._stored_window(db, name)
+                if window is None:  # reset meanwhile: the window the call was held under
+                    window = _window("none" if windows is None else windows[i])
                 held = db.execute("DELETE FROM holds WHERE id = ? AND name = ? RETURNING 1", (hold_id, name))
                 if held.fetchone() is None:
                     self._unexpire(db, name, hold_id)
@@ -267,6 +277,8 @@ class SQLiteStore(Store):
             now = time.time()
             self._check_window(db, budget)
             self._sweep(db, budget.name, now)
+            if self._stored_window(db, budget.name) is None:
+                self._adopt(db, budget, now)
             return self._figures(db, budget, now)
 
     def reset(self, name: str) -> None:
@@ -316,9 +328,12 @@ class SQLiteStore(Store):
             (budget.name, budget.window.spec, budget.max_nano, budget.max_calls, budget.max_tokens, now),
         )
 
-    def _window_of(self, db: sqlite3.Connection, name: str) -> Window:
+    def _stored_window(self, db: sqlite3.Connection, name: str) -> Window | None:
         row = db.execute("SELECT window FROM budgets WHERE name = ?", (name,)).fetchone()
-        return _window("none" if row is None else row[0])
+        return None if row is None else _window(row[0])
+
+    def _window_of(self, db: sqlite3.Connection, name: str) -> Window:
+        return self._stored_window(db, name) or _window("none")
 
     def _sweep(self, db: sqlite3.Connection, name: str, now: float) -> None:
         """Charge every hold whose lease ran out at what it held, and remember it as expired."""
@@ -340,6 +355,22 @@ class SQLiteStore(Store):
                 "INSERT INTO calls VALUES (?, ?, ?, NULL, ?, 0, ?, 1, 1, 'unknown', NULL, ?, ?)",
                 (now, name, model, tokens, money, _host(hold_id), hold_id),
             )
+
+    def _adopt(self, db: sqlite3.Connection, budget: SharedLimits, now: float) -> None:
+        """No window is stored for the budget (it was reset, or is new): charges made since by calls held
+        under another window are moved into this window's current bucket, not left where it never reads."""
+        spec = budget.window.spec
+        money, calls, failed, inputs, outputs, rows = db.execute(
+            "SELECT COALESCE(SUM(money), 0), COALESCE(SUM(calls), 0), COALESCE(SUM(failed), 0), "
+            "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COUNT(*) FROM buckets "
+            "WHERE name = ? AND window != ?",
+            (budget.name, spec),
+        ).fetchone()
+        if not rows:
+            return
+        db.execute("DELETE FROM buckets WHERE name = ? AND window != ?", (budget.name, spec))
+        window = budget.window
+        self._add(db, budget.name, window, window.bucket(now), money, calls, failed, inputs, outputs)
 
     def _unexpire(self, db: sqlite3.Connection, name: str, hold_id: str) -> None:
         """A hold settled after its lease ran out: take back the charge its expiry made (never counted

@@ -10,11 +10,6 @@ from shekel.ledger.shared import display_url
 pytest.importorskip("redis")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the redis:// path check is only in stores._from_url; RedisStore(url) still takes "
-    "redis://host/budgets and silently uses database 0, shown as .../budgets",
-)
 def test_a_redis_store_object_with_a_path_that_is_no_database_number_is_refused(redis_store_url: str) -> None:
     """CHANGELOG: "a redis:// path that is not a database number (redis-py silently used database 0) ...
     [is] a BudgetConfigError at budget() time". True for budget(store="redis://.../budgets"), but the
@@ -29,11 +24,6 @@ def test_a_redis_store_object_with_a_path_that_is_no_database_number_is_refused(
         budget(max_usd=1, name="db-path", store=RedisStore(url))  # observed: accepted, database 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: display_url cuts at the first '?', so a password holding '?' shows up to it "
-    "(redis://:hunter?2@host -> redis://:hunter?***)",
-)
 def test_display_url_hides_a_password_holding_a_question_mark() -> None:
     """display_url's docstring: user information is hidden "whatever characters the password holds".
     The userinfo is looked for only before the first '?', so with '?' in the password (written unencoded,

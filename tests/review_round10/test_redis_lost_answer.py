@@ -93,11 +93,6 @@ def proxy(redis_store_url: str) -> Iterator[StallingProxy]:
     stalling.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the RELEASE queued for a reserve whose answer was lost can run before that reserve "
-    "reaches the server; the hold then stays until its lease and is charged at its worst case",
-)
 def test_a_reserve_arriving_after_its_release_leaves_no_hold(
     redis_store_url: str, proxy: StallingProxy
 ) -> None:

@@ -74,7 +74,7 @@ def test_a_redis_url_whose_path_is_not_a_database_number_is_a_config_error(url: 
 
 
 def test_an_sqlite_url_naming_a_folder_is_a_config_error(tmp_path: object) -> None:
-    with pytest.raises(BudgetConfigError, match="names a folder: name the database file in it"):
+    with pytest.raises(BudgetConfigError, match="is a folder: name the database file in it"):
         budget(max_usd=1, name="dir", store=f"sqlite:///{tmp_path}")
 
 
