@@ -78,7 +78,7 @@ class RedisStore(Store):
         if isinstance(url_or_client, str):
             self._url = url_or_client
             self.display = display_url(url_or_client)
-            _check_database(url_or_client, self.display)
+            _check_url(url_or_client, self.display)
             # No retries: a script whose answer was lost may have run (a settle sent twice would charge twice).
             try:
                 self._client: redis.Redis = redis.Redis.from_url(
@@ -371,13 +371,20 @@ class RedisStore(Store):
 _SCRIPTS = ("RESERVE", "SETTLE", "SETTLES_THEN_RESERVE", "RELEASE", "UNDO", "RENEW", "READ", "RESET", "LOG")
 
 
-def _check_database(url: str, display: str) -> None:
-    """redis-py reads the path of a ``redis://`` URL as the database number, and ignores one that is not a
-    number (database 0, silently): refused here instead."""
+def _check_url(url: str, display: str) -> None:
+    """Refuse what redis-py would misread instead of failing: user information it would cut short (a password
+    holding ``/``, ``?`` or ``#``: it would connect somewhere else and quote the rest of the password in its
+    errors) and a ``redis://`` path that is not a database number (redis-py ignores it: database 0)."""
+    rest = url.split("://", 1)[1]
+    end = userinfo_end(rest)
+    if end < 0 or "/" in rest[: max(end, 0)]:
+        raise BudgetConfigError(
+            f"store URL {display!r}: its password (or a query value or socket path) holds / ? # or @, which redis-py "
+            "reads as the URL's path, query or host: percent-encode it (urllib.parse.quote(password, safe=''))."
+        )
     if url.startswith("unix://"):
         return
-    authority_and_path = url.split("://", 1)[1]
-    path = authority_and_path[userinfo_end(authority_and_path) :].partition("/")[2]
+    path = rest[end:].partition("/")[2]
     database = path.partition("?")[0].partition("#")[0].strip("/")
     if database and not database.isdigit():
         raise BudgetConfigError(

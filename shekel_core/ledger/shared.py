@@ -376,24 +376,28 @@ def window_mismatch(store: Store, name: str, stored: str, asked: str) -> BudgetC
 
 
 def userinfo_end(rest: str) -> int:
-    """Where the user information of a URL's part after ``scheme://`` ends (0: it has none): after the last
-    ``@`` before the query (a password may hold ``/`` or ``@``), else after the last ``@`` before the path
-    (a password may hold ``?``); an ``@`` in the query (``?password=a@b``) is not one."""
-    before_query = rest.partition("?")[0]
-    if "@" in before_query:
-        return before_query.rindex("@") + 1
-    before_path = rest.partition("/")[0]
-    return before_path.rindex("@") + 1 if "@" in before_path else 0
+    """Where the user information of a URL's part after ``scheme://`` ends: after its last ``@`` (a password
+    may hold ``/`` or ``@``); 0 when it has none. -1 when an ``@`` follows a ``?`` or ``#``: a password holding
+    ``?`` or ``#`` cannot be told from a query or fragment holding ``@`` (``?password=a@b``), so callers hide
+    the whole URL (and stores refuse it: percent-encoded, it is unambiguous)."""
+    if "@" not in rest:
+        return 0
+    last = rest.rindex("@")
+    marks = [index for index in (rest.find("?"), rest.find("#")) if index >= 0]
+    return -1 if marks and min(marks) < last else last + 1
 
 
 def display_url(url: str) -> str:
-    """``url`` without anything that may be a password: its user information and its query string."""
+    """``url`` without anything that may be a password: its user information, query string and fragment."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return _scrub(url)
     end = userinfo_end(rest)
-    head, query, _ = rest[end:].partition("?")
-    return f"{scheme}://{'***@' if end else ''}{head}" + ("?***" if query else "")
+    if end < 0:
+        return f"{scheme}://***"
+    head = rest[end:]
+    cut = min([index for index in (head.find("?"), head.find("#")) if index >= 0], default=len(head))
+    return f"{scheme}://{'***@' if end else ''}{head[:cut]}" + (f"{head[cut]}***" if cut < len(head) else "")
 
 
 def unreadable_url(display: str, url: str, error: BaseException) -> str:
