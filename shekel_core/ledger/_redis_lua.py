@@ -190,12 +190,13 @@ local function prune_expired(p, now)
 end
 """,
     "sweep": r"""
--- Charge every hold whose lease ran out at what it held, and remember it as expired.
-local function sweep(p, name, now, limit)
+-- Charge every hold whose lease ran out at what it held (in window `spec`, by default the stored one), and
+-- remember it as expired.
+local function sweep(p, name, now, limit, spec)
   local ids = redis.call('ZRANGEBYSCORE', p .. 'deadlines', '-inf', '(' .. t(now))
   if #ids == 0 then return end
   prune_expired(p, now)
-  local spec = spec_of(p)
+  spec = spec or spec_of(p)
   local bucket = bucket_of(spec, now)
   for _, id in ipairs(ids) do
     local v = unhold(p, id)
@@ -244,7 +245,16 @@ local function figures(p, spec, now, prune, adopt)
   end
   if #stale > 0 then redis.call('HDEL', p .. 'buckets', unpack(stale)) end
   if moved then
-    add(p, spec, bucket_of(spec, now), moved.m, moved.c, moved.f, moved.i, moved.o)
+    local bucket = bucket_of(spec, now)
+    add(p, spec, bucket, moved.m, moved.c, moved.f, moved.i, moved.o)
+    -- A window that never ends keeps its buckets for good: not the TTL another window's charge set.
+    if ttl_of(spec) == nil then redis.call('PERSIST', p .. 'buckets') end
+    -- Expiries among the charges moved: a late settle takes their charge back from where it now is.
+    local xs = redis.call('HGETALL', p .. 'expired')
+    for i = 1, #xs, 2 do
+      local xspec, rest = string.match(xs[i + 1], '^([^|]*)|%-?%d+|(.*)$')
+      if xspec ~= spec then redis.call('HSET', p .. 'expired', xs[i], spec .. '|' .. s(bucket) .. '|' .. rest) end
+    end
     r.spent, r.calls, r.failed = r.spent + moved.m, r.calls + moved.c, r.failed + moved.f
     r.inp, r.outp = r.inp + moved.i, r.outp + moved.o
   end
@@ -488,7 +498,8 @@ local now = clock(ARGV[1])
 local p = KEYS[1]
 local stored = redis.call('HGET', p .. 'config', 'window')
 if stored and stored ~= ARGV[4] then return {'window', t(now), ARGV[3], stored} end
-sweep(p, ARGV[3], now, tonumber(ARGV[2]))
+-- None stored: expiries are charged in the reader's window, where it adopts other charges too.
+sweep(p, ARGV[3], now, tonumber(ARGV[2]), stored or ARGV[4])
 local out = {'ok', t(now)}
 for _, v in ipairs(reply(figures(p, ARGV[4], now, true, not stored))) do out[#out + 1] = v end
 return out

@@ -58,16 +58,23 @@ class Wire:
     """Connections of one process to one Redis server, and the settles waiting to be sent on them."""
 
     def __init__(
-        self, pool: redis.ConnectionPool, scripts: dict[str, str], deferred: str, folds: dict[str, str]
+        self,
+        pool: redis.ConnectionPool,
+        scripts: dict[str, str],
+        deferred: str,
+        folds: dict[str, str],
+        resend: frozenset[str] = frozenset(),
     ) -> None:
         """``scripts``: every script by name. ``deferred``: the script :meth:`defer` sends late (the settle).
         ``folds``: scripts that carry the waiting ones in the same script run, by the name of the script
-        that does both (the reserve: ``SETTLES_THEN_RESERVE``)."""
+        that does both (the reserve: ``SETTLES_THEN_RESERVE``). ``resend``: queued scripts that do no harm
+        run twice (an undo): queued again when the write carrying them fails, where settles are not."""
         self._pool = pool
         self._sources = scripts
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in scripts.items()}
         self._deferred = deferred
         self._folds = folds
+        self._resend = resend
         self._start()
         _wires.add(self)
 
@@ -190,8 +197,8 @@ class Wire:
             except _NotSent:
                 raise
             except BaseException:  # written (in part, maybe), its answer not read: it may run, or have run
-                if undo is not None:
-                    self._queue(undo)
+                for again in [one for one in waiting if one[0] in self._resend] + ([undo] if undo else []):
+                    self._queue(again)
                 raise
         except _NotSent as error:  # never written (no connection): the settles wait for the next command
             if waiting:

@@ -113,6 +113,7 @@ class RedisStore(Store):
             {name: getattr(lua, name) for name in _SCRIPTS},
             deferred="SETTLE",
             folds={"RESERVE": "SETTLES_THEN_RESERVE"},
+            resend=frozenset({"UNDO"}),
         )
         self._wire.keep(first)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()

@@ -276,8 +276,10 @@ class SQLiteStore(Store):
         with self._transaction("read a budget") as db:
             now = time.time()
             self._check_window(db, budget)
-            self._sweep(db, budget.name, now)
-            if self._stored_window(db, budget.name) is None:
+            unstored = self._stored_window(db, budget.name) is None
+            # None stored: expiries are charged in the reader's window, where it adopts other charges too.
+            self._sweep(db, budget.name, now, budget.window if unstored else None)
+            if unstored:
                 self._adopt(db, budget, now)
             return self._figures(db, budget, now)
 
@@ -335,15 +337,16 @@ class SQLiteStore(Store):
     def _window_of(self, db: sqlite3.Connection, name: str) -> Window:
         return self._stored_window(db, name) or _window("none")
 
-    def _sweep(self, db: sqlite3.Connection, name: str, now: float) -> None:
-        """Charge every hold whose lease ran out at what it held, and remember it as expired."""
+    def _sweep(self, db: sqlite3.Connection, name: str, now: float, window: Window | None = None) -> None:
+        """Charge every hold whose lease ran out at what it held (in ``window``, by default the stored one),
+        and remember it as expired."""
         expired = db.execute(
             "DELETE FROM holds WHERE name = ? AND deadline < ? RETURNING id, money, tokens, model",
             (name, now),
         ).fetchall()
         if not expired:
             return
-        window = self._window_of(db, name)
+        window = window or self._window_of(db, name)
         bucket = window.bucket(now)
         for hold_id, money, tokens, model in expired:
             self._add(db, name, window, bucket, money, 0, 1, tokens, 0)
@@ -370,7 +373,13 @@ class SQLiteStore(Store):
             return
         db.execute("DELETE FROM buckets WHERE name = ? AND window != ?", (budget.name, spec))
         window = budget.window
-        self._add(db, budget.name, window, window.bucket(now), money, calls, failed, inputs, outputs)
+        bucket = window.bucket(now)
+        self._add(db, budget.name, window, bucket, money, calls, failed, inputs, outputs)
+        # Expiries among the charges moved: a late settle takes their charge back from where it now is.
+        db.execute(
+            "UPDATE expired SET window = ?, bucket = ? WHERE name = ? AND window != ?",
+            (spec, bucket, budget.name, spec),
+        )
 
     def _unexpire(self, db: sqlite3.Connection, name: str, hold_id: str) -> None:
         """A hold settled after its lease ran out: take back the charge its expiry made (never counted

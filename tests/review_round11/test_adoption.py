@@ -43,7 +43,6 @@ def _ask(hold_id: str, money: int = USD, lease: float = 60.0) -> Ask:
     return Ask(hold_id, "p1", money, 0, 1, 1, 1, 0, lease)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: expiry swept by a read, then adopted: a late settle counts twice")
 def test_a_late_settle_after_an_expiry_swept_by_a_read_is_counted_once(
     store_and_clock: tuple[Store, Callable[[float], None]],
 ) -> None:
@@ -67,7 +66,6 @@ def test_a_late_settle_after_an_expiry_swept_by_a_read_is_counted_once(
     assert store.read(hourly).spent == USD  # observed: 2 * USD
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a no-window budget keeps a rolling window's TTL after adoption")
 def test_a_no_window_budget_that_adopts_a_rolling_charge_does_not_expire(redis_store_url: str) -> None:
     """Redis: a budget with window=None accumulates until reset: its buckets hash must never expire. Two
     calls held under window "60s" are in flight when the budget is reset and reopened with window=None.
@@ -100,3 +98,26 @@ def test_a_no_window_budget_that_adopts_a_rolling_charge_does_not_expire(redis_s
         ttl = client.ttl("shekel:{w}:buckets")
     store.close()
     assert ttl == -1  # observed: ~180 (seconds until every charge of the budget is deleted)
+
+
+def test_a_late_settle_after_its_expiry_was_adopted_into_another_window_is_counted_once(
+    store_and_clock: tuple[Store, Callable[[float], None]],
+) -> None:
+    """Found while fixing the above: the expiry is charged in the reader's window ('1h'); the budget is
+    then opened with another window ('day'), whose first reserve adopts that charge into its own bucket.
+    The record of the expiry moves with it, so the slow call's settle still takes it back."""
+    store, set_clock = store_and_clock
+    start = time.time()
+    set_clock(start)
+    hourly, daily = _limits("1h"), _limits("day")
+    store.reserve([hourly], _ask("h:1:slow"))
+    store.reset("w")
+    set_clock(start + 120)
+    assert store.read(hourly).spent == USD  # expired, charged in '1h'
+    store.reserve([daily], _ask("h:1:next"))  # stores 'day', adopts the '1h' charge
+    assert store.read(daily).spent == USD
+    store.settle(["w"], "h:1:slow", Charge(USD // 2, 1, 0, "ok"), ["3600s"])
+    store.flush()
+    figures = store.read(daily)
+    assert figures.spent == USD // 2  # the expiry's $1 taken back, the real $0.50 charged
+    assert figures.reserved == USD  # h:1:next

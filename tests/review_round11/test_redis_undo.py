@@ -12,8 +12,9 @@ redis = pytest.importorskip("redis")
 USD = 10**9
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a queued UNDO is dropped when the command carrying it is lost")
-def test_an_undo_whose_carrier_is_lost_is_sent_again(redis_store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_undo_whose_carrier_is_lost_is_sent_again(
+    redis_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A reserve runs and its answer is lost: UNDO(1) is queued, to go with the next command. The next
     reserve's write fails (the connection is reset as it writes: nothing reached the server): UNDO(1) went
     in that batch and is dropped with it ("settles whose write or answer is lost are not sent again"),

@@ -9,7 +9,9 @@ from shekel import BudgetConfigError, StoreError, budget
 pytest.importorskip("redis")
 
 
-@pytest.mark.parametrize("url", ["redis://:hunter2?xyzzy/plugh@prod:6379/0", "redis://:secret1?part2/part3@prod:6379/3"])
+@pytest.mark.parametrize(
+    "url", ["redis://:hunter2?xyzzy/plugh@prod:6379/0", "redis://:secret1?part2/part3@prod:6379/3"]
+)
 def test_a_password_with_a_question_mark_then_a_slash_is_never_shown(url: str) -> None:
     """userinfo_end looks for '@' before the first '?' (none: the '?' is in the password), then before the
     first '/' (none: the '/' is in the password too), and finds no user information: display_url shows
