@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -69,12 +69,14 @@ class StoreHold:
 
 
 def groups(chain: Sequence[Budget]) -> tuple[tuple[Store, tuple[Budget, ...]], ...]:
-    """The shared budgets of a chain, grouped by store (innermost first): one atomic step each."""
-    by_store: dict[int, tuple[Store, list[Budget]]] = {}
+    """The shared budgets of a chain, grouped by store (innermost first): one atomic step each. Store objects
+    of one ledger (two URLs of one SQLite file, a URL and a client of one Redis database) are one store: the
+    innermost budget's object takes the step, and a name open in both is held and charged once."""
+    by_store: dict[Hashable, tuple[Store, list[Budget]]] = {}
     for budget in chain:
         part = budget._shared
         if part is not None:
-            by_store.setdefault(id(part.store), (part.store, []))[1].append(budget)
+            by_store.setdefault(part.store.ledger_key, (part.store, []))[1].append(budget)
     return tuple((store, tuple(members)) for store, members in by_store.values())
 
 

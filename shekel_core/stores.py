@@ -59,28 +59,41 @@ def open_store(spec: str | Store) -> Store:
                 f"store='env' reads the store URL from {STORE_ENV}, which is not set. Set it, e.g. "
                 f"{STORE_ENV}=sqlite:///budgets.db, or pass the URL itself."
             )
+    # One store per file (a relative path is taken from the working directory now), else per URL.
+    key = f"sqlite:{_sqlite_path(url).absolute()}" if url.startswith("sqlite://") else url
     with _lock:
-        store = _opened.get(url)
+        store = _opened.get(key)
         if store is None:
-            store = _opened[url] = _from_url(url)
+            store = _opened[key] = _from_url(url)
         return store
+
+
+def _sqlite_path(url: str) -> Path:
+    """The file an ``sqlite://`` URL names."""
+    path = url[len("sqlite://") :]
+    if path in ("", "/"):
+        return _default_sqlite_path()
+    if not path.startswith("/"):
+        raise BudgetConfigError(
+            f"store URL {display_url(url)!r}: write sqlite:///relative.db or sqlite:////absolute/path.db."
+        )
+    if "?" in path or path.endswith("/"):
+        raise BudgetConfigError(
+            f"store URL {display_url(url)!r}: write the database file's path alone "
+            "(sqlite:///relative.db or sqlite:////absolute/path.db): no folder, no ?options."
+        )
+    if path[1:].startswith((":memory:", "file:")):
+        raise BudgetConfigError(
+            f"store URL {display_url(url)!r}: a shared budget needs a database file that every process opens "
+            "(an in-memory database lives and dies with one connection). Name a file, e.g. "
+            "sqlite:///budgets.db, or leave store= out for a budget of this process only."
+        )
+    return Path(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
 
 
 def _from_url(url: str) -> Store:
     if url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
-        if path in ("", "/"):
-            return SQLiteStore(_default_sqlite_path())
-        if not path.startswith("/"):
-            raise BudgetConfigError(
-                f"store URL {display_url(url)!r}: write sqlite:///relative.db or sqlite:////absolute/path.db."
-            )
-        if "?" in path or path.endswith("/"):
-            raise BudgetConfigError(
-                f"store URL {display_url(url)!r}: write the database file's path alone "
-                "(sqlite:///relative.db or sqlite:////absolute/path.db): no folder, no ?options."
-            )
-        return SQLiteStore(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
+        return SQLiteStore(_sqlite_path(url))
     if url.startswith(_REDIS_SCHEMES):
         try:
             from .ledger.redis import RedisStore

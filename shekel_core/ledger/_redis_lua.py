@@ -111,8 +111,17 @@ local function add(p, spec, bucket, money, calls, failed, inp, outp)
   if failed ~= 0 then redis.call('HINCRBY', key, f .. 'f', s(failed)) end
   if inp ~= 0 then redis.call('HINCRBY', key, f .. 'i', s(inp)) end
   if outp ~= 0 then redis.call('HINCRBY', key, f .. 'o', s(outp)) end
+  -- One TTL for every bucket in the key: never shorter than its longest-lived window needs. A window without
+  -- end keeps the key for good; after a reset, charges of an old window may share the key with it.
   local ttl = ttl_of(spec)
-  if ttl ~= nil then redis.call('EXPIRE', key, ttl) end
+  if ttl == nil then
+    redis.call('PERSIST', key)
+  else
+    local left = redis.call('TTL', key)
+    if (left == -1 and redis.call('HEXISTS', key, 'none|0|m') == 0) or (left >= 0 and left < ttl) then
+      redis.call('EXPIRE', key, ttl)
+    end
+  end
 end
 """,
     "split_hold": r"""
@@ -236,8 +245,9 @@ local function figures(p, spec, now, prune, adopt)
       elseif kind == 'i' then r.inp = r.inp + v
       else r.outp = r.outp + v end
     elseif adopt and fspec ~= spec then
-      moved = moved or {m = 0, c = 0, f = 0, i = 0, o = 0}
+      moved = moved or {m = 0, c = 0, f = 0, i = 0, o = 0, from = {}}
       moved[kind] = moved[kind] + tonumber(flat[i + 1])
+      moved.from[fspec .. '|' .. s(b)] = true
       stale[#stale + 1] = flat[i]
     elseif prune and (fspec ~= spec or b < keep) then
       stale[#stale + 1] = flat[i]
@@ -247,13 +257,12 @@ local function figures(p, spec, now, prune, adopt)
   if moved then
     local bucket = bucket_of(spec, now)
     add(p, spec, bucket, moved.m, moved.c, moved.f, moved.i, moved.o)
-    -- A window that never ends keeps its buckets for good: not the TTL another window's charge set.
-    if ttl_of(spec) == nil then redis.call('PERSIST', p .. 'buckets') end
-    -- Expiries among the charges moved: a late settle takes their charge back from where it now is.
+    -- Expiries among the charges moved: a late settle takes their charge back from where it now is (one
+    -- whose bucket was dropped before keeps pointing at it: its charge is no longer counted anywhere).
     local xs = redis.call('HGETALL', p .. 'expired')
     for i = 1, #xs, 2 do
-      local xspec, rest = string.match(xs[i + 1], '^([^|]*)|%-?%d+|(.*)$')
-      if xspec ~= spec then redis.call('HSET', p .. 'expired', xs[i], spec .. '|' .. s(bucket) .. '|' .. rest) end
+      local from, rest = string.match(xs[i + 1], '^([^|]*|%-?%d+)|(.*)$')
+      if moved.from[from] then redis.call('HSET', p .. 'expired', xs[i], spec .. '|' .. s(bucket) .. '|' .. rest) end
     end
     r.spent, r.calls, r.failed = r.spent + moved.m, r.calls + moved.c, r.failed + moved.f
     r.inp, r.outp = r.inp + moved.i, r.outp + moved.o

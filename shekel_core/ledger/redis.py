@@ -18,7 +18,7 @@ import asyncio
 import json
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from ..errors import BudgetConfigError, StoreError
@@ -116,7 +116,29 @@ class RedisStore(Store):
             resend=frozenset({"UNDO"}),
         )
         self._wire.keep(first)
+        kwargs = self._client.connection_pool.connection_kwargs
+        socket_path = kwargs.get("path")
+        address: tuple[Any, ...] = (
+            ("unix", socket_path)
+            if socket_path
+            else ("tcp", str(kwargs.get("host", "localhost")).lower(), int(kwargs.get("port") or 6379))
+        )
+        self._ledger_key: Hashable = ("redis", *address, int(kwargs.get("db", 0) or 0))
+        _stores.add(self)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+    @property
+    def ledger_key(self) -> Hashable:
+        """The server's address (host as written, port; or socket path) and database number: a URL and a
+        client of one database are one ledger."""
+        return self._ledger_key
+
+    def _send_aliases(self) -> None:
+        """Send the settles other store objects of this ledger keep waiting (a budget opened through a URL
+        and one through a client of the same database): a read or reset must see them too."""
+        for other in list(_stores):
+            if other is not self and other._ledger_key == self._ledger_key and other._wire.waiting:
+                other.flush()
 
     @staticmethod
     def _options(url: str) -> dict[str, Any]:
@@ -326,14 +348,20 @@ class RedisStore(Store):
         return _figures(answer[2:], budget.window.resets_at(float(_text(answer[1]))))
 
     def read(self, budget: SharedLimits) -> Figures:
+        self._send_aliases()
         return self._read(budget, self._run("READ", "read a budget", *self._read_args(budget)))
 
     async def aread(self, budget: SharedLimits) -> Figures:
-        if self._wire.waiting:  # settles of this process's sync calls come first
+        if self._wire.waiting or any(
+            o._wire.waiting and o._ledger_key == self._ledger_key for o in list(_stores)
+        ):
+            # settles of this process's sync calls come first
             await asyncio.to_thread(self.flush)
+            await asyncio.to_thread(self._send_aliases)
         return self._read(budget, await self._arun("READ", "read a budget", *self._read_args(budget)))
 
     def reset(self, name: str) -> None:
+        self._send_aliases()
         self._run("RESET", "reset a budget", [_prefix(name)], [name])
 
     def names(self) -> list[str]:
@@ -361,6 +389,7 @@ class RedisStore(Store):
 
     def log(self, name: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
         names = [name] if name is not None else self.names()
+        self._send_aliases()
         entries = self._run("LOG", "read the log of calls", [_prefix(n) for n in names], names)
         calls = [json.loads(_text(e)) for e in entries]
         if since is not None:
@@ -368,6 +397,9 @@ class RedisStore(Store):
         calls.sort(key=lambda c: c["at"])  # stable: each budget's entries stay in order
         return calls
 
+
+#: Every store object of this process (to send the settles of those sharing one ledger before a read).
+_stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
 _SCRIPTS = ("RESERVE", "SETTLE", "SETTLES_THEN_RESERVE", "RELEASE", "UNDO", "RENEW", "READ", "RESET", "LOG")
 

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, Decimal
@@ -114,6 +114,10 @@ class Window:
 NO_WINDOW = Window("none")
 
 
+#: The longest rolling window (10 years): a store keeps a window's buckets for twice its length.
+MAX_WINDOW_SECONDS = 3650 * 86400
+
+
 def parse_window(window: object) -> Window:
     """``window=`` as a :class:`Window`; raises ``BudgetConfigError`` naming the value and the fix."""
     fix = (
@@ -126,7 +130,10 @@ def parse_window(window: object) -> Window:
         raise BudgetConfigError(f"window must be a duration or 'day'/'week'/'month', got {window!r}. {fix}")
     seconds: float | None = None
     if isinstance(window, (int, float)):
-        seconds = float(window)
+        try:
+            seconds = float(window)
+        except OverflowError:
+            seconds = math.inf
     elif isinstance(window, str):
         text = window.strip().lower()
         if text in _CALENDAR:
@@ -139,6 +146,11 @@ def parse_window(window: object) -> Window:
         raise BudgetConfigError(f"window must be a duration or 'day'/'week'/'month', got {window!r}. {fix}")
     if not math.isfinite(seconds) or seconds < 1 or seconds != int(seconds):
         raise BudgetConfigError(f"window must be a whole number of seconds >= 1, got {window!r}. {fix}")
+    if seconds > MAX_WINDOW_SECONDS:
+        raise BudgetConfigError(
+            f"window={window!r} is longer than 10 years (a store keeps a window's buckets for twice its length): "
+            f"{fix} For a spend that never resets, pass window=None."
+        )
     return Window(f"{int(seconds)}s", seconds=int(seconds))
 
 
@@ -246,6 +258,13 @@ class Store(ABC):
 
     #: The store as shown in errors and reports (never with a password).
     display: str
+
+    @property
+    def ledger_key(self) -> Hashable:
+        """What tells this store's ledger from others': two store objects with the same key (two URLs of
+        one SQLite file, a URL and a client of one Redis database) are one ledger, and a chain's budgets in
+        them are held in one step, once. By default the object itself."""
+        return id(self)
 
     @abstractmethod
     def reserve(self, budgets: list[SharedLimits], ask: Ask) -> Grant:

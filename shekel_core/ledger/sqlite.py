@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -94,17 +94,30 @@ EXPIRED_KEPT_SECONDS = 7 * 86400
 
 
 class SQLiteStore(Store):
-    """Shared budgets in the SQLite file at ``path`` (created, with its folder, on first use)."""
+    """Shared budgets in the SQLite file at ``path`` (created, with its folder, on first use). A relative
+    ``path`` is taken from the working directory now: the store stays on that file if the process changes
+    directory."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
-        self.path = Path(path).expanduser()
+        self.path = Path(path).expanduser().absolute()
         self.display = f"sqlite:///{self.path}"
+        if str(path).startswith((":memory:", "file:")):
+            raise BudgetConfigError(
+                f"store path {str(path)!r}: a shared budget needs a database file that every process opens "
+                "(an in-memory database lives and dies with one connection). Name a file, e.g. "
+                "sqlite:///budgets.db, or leave store= out for a budget of this process only."
+            )
         if self.path.is_dir():
             raise BudgetConfigError(
                 f"store {self.display} is a folder: name the database file in it ({self.path / 'budgets.db'})."
             )
         self._busy_timeout = busy_timeout
         self._local = threading.local()
+
+    @property
+    def ledger_key(self) -> Hashable:
+        """The file, symbolic links resolved: every path to it is one ledger."""
+        return ("sqlite", os.path.realpath(self.path))
 
     # ---------------------------------------------------------------- connections
     def _connection(self) -> sqlite3.Connection:
@@ -371,15 +384,18 @@ class SQLiteStore(Store):
         ).fetchone()
         if not rows:
             return
-        db.execute("DELETE FROM buckets WHERE name = ? AND window != ?", (budget.name, spec))
         window = budget.window
         bucket = window.bucket(now)
-        self._add(db, budget.name, window, bucket, money, calls, failed, inputs, outputs)
-        # Expiries among the charges moved: a late settle takes their charge back from where it now is.
+        # Expiries among the charges moved: a late settle takes their charge back from where it now is (one
+        # whose bucket was dropped before keeps pointing at it: its charge is no longer counted anywhere).
         db.execute(
-            "UPDATE expired SET window = ?, bucket = ? WHERE name = ? AND window != ?",
+            "UPDATE expired SET window = ?, bucket = ? WHERE name = ? AND window != ? AND EXISTS ("
+            "SELECT 1 FROM buckets WHERE buckets.name = expired.name AND buckets.window = expired.window "
+            "AND buckets.bucket = expired.bucket)",
             (spec, bucket, budget.name, spec),
         )
+        db.execute("DELETE FROM buckets WHERE name = ? AND window != ?", (budget.name, spec))
+        self._add(db, budget.name, window, bucket, money, calls, failed, inputs, outputs)
 
     def _unexpire(self, db: sqlite3.Connection, name: str, hold_id: str) -> None:
         """A hold settled after its lease ran out: take back the charge its expiry made (never counted
