@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -124,7 +125,8 @@ class RedisStore(Store):
             else ("tcp", str(kwargs.get("host", "localhost")).lower(), int(kwargs.get("port") or 6379))
         )
         self._ledger_key: Hashable = ("redis", *address, int(kwargs.get("db", 0) or 0))
-        _stores.add(self)
+        with _stores_lock:
+            _stores.add(self)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     @property
@@ -136,7 +138,7 @@ class RedisStore(Store):
     def _send_aliases(self) -> None:
         """Send the settles other store objects of this ledger keep waiting (a budget opened through a URL
         and one through a client of the same database): a read or reset must see them too."""
-        for other in list(_stores):
+        for other in _every_store():
             if other is not self and other._ledger_key == self._ledger_key and other._wire.waiting:
                 other.flush()
 
@@ -353,7 +355,7 @@ class RedisStore(Store):
 
     async def aread(self, budget: SharedLimits) -> Figures:
         if self._wire.waiting or any(
-            o._wire.waiting and o._ledger_key == self._ledger_key for o in list(_stores)
+            o._wire.waiting and o._ledger_key == self._ledger_key for o in _every_store()
         ):
             # settles of this process's sync calls come first
             await asyncio.to_thread(self.flush)
@@ -400,6 +402,13 @@ class RedisStore(Store):
 
 #: Every store object of this process (to send the settles of those sharing one ledger before a read).
 _stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+_stores_lock = threading.Lock()
+
+
+def _every_store() -> list[RedisStore]:
+    with _stores_lock:
+        return list(_stores)
+
 
 _SCRIPTS = ("RESERVE", "SETTLE", "SETTLES_THEN_RESERVE", "RELEASE", "UNDO", "RENEW", "READ", "RESET", "LOG")
 
