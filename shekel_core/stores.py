@@ -32,6 +32,16 @@ _opened: dict[str, Store] = {}
 _lock = threading.Lock()
 
 
+def _new_lock() -> None:
+    """In a forked child: a lock of its own (a thread of the parent may have held it as the fork happened)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock)
+
+
 def __getattr__(name: str) -> Any:
     if name == "RedisStore":  # imported on use: redis-py is an optional extra
         from .ledger.redis import RedisStore

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import threading
 import weakref
 from collections.abc import Hashable, Sequence
@@ -90,13 +91,16 @@ class RedisStore(Store):
         elif isinstance(url_or_client, redis.Redis):
             self._url = None
             self._client = url_or_client
-            kwargs = url_or_client.connection_pool.connection_kwargs
+            pool = url_or_client.connection_pool
+            kwargs = pool.connection_kwargs
             path = kwargs.get("path")
-            where = (
-                f"unix://{path}"
-                if path
-                else f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-            )
+            service = getattr(pool, "service_name", None)
+            if path:
+                where = f"unix://{path}"
+            elif "host" not in kwargs and service:  # Sentinel: the service, wherever its master is now
+                where = f"redis+sentinel://{service}"
+            else:
+                where = f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
             self.display = f"{where}/{kwargs.get('db', 0)}"
         else:
             raise BudgetConfigError(
@@ -117,14 +121,7 @@ class RedisStore(Store):
             resend=frozenset({"UNDO"}),
         )
         self._wire.keep(first)
-        kwargs = self._client.connection_pool.connection_kwargs
-        socket_path = kwargs.get("path")
-        address: tuple[Any, ...] = (
-            ("unix", socket_path)
-            if socket_path
-            else ("tcp", str(kwargs.get("host", "localhost")).lower(), int(kwargs.get("port") or 6379))
-        )
-        self._ledger_key: Hashable = ("redis", *address, int(kwargs.get("db", 0) or 0))
+        self._ledger_key = _ledger_key_of(self._client, self)
         with _stores_lock:
             _stores.add(self)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
@@ -405,9 +402,49 @@ _stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 _stores_lock = threading.Lock()
 
 
+def _ledger_key_of(client: redis.Redis, store: RedisStore) -> Hashable:
+    """What tells one Redis database from another: socket path or host (as written) and port, or a Sentinel
+    service and its sentinels; and the database number. A pool that says neither: the store object alone."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    db = int(kwargs.get("db", 0) or 0)
+    if kwargs.get("path"):
+        return ("redis", "unix", kwargs["path"], db)
+    if "host" in kwargs or type(pool) is redis.ConnectionPool or type(pool) is redis.BlockingConnectionPool:
+        return (
+            "redis",
+            "tcp",
+            str(kwargs.get("host", "localhost")).lower(),
+            int(kwargs.get("port") or 6379),
+            db,
+        )
+    service = getattr(pool, "service_name", None)
+    manager = getattr(pool, "sentinel_manager", None)
+    if service and manager is not None:
+        sentinels = sorted(
+            (
+                str(s.connection_pool.connection_kwargs.get("host")),
+                s.connection_pool.connection_kwargs.get("port"),
+            )
+            for s in getattr(manager, "sentinels", ())
+        )
+        return ("redis", "sentinel", service, tuple(sentinels), db)
+    return ("redis", "object", id(store))
+
+
 def _every_store() -> list[RedisStore]:
     with _stores_lock:
         return list(_stores)
+
+
+def _new_stores_lock() -> None:
+    """In a forked child: a lock of its own (a thread of the parent may have held it as the fork happened)."""
+    global _stores_lock
+    _stores_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_stores_lock)
 
 
 _SCRIPTS = ("RESERVE", "SETTLE", "SETTLES_THEN_RESERVE", "RELEASE", "UNDO", "RENEW", "READ", "RESET", "LOG")

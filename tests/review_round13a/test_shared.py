@@ -70,10 +70,6 @@ def _sentinel(services: dict[str, str]) -> Iterator[int]:
             process.wait(10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: RedisStore of a Sentinel client takes localhost:6379/0 as its ledger_key: two services merge",
-)
 def test_budgets_in_two_sentinel_services_are_kept_in_their_own_servers(
     server: FakeInferenceServer, prices: dict[str, float]
 ) -> None:
@@ -149,10 +145,6 @@ def test_a_refusal_names_the_budget_and_store_that_refused(
 
 
 # ------------------------------------------------------------------------ fork
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: redis._stores_lock is not reset after fork: a child deadlocks on its first read",
-)
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_can_read_a_redis_budget_while_a_parent_thread_reads_one(redis_store_url: str) -> None:
     """The Redis store is documented as fork-aware ("A forked process (a multiprocessing pool's worker made
