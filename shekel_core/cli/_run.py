@@ -125,10 +125,12 @@ def _runnable(path: Path) -> bool:
 
 
 def _check_store(entered: Any, config: dict[str, Any]) -> None:
-    """Read the run's store once before the program starts: a store that cannot be reached is refused now,
-    not found out after the program has run (the message names the store without its password)."""
+    """Read the run's budget in its store once before the program starts: a store that cannot be reached, or
+    that keeps the budget over another window than --window, is refused now, not found out after the program
+    has run (the message names the store without its password)."""
     try:
-        entered._shared.store.log(config["name"], since=time.time())
+        part = entered._shared
+        part.store.read(part.limits)
     except ShekelError as error:
         raise _args.UsageError(str(error)) from None
 

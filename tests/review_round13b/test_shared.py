@@ -192,10 +192,6 @@ def test_a_shekel_run_stopped_by_the_shared_budget_does_not_say_it_spent_0_perce
 
 
 # ------------------------------------------------------------------------ shekel run --window
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a --window the store refuses runs the program, which dies on its first call with a traceback and the wrong '0 calls counted' hint",
-)
 def test_shekel_run_with_a_window_the_store_refuses_is_a_bad_argument(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
