@@ -367,9 +367,14 @@ def store_error(store: Store, action: str, error: BaseException) -> StoreError:
     """A ``StoreError`` naming the store (without its password) and the fix."""
     return StoreError(
         f"shared budget store {store.display} could not {action}: {type(error).__name__}: "
-        f"{_scrub(str(error)).rstrip('. ')}. Check that the store is reachable, or pass on_store_error='open' to let "
-        "calls go ahead, counted in this process only, while it is down."
+        f"{_scrub(str(error)).rstrip('. ')}. Check that the store is reachable{OPEN_ADVICE}."
     )
+
+
+#: The part of a store error's advice only a budget can follow (the ``shekel`` command leaves it out).
+OPEN_ADVICE = (
+    ", or pass on_store_error='open' to let calls go ahead, counted in this process only, while it is down"
+)
 
 
 #: ``scheme://userinfo@`` (userinfo may itself hold ``@``: the last one ends it) and query strings.

@@ -217,10 +217,6 @@ def test_shekel_run_with_a_window_the_store_refuses_is_a_bad_argument(
 
 
 # ------------------------------------------------------------------------ advice the command cannot take
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the shekel command's store errors advise on_store_error='open', which the command has no option for",
-)
 @pytest.mark.parametrize("command", ["status", "report", "run"])
 def test_a_store_error_of_the_shekel_command_gives_advice_the_command_can_follow(
     command: str, tmp_path: Path
