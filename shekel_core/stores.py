@@ -66,7 +66,7 @@ def open_store(spec: str | Store) -> Store:
         url = os.environ.get(STORE_ENV, "").strip()
         if not url:
             raise BudgetConfigError(
-                f"store='env' reads the store URL from {STORE_ENV}, which is not set. Set it, e.g. "
+                f"store='env' reads the store URL from {STORE_ENV}, which is not set (or empty). Set it, e.g. "
                 f"{STORE_ENV}=sqlite:///budgets.db, or pass the URL itself."
             )
     # One store per file (a relative path is taken from the working directory now), else per URL.
