@@ -749,7 +749,15 @@ class Budget:
         raise self._refused_shared(no_room, waited if attempt.slept else None)
 
     def _refused_shared(self, no_room: StoreNoRoom, waited: float | None) -> BudgetExceededError:
-        member = next((b for b in self._chain if b._name == no_room.name and b._shared is not None), self)
+        # The budget of that name in the store that refused; of two there (nested), the one whose limit is hit.
+        named = [
+            b for b in no_room.members or self._chain if b._name == no_room.name and b._shared is not None
+        ]
+        cap = {"usd": "_cap_usd", "calls": "_cap_calls", "tokens": "_cap_tokens"}.get(
+            no_room.reason, "_cap_usd"
+        )
+        limited = [b for b in named if getattr(b, cap) is not None]
+        member = min(limited, key=lambda b: getattr(b, cap)) if limited else named[0] if named else self
         figures = no_room.figures
         where = f" (shared, in {member._shared.store.display})" if member._shared is not None else ""
         return self._emit_refusal(

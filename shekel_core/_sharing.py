@@ -28,6 +28,7 @@ from .ledger.shared import (
     Grant,
     SharedLimits,
     Store,
+    StoreNoRoom,
     from_nano,
     nano_up,
     new_hold_id,
@@ -173,6 +174,9 @@ def take_holds(reservation: Reservation, patient: bool = True) -> None:
                 ask.ceiling = reservation.max_tokens or ask.ceiling
             try:
                 grant = store.reserve(_limits(members), ask)
+            except StoreNoRoom as no_room:
+                no_room.members = members  # which budgets refused: the error names the right one
+                raise
             except StoreError:
                 if not _open(members):
                     raise
@@ -194,6 +198,9 @@ async def atake_holds(reservation: Reservation, patient: bool = True) -> None:
                 ask.ceiling = reservation.max_tokens or ask.ceiling
             try:
                 grant = await _cancel_safe_reserve(store, _limits(members), ask)
+            except StoreNoRoom as no_room:
+                no_room.members = members  # which budgets refused: the error names the right one
+                raise
             except StoreError:
                 if not _open(members):
                     raise

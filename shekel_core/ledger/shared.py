@@ -250,6 +250,8 @@ class StoreNoRoom(Exception):
         self.waitable = waitable
         self.figures = figures
         self.needed = needed
+        #: The budgets of the chain held in the store that refused (set by the caller that asked it).
+        self.members: Sequence[Any] = ()
 
 
 # ------------------------------------------------------------------------------------------ the interface

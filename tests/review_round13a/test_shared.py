@@ -112,10 +112,6 @@ def test_budgets_in_two_sentinel_services_are_kept_in_their_own_servers(
 
 
 # ------------------------------------------------------------------------ refusals
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a refusal by a shared budget names the innermost budget of that name (wrong store, limit)",
-)
 @pytest.mark.parametrize("inner_store", ["another file", "another object of the same file"])
 def test_a_refusal_names_the_budget_and_store_that_refused(
     tmp_path: Path, server: FakeInferenceServer, prices: dict[str, float], inner_store: str
