@@ -394,7 +394,12 @@ class _Monitor:
             failed += e.get("outcome") not in (None, "ok")
         with contextlib.suppress(Exception):  # only for --warn-at: the report itself is read above
             self.poll()
+        budget_spent = None
+        if not self.private:  # the shared budget's own figure (every process's, in its window)
+            with contextlib.suppress(Exception):
+                budget_spent = str(self.budget.spent_exact)
         return {
+            "budget_spent": budget_spent,
             "spent": str(from_nano(total)),
             "limit": None if self.limit is None else str(self.limit),
             "calls": len(entries),
@@ -438,13 +443,23 @@ def _refusals(path: str) -> list[dict[str, Any]]:
 def _print_summary(report: dict[str, Any]) -> None:
     limit = None if report["limit"] is None else Decimal(report["limit"])
     spent = Decimal(report["spent"])
-    share = f" ({spent / limit:.1%})" if limit else ""
     failed = f" (+{report['failed_calls']} failed)" if report["failed_calls"] else ""
-    _render.line(
-        f"shekel: spent {_render.usd(spent)} of {_render.usd(limit)}{share}, {report['calls']} calls{failed}, "
-        f"tokens {report['input_tokens']} in / {report['output_tokens']} out",
-        style="bold",
+    counted = (
+        f"{report['calls']} calls{failed}, tokens {report['input_tokens']} in / {report['output_tokens']} out"
     )
+    if report.get("budget_spent") is not None:  # a shared budget: its spend of its limit, then this run's
+        shared = Decimal(report["budget_spent"])
+        share = f" ({shared / limit:.1%})" if limit else ""
+        _render.line(
+            f"shekel: spent {_render.usd(shared)} of {_render.usd(limit)}{share} in budget {report['budget']!r}; "
+            f"this run {_render.usd(spent)}, {counted}",
+            style="bold",
+        )
+    else:
+        share = f" ({spent / limit:.1%})" if limit else ""
+        _render.line(
+            f"shekel: spent {_render.usd(spent)} of {_render.usd(limit)}{share}, {counted}", style="bold"
+        )
     if report["by_model"]:
         _render.table(
             ["model", "provider", "calls", "input", "output", "spent"],

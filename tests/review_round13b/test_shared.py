@@ -161,10 +161,6 @@ def test_two_shekel_runs_on_one_store_budget_each_report_their_own_calls(
     assert report_a["spent"] == "0.03"  # observed: 0.075
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel run --store's summary divides this run's spend by the shared limit: '0.0%' next to 'the budget stopped the program'",
-)
 def test_a_shekel_run_stopped_by_the_shared_budget_does_not_say_it_spent_0_percent(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
