@@ -142,7 +142,15 @@ def _key(entry: dict[str, Any], by: str) -> str:
 
 def aggregate(entries: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     groups: dict[str, dict[str, int]] = defaultdict(
-        lambda: {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_nano": 0}
+        lambda: {
+            "calls": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cost_nano": 0,
+            "failed": 0,
+            "expired": 0,
+            "estimated": 0,
+        }
     )
     for e in entries:
         row = groups[_key(e, by)]
@@ -150,6 +158,10 @@ def aggregate(entries: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
         row["input_tokens"] += int(e["input_tokens"])
         row["output_tokens"] += int(e["output_tokens"])
         row["cost_nano"] += int(e["cost_nano"])
+        # expired: a hold whose process died mid-call, charged at what it held (estimated tokens)
+        row["expired"] += bool(e.get("expired"))
+        row["failed"] += not e.get("expired") and e.get("outcome") not in (None, "ok")
+        row["estimated"] += bool(e.get("estimated"))
     ordered = (
         sorted(groups.items())
         if by in ("day", "hour")
@@ -162,6 +174,9 @@ def aggregate(entries: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
             "input_tokens": row["input_tokens"],
             "output_tokens": row["output_tokens"],
             "spent": str(from_nano(row["cost_nano"])),
+            "failed": row["failed"],
+            "expired": row["expired"],
+            "estimated": row["estimated"],
         }
         for key, row in ordered
     ]
@@ -184,10 +199,22 @@ def report(args: argparse.Namespace) -> int:
         try:
             with open(args.csv, "w", newline="", encoding="utf-8") as out:
                 writer = csv.writer(out)
-                writer.writerow([args.by, "calls", "input_tokens", "output_tokens", "spent_usd"])
+                writer.writerow(
+                    [
+                        args.by,
+                        "calls",
+                        "input_tokens",
+                        "output_tokens",
+                        "spent_usd",
+                        "failed",
+                        "expired",
+                        "estimated",
+                    ]
+                )
                 for r in rows:
                     writer.writerow(
                         [r[args.by], r["calls"], r["input_tokens"], r["output_tokens"], r["spent"]]
+                        + [r[count] for count in ("failed", "expired", "estimated")]
                     )
         except OSError as error:
             raise _args.UsageError(
@@ -216,6 +243,8 @@ def report(args: argparse.Namespace) -> int:
                     "by": args.by,
                     "calls": len(entries),
                     "spent": str(from_nano(total)),
+                    "failed": sum(r["failed"] for r in rows),
+                    "expired": sum(r["expired"] for r in rows),
                     "rows": rows,
                 },
                 indent=2,
@@ -247,6 +276,13 @@ def report(args: argparse.Namespace) -> int:
         ],
         title=f"{_title(store, args.name, since)}, by {args.by}",
     )
+    expired = sum(r["expired"] for r in rows)
+    if expired:
+        _render.line(
+            f"{expired} of these calls expired: their process died mid-call, and each is charged at what it held "
+            "(its tokens are estimates)",
+            stream=sys.stdout,
+        )
     for path in (args.csv, args.plot):
         if path is not None:
             _render.line(f"wrote {path}", stream=sys.stdout)

@@ -251,10 +251,6 @@ def test_a_store_error_of_the_shekel_command_gives_advice_the_command_can_follow
 
 
 # ------------------------------------------------------------------------ expired holds in the report
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel report drops the log's expired/estimated/outcome fields: a crashed worker's hold looks like a call",
-)
 def test_shekel_report_tells_an_expired_hold_from_a_call(
     server: FakeInferenceServer, prices: dict[str, float], tmp_path: Path
 ) -> None:
