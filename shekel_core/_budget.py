@@ -193,6 +193,19 @@ class Reservation:
     media: str | None = None
 
 
+#: What a budget's figures are made of (an ``Account``'s counts, without its limits).
+_FIGURES = (
+    "spent",
+    "reserved",
+    "calls",
+    "failed",
+    "inflight",
+    "input_tokens",
+    "output_tokens",
+    "reserved_tokens",
+)
+
+
 class Budget:
     """A spending limit for the LLM calls made inside it. Build it with :func:`shekel.budget`.
 
@@ -809,6 +822,7 @@ class Budget:
         part = self._shared
         if part is None:
             return self._account
+        view = Account(self, self._cap_usd, self._cap_calls, self._cap_tokens)
         try:
             figures = sharing.figures(part)
         except StoreError:
@@ -816,35 +830,13 @@ class Budget:
                 raise
             # The store is down: this process's own figures, as its calls are counted, against the budget's
             # limits (a windowed budget's account here has none: its share is not enforced per window).
-            own = self._account
-            return self._figures_view(
-                own.spent, own.reserved, own.calls, own.failed, own.inflight,
-                own.input_tokens, own.output_tokens, own.reserved_tokens,
-            )  # fmt: skip
-        return self._figures_view(
-            from_nano(figures.spent), from_nano(figures.reserved), figures.calls, figures.failed,
-            figures.inflight, figures.input_tokens, figures.output_tokens, figures.reserved_tokens,
-        )  # fmt: skip
-
-    def _figures_view(
-        self,
-        spent: Decimal,
-        reserved: Decimal,
-        calls: int,
-        failed: int,
-        inflight: int,
-        input_tokens: int,
-        output_tokens: int,
-        reserved_tokens: int,
-    ) -> Account:
-        view = Account(self, self._cap_usd, self._cap_calls, self._cap_tokens)
-        view.spent, view.reserved = spent, reserved
-        view.calls, view.failed, view.inflight = calls, failed, inflight
-        view.input_tokens, view.output_tokens, view.reserved_tokens = (
-            input_tokens,
-            output_tokens,
-            reserved_tokens,
-        )
+            for figure in _FIGURES:
+                setattr(view, figure, getattr(self._account, figure))
+            return view
+        view.spent, view.reserved = from_nano(figures.spent), from_nano(figures.reserved)
+        view.calls, view.failed, view.inflight = figures.calls, figures.failed, figures.inflight
+        view.input_tokens, view.output_tokens = figures.input_tokens, figures.output_tokens
+        view.reserved_tokens = figures.reserved_tokens
         return view
 
     def reset(self) -> None:

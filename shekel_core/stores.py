@@ -92,12 +92,6 @@ def _sqlite_path(url: str) -> Path:
             f"store URL {display_url(url)!r}: write the database file's path alone "
             "(sqlite:///relative.db or sqlite:////absolute/path.db): no folder, no ?options."
         )
-    if path[1:].startswith((":memory:", "file:")):
-        raise BudgetConfigError(
-            f"store URL {display_url(url)!r}: a shared budget needs a database file that every process opens "
-            "(an in-memory database lives and dies with one connection). Name a file, e.g. "
-            "sqlite:///budgets.db, or leave store= out for a budget of this process only."
-        )
     return Path(path[1:])  # "/relative.db" -> "relative.db", "//abs/path.db" -> "/abs/path.db"
 
 

@@ -447,19 +447,15 @@ def _print_summary(report: dict[str, Any]) -> None:
     counted = (
         f"{report['calls']} calls{failed}, tokens {report['input_tokens']} in / {report['output_tokens']} out"
     )
-    if report.get("budget_spent") is not None:  # a shared budget: its spend of its limit, then this run's
-        shared = Decimal(report["budget_spent"])
-        share = f" ({shared / limit:.1%})" if limit else ""
-        _render.line(
-            f"shekel: spent {_render.usd(shared)} of {_render.usd(limit)}{share} in budget {report['budget']!r}; "
-            f"this run {_render.usd(spent)}, {counted}",
-            style="bold",
-        )
-    else:
-        share = f" ({spent / limit:.1%})" if limit else ""
-        _render.line(
-            f"shekel: spent {_render.usd(spent)} of {_render.usd(limit)}{share}, {counted}", style="bold"
-        )
+    # A shared budget: its spend (every process's) of its limit, then this run's.
+    shared = report.get("budget_spent")
+    whole = spent if shared is None else Decimal(shared)
+    share = f" ({whole / limit:.1%})" if limit else ""
+    this_run = "" if shared is None else f" in budget {report['budget']!r}; this run {_render.usd(spent)}"
+    _render.line(
+        f"shekel: spent {_render.usd(whole)} of {_render.usd(limit)}{share}{this_run}, {counted}",
+        style="bold",
+    )
     if report["by_model"]:
         _render.table(
             ["model", "provider", "calls", "input", "output", "spent"],

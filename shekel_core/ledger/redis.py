@@ -132,12 +132,18 @@ class RedisStore(Store):
         client of one database are one ledger."""
         return self._ledger_key
 
+    def _waiting_aliases(self) -> list[RedisStore]:
+        """Other store objects of this ledger (a budget opened through a URL and one through a client of the
+        same database) with settles waiting: a read or reset must see them too."""
+        return [
+            other
+            for other in _every_store()
+            if other is not self and other._ledger_key == self._ledger_key and other._wire.waiting
+        ]
+
     def _send_aliases(self) -> None:
-        """Send the settles other store objects of this ledger keep waiting (a budget opened through a URL
-        and one through a client of the same database): a read or reset must see them too."""
-        for other in _every_store():
-            if other is not self and other._ledger_key == self._ledger_key and other._wire.waiting:
-                other.flush()
+        for other in self._waiting_aliases():
+            other.flush()
 
     @staticmethod
     def _options(url: str) -> dict[str, Any]:
@@ -351,10 +357,7 @@ class RedisStore(Store):
         return self._read(budget, self._run("READ", "read a budget", *self._read_args(budget)))
 
     async def aread(self, budget: SharedLimits) -> Figures:
-        if self._wire.waiting or any(
-            o._wire.waiting and o._ledger_key == self._ledger_key for o in _every_store()
-        ):
-            # settles of this process's sync calls come first
+        if self._wire.waiting or self._waiting_aliases():  # settles of this process's sync calls come first
             await asyncio.to_thread(self.flush)
             await asyncio.to_thread(self._send_aliases)
         return self._read(budget, await self._arun("READ", "read a budget", *self._read_args(budget)))
