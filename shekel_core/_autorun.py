@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from decimal import Decimal
@@ -29,6 +30,8 @@ JOIN_FAILED = 3
 #: The key ``shekel run`` writes in every configuration it puts in ``SHEKEL_RUN``, with the format's version:
 #: only a value carrying it is a run's configuration (anything else is ignored, never fatal).
 MARKER = "shekel_run"
+#: What a run's id looks like (hex, as ``shekel run`` makes it): anything else is not tagged.
+_RUN_ID = re.compile(r"[0-9a-f]{8,32}")
 VERSION = 1
 _warned = False
 
@@ -111,7 +114,11 @@ def join(config: dict[str, Any], *, with_outer: bool = True) -> Budget:
     outer = config.get("outer")
     if outer is not None and with_outer:
         join(outer)
-    entered = enter_for_process(budget_from(config))
+    run_budget = budget_from(config)
+    run = config.get("run_id")
+    if run_budget._shared is not None and isinstance(run, str) and _RUN_ID.fullmatch(run):
+        run_budget._shared.run = run  # its calls' log entries say so: the run reports its own calls
+    entered = enter_for_process(run_budget)
     if config.get("refusals"):
         subscribe(RefusalLog(config["refusals"]))
     return entered

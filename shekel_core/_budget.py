@@ -110,11 +110,6 @@ def _shared_part(
             for k, v in (("window", window), ("lease", lease), ("on_store_error", on_store_error))
             if v is not None and v is not _UNSET
         ]
-        given = [
-            k
-            for k, v in (("window", window), ("lease", lease), ("on_store_error", on_store_error))
-            if v is not None and v is not _UNSET
-        ]
         if given:
             raise BudgetConfigError(
                 f"{'=, '.join(given)}= only apply to shared budgets: give the budget a store too, e.g. "
@@ -277,18 +272,16 @@ class Budget:
             name, store, window, lease, on_store_error, limit, max_calls, max_tokens
         )
         # A shared budget's limits are enforced in its store; its account here counts this process's own
-        # share. With on_store_error="open" and no window, that share is also held to the same limits: never
-        # tighter than the store's while the process alone resets it, and what holds the process to them
-        # while the store is down. Otherwise the store alone enforces them (a window, or a reset by another
-        # process, would make the share here refuse calls the store has room for).
+        # share. With on_store_error="open" and no window, that share answers for the store while it is down
+        # (``sharing.take_holds``): what keeps the process to the limits meanwhile. While the store answers,
+        # it alone enforces them, so that a reset by another process frees room here too.
         part = self._shared
-        own_limits = part is None or (
-            part.fail_open and part.limits.window.seconds is None and part.limits.window.calendar is None
-        )
-        if own_limits:
+        if part is None:
             self._account = Account(self, limit, max_calls, max_tokens)
         else:
             self._account = Account(self, None, None, None)
+            if part.fail_open and part.limits.window.seconds is None and part.limits.window.calendar is None:
+                part.share = (limit, max_calls, max_tokens)
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
@@ -772,7 +765,10 @@ class Budget:
         limited = [b for b in named if getattr(b, cap) is not None]
         member = min(limited, key=lambda b: getattr(b, cap)) if limited else named[0] if named else self
         figures = no_room.figures
-        where = f" (shared, in {member._shared.store.display})" if member._shared is not None else ""
+        where = ""
+        if member._shared is not None:
+            where = f" (shared, in {member._shared.store.display}"
+            where += ", which is down: this process's own share)" if no_room.down else ")"
         return self._emit_refusal(
             BudgetExceededError(
                 budget_name=member.path + where,
@@ -829,7 +825,7 @@ class Budget:
             if not part.fail_open:
                 raise
             # The store is down: this process's own figures, as its calls are counted, against the budget's
-            # limits (a windowed budget's account here has none: its share is not enforced per window).
+            # limits.
             for figure in _FIGURES:
                 setattr(view, figure, getattr(self._account, figure))
             return view

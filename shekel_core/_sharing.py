@@ -17,10 +17,12 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ._money import ZERO, exact_money
 from ._redact import redact_model
 from ._warn import warn_user
 from .errors import BudgetConfigError, StoreError
-from .ledger import OUTPUT_MARGIN_TOKENS
+from .ledger import OUTPUT_MARGIN_TOKENS, Account, NoRoom
+from .ledger import memory as ledger
 from .ledger.shared import (
     Ask,
     Charge,
@@ -54,6 +56,11 @@ class SharedPart:
     #: The spend in the current window, as last seen by this process (for fallback models and warn_at).
     seen_spent: Decimal = Decimal(0)
     warned_open: bool = False
+    #: With on_store_error="open" and no window: the limits (usd, calls, tokens) that this process's own
+    #: share of the budget is held to while the store is down.
+    share: tuple[Decimal | None, int | None, int | None] | None = None
+    #: The id of the ``shekel run`` run whose budget this is (its calls' log entries carry it), else None.
+    run: str | None = None
 
 
 @dataclass(slots=True)
@@ -102,10 +109,19 @@ def ask_for(reservation: Reservation, members: Sequence[Budget], hold_id: str, p
 def hold(reservation: Reservation, patient: bool) -> list[tuple[Store, tuple[Budget, ...], Ask]]:
     """The steps a call takes in its stores (for :func:`take_holds` and :func:`atake_holds`)."""
     steps = []
-    hold_id = new_hold_id()
-    for store, members in reservation.chain[0]._shared_groups:
+    groups = reservation.chain[0]._shared_groups
+    hold_id = new_hold_id(_runs(groups))
+    for store, members in groups:
         steps.append((store, members, ask_for(reservation, members, hold_id, patient)))
     return steps
+
+
+def _runs(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> str:
+    """The ``shekel run`` runs whose budgets hold the call, for its hold id (each run reports its own calls)."""
+    runs = [
+        m._shared.run for _, members in groups for m in members if m._shared is not None and m._shared.run
+    ]
+    return ".".join(dict.fromkeys(runs)) if runs else ""
 
 
 def _limits(members: Sequence[Budget]) -> list[SharedLimits]:
@@ -166,7 +182,8 @@ def _apply(
 
 def take_holds(reservation: Reservation, patient: bool = True) -> None:
     """Hold the call in every store of its chain (sync). Raises :class:`StoreNoRoom` or ``StoreError``
-    after giving back what it took; a store that is down with ``on_store_error="open"`` is skipped."""
+    after giving back what it took. A store that is down with ``on_store_error="open"`` is skipped: this
+    process's share of its budgets answers for it (:func:`_share_answers`)."""
     taken: list[StoreHold] = []
     try:
         for store, members, ask in hold(reservation, patient):
@@ -180,6 +197,7 @@ def take_holds(reservation: Reservation, patient: bool = True) -> None:
             except StoreError:
                 if not _open(members):
                     raise
+                _share_answers(reservation, members, ask.patient)
                 continue
             taken.append(_apply(reservation, store, members, ask, grant))
     except BaseException:
@@ -204,6 +222,7 @@ async def atake_holds(reservation: Reservation, patient: bool = True) -> None:
             except StoreError:
                 if not _open(members):
                     raise
+                _share_answers(reservation, members, ask.patient)
                 continue
             taken.append(_apply(reservation, store, members, ask, grant))
     except BaseException:
@@ -247,9 +266,110 @@ def _open(members: Sequence[Budget]) -> bool:
     return True
 
 
+@exact_money
+def _share_answers(reservation: Reservation, members: Sequence[Budget], patient: bool) -> None:
+    """The store of ``members`` is down (``on_store_error="open"``): this process's share of each budget
+    that has one answers for the store. The call is checked, and sized when shekel chooses its
+    ``max_tokens``, against what this process has spent and holds of the budget's limits, as the store
+    would check it against every process's (``patient``: as :func:`ledger.hold`). Raises
+    :class:`StoreNoRoom` (marked ``down``) when it does not fit; waiting helps when other calls of this
+    process hold the room."""
+    budget = reservation.chain[0]
+    price = reservation.price
+    input_cost = ZERO if price is None else price.worst_input_cost(reservation.prompt_tokens)
+    output_price = ZERO if price is None else price.output_per_token
+    for member in members:
+        part = member._shared
+        if part is None or part.share is None:
+            continue
+        with budget._lock:
+            mine, _ = budget._own_holds(reservation.task)
+            others = _share_without(member, part.share, reservation, None)
+            try:
+                granted, _, _ = ledger.hold(
+                    [others],
+                    input_cost,
+                    output_price,
+                    reservation.prompt_tokens,
+                    None if reservation.flexible else reservation.max_tokens,
+                    reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
+                    patient,
+                )
+            except NoRoom as no_room:
+                alone = _share_without(member, part.share, reservation, mine.get(member._account))
+                refusal = StoreNoRoom(
+                    member._name,
+                    no_room.reason,
+                    alone.reserved < others.reserved and _fits(alone, input_cost, output_price, reservation),
+                    _figures(others),
+                    nano_up(no_room.needed),
+                )
+                refusal.members, refusal.down = members, True
+                raise refusal from None
+        if granted is not None and granted != reservation.max_tokens:
+            budget._take_grant(reservation, granted)
+
+
+def _share_without(
+    member: Budget,
+    share: tuple[Decimal | None, int | None, int | None],
+    reservation: Reservation,
+    own: tuple[Decimal, int, int] | None,
+) -> Account:
+    """This process's share of ``member``'s budget as an account held to its limits, without the call's own
+    hold; and, given ``own`` (what this thread's calls hold), without the holds of other calls too."""
+    account = member._account
+    share_account = Account(member, *share)
+    share_account.spent, share_account.calls, share_account.failed = (
+        account.spent,
+        account.calls,
+        account.failed,
+    )
+    share_account.input_tokens, share_account.output_tokens = account.input_tokens, account.output_tokens
+    if own is None:
+        share_account.reserved = account.reserved - reservation.cost
+        share_account.reserved_tokens = account.reserved_tokens - reservation.tokens
+        share_account.inflight = account.inflight - 1
+    else:
+        money, tokens, calls = own
+        share_account.reserved = money - reservation.cost
+        share_account.reserved_tokens = tokens - reservation.tokens
+        share_account.inflight = calls - 1
+    return share_account
+
+
+def _fits(share: Account, input_cost: Decimal, output_price: Decimal, reservation: Reservation) -> bool:
+    try:
+        ledger.hold(
+            [share],
+            input_cost,
+            output_price,
+            reservation.prompt_tokens,
+            None if reservation.flexible else reservation.max_tokens,
+            reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
+            False,
+        )
+    except NoRoom:
+        return False
+    return True
+
+
+def _figures(share: Account) -> Figures:
+    return Figures(
+        spent=nano_up(share.spent),
+        reserved=nano_up(share.reserved),
+        calls=share.calls,
+        failed=share.failed,
+        inflight=share.inflight,
+        input_tokens=share.input_tokens,
+        output_tokens=share.output_tokens,
+        reserved_tokens=share.reserved_tokens,
+    )
+
+
 def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHold, ...]:
     """Holds that were never taken, for a call charged after the fact: each store charges it on settle."""
-    hold_id = new_hold_id()
+    hold_id = new_hold_id(_runs(groups))
     return tuple(
         StoreHold(store, names, hold_id, 0.0, float("inf"), _windows(members, names))
         for store, members in groups

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import runpy
+import secrets
 import shutil
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
         if args.fallback_model is None
         else {"model": args.fallback_model, "at_pct": _args.fraction(args.fallback_at, "--fallback-at")},
         "refusals": refusals,
+        # Tags this run's calls in the store's log: runs sharing a store budget each report their own.
+        "run_id": secrets.token_hex(8),
     }
 
 
@@ -322,11 +325,16 @@ class _Monitor:
     def poll(self) -> None:
         self.spent = self.budget.spent_exact  # the shared figure: every process's, in the current window
         self.calls = self.budget.calls
-        recent = self.store.log(self.name, since=self.seen_at)
+        recent = self._ours(self.store.log(self.name, since=self.seen_at))
         if recent:
             self.seen_at = recent[-1]["at"]
             self.last_model = recent[-1].get("model") or self.last_model
         self._check_warning()
+
+    def _ours(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The entries of this run's calls (and of runs inside it), not of other runs on the same budget."""
+        run = self.config["run_id"]
+        return [e for e in entries if run in e.get("runs", ())]
 
     def _check_warning(self) -> None:
         if self.warn_at is None or self.warned or self.limit is None or not self.limit:
@@ -373,7 +381,7 @@ class _Monitor:
                 shown.__exit__(None, None, None)
 
     def report(self, exit_code: int, stopped: bool) -> dict[str, Any]:
-        entries = self.store.log(self.name, since=self.started)
+        entries = self._ours(self.store.log(self.name, since=self.started))
         by_model: dict[str, dict[str, Any]] = {}
         total = 0
         input_tokens = output_tokens = failed = 0

@@ -215,7 +215,8 @@ local function sweep(p, name, now, limit, spec)
       local entry = '{"at":' .. string.format('%.6f', now) .. ',"name":' .. cjson.encode(name)
         .. ',"model":' .. (model == '' and 'null' or cjson.encode(model))
         .. ',"provider":null,"input_tokens":' .. s(tokens) .. ',"output_tokens":0,"cost_nano":' .. s(money)
-        .. ',"estimated":1,"expired":1,"outcome":"unknown","path":null,"host":' .. cjson.encode(host_of(id)) .. '}'
+        .. ',"estimated":1,"expired":1,"outcome":"unknown","path":null,"host":' .. cjson.encode(host_of(id))
+        .. ',"hold":' .. cjson.encode(id) .. '}'
       redis.call('HSET', p .. 'expired', id, spec .. '|' .. s(bucket) .. '|' .. s(money) .. '|' .. s(tokens) .. '|' .. entry)
       redis.call('ZADD', p .. 'expired_at', t(now), id)
       push_log(p, entry, limit)

@@ -36,6 +36,7 @@ from .shared import (
     Store,
     StoreNoRoom,
     display_url,
+    runs_of,
     store_error,
     unreadable_url,
     userinfo_end,
@@ -301,6 +302,7 @@ class RedisStore(Store):
                 "outcome": charge.outcome,
                 "path": charge.budget_path,
                 "host": hold_id.split(":", 1)[0],
+                "hold": hold_id,
             }
         )
         args: list[Any] = [
@@ -394,6 +396,8 @@ class RedisStore(Store):
         self._send_aliases()
         entries = self._run("LOG", "read the log of calls", [_prefix(n) for n in names], names)
         calls = [json.loads(_text(e)) for e in entries]
+        for call in calls:
+            call["runs"] = runs_of(call.pop("hold", None))
         if since is not None:
             calls = [c for c in calls if c["at"] >= since]
         calls.sort(key=lambda c: c["at"])  # stable: each budget's entries stay in order

@@ -252,6 +252,8 @@ class StoreNoRoom(Exception):
         self.needed = needed
         #: The budgets of the chain held in the store that refused (set by the caller that asked it).
         self.members: Sequence[Any] = ()
+        #: The store was down, and this process's share of the budget refused (``on_store_error="open"``).
+        self.down = False
 
 
 # ------------------------------------------------------------------------------------------ the interface
@@ -307,7 +309,8 @@ class Store(ABC):
 
     @abstractmethod
     def log(self, name: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
-        """Settled calls, oldest first: at, budget, model, provider, tokens, cost_nano, estimated, expired."""
+        """Settled calls, oldest first: at, name, model, provider, input_tokens, output_tokens, cost_nano,
+        estimated, expired, outcome, path, host, and runs (the ids of the ``shekel run`` runs it was made in)."""
 
     def close(self) -> None:  # noqa: B027 - optional: stores without connections need nothing
         """Close connections (the store reopens them when used again)."""
@@ -361,8 +364,16 @@ def owner(task: object = None) -> str:
     return base if task is None else f"{base}:{id(task)}"
 
 
-def new_hold_id() -> str:
-    return f"{owner()}:{next(_counter)}:{time.time_ns()}"
+def new_hold_id(runs: str = "") -> str:
+    """A new hold's id: who holds it, and ``/`` and the ``shekel run`` runs it is made in (``.`` between)."""
+    hold_id = f"{owner()}:{next(_counter)}:{time.time_ns()}"
+    return f"{hold_id}/{runs}" if runs else hold_id
+
+
+def runs_of(hold_id: str | None) -> list[str]:
+    """The ``shekel run`` runs a call of hold ``hold_id`` was made in (see :func:`new_hold_id`)."""
+    runs = (hold_id or "").partition("/")[2]
+    return runs.split(".") if runs else []
 
 
 def store_error(store: Store, action: str, error: BaseException) -> StoreError:

@@ -30,6 +30,7 @@ from .shared import (
     StoreNoRoom,
     Window,
     parse_window,
+    runs_of,
     store_error,
     window_mismatch,
 )
@@ -253,7 +254,7 @@ class SQLiteStore(Store):
                     charge.output_tokens,
                 )
                 logged = db.execute(
-                    "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, NULL)",
+                    "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
                     (
                         now,
                         name,
@@ -266,6 +267,7 @@ class SQLiteStore(Store):
                         charge.outcome,
                         charge.budget_path,
                         _host(hold_id),
+                        hold_id,
                     ),
                 )
             # Every 1,000th row of the log, whichever process writes it, prunes: short-lived processes too.
@@ -326,7 +328,12 @@ class SQLiteStore(Store):
         with self._transaction("read the log of calls") as db:
             cursor = db.execute(query, (name, name, since, since))
             columns = [c[0] for c in cursor.description]
-            return [{k: v for k, v in zip(columns, row, strict=True) if k != "hold"} for row in cursor]
+            entries = []
+            for row in cursor:
+                entry = dict(zip(columns, row, strict=True))
+                entry["runs"] = runs_of(entry.pop("hold"))
+                entries.append(entry)
+            return entries
 
     # ---------------------------------------------------------------- inside a transaction
     def _check_window(self, db: sqlite3.Connection, budget: SharedLimits) -> None:

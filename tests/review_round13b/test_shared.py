@@ -63,10 +63,6 @@ CALLS = textwrap.dedent(
 
 
 # ------------------------------------------------------------------------ on_store_error="open" and reset
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: with on_store_error='open' and no window the in-process share stays enforced while the store is up, so a reset by another process (shekel reset) leaves the budget refusing calls with a stale 'spent' figure",
-)
 def test_an_open_mode_budget_can_spend_again_after_another_process_resets_it(
     store_url: str, server: FakeInferenceServer, prices: dict[str, float], tmp_path: Path
 ) -> None:
@@ -100,10 +96,6 @@ def test_an_open_mode_budget_can_spend_again_after_another_process_resets_it(
 
 
 # ------------------------------------------------------------------------ shekel run --store: the summary
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel run --store sums the store's log of the name since the run started, so concurrent runs count each other's calls",
-)
 def test_two_shekel_runs_on_one_store_budget_each_report_their_own_calls(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from shekel.ledger.shared import (
     SharedLimits,
     Store,
     StoreNoRoom,
+    new_hold_id,
     parse_window,
 )
 from shekel.stores import SQLiteStore
@@ -188,6 +189,32 @@ def test_log_names_describe_and_reset(store_and_clock: tuple[Store, Callable[[fl
     assert len(store.log()) == 2 and store.log(since=entry["at"] + 1) == []
     store.reset("tenant:1")
     assert store.read(a).spent == 0 and store.names() == ["tenant:2"] and store.read(b).spent == 120
+
+
+def test_the_log_says_which_shekel_runs_a_call_was_made_in_settled_or_expired(
+    store_and_clock: tuple[Store, Callable[[float], None]],
+) -> None:
+    """A hold id made for a call of `shekel run` runs carries their ids; the log gives them back as `runs`
+    for a settled call and for a hold its lease ended (a crashed worker of the run), so that each run
+    reports its own calls."""
+    store, set_clock = store_and_clock
+    now = time.time()
+    set_clock(now)
+    limits = SharedLimits("job", parse_window(None), None, None, None)
+    settled, crashed, plain = (
+        new_hold_id("0a1b2c3d4e5f6071.8899aabbccddeeff"),
+        new_hold_id("0a1b2c3d4e5f6071"),
+        new_hold_id(),
+    )
+    for hold_id in (settled, crashed, plain):
+        store.reserve([limits], _ask(hold_id, lease=5.0))
+    store.settle(["job"], settled, Charge(100, 5, 5, "ok"))
+    store.settle(["job"], plain, Charge(100, 5, 5, "ok"))
+    set_clock(now + 10)  # the crashed worker's lease ran out
+    store.read(limits)
+    runs = sorted((e["expired"], e["runs"]) for e in store.log("job"))
+    assert runs == [(0, []), (0, ["0a1b2c3d4e5f6071", "8899aabbccddeeff"]), (1, ["0a1b2c3d4e5f6071"])]
+    assert all("hold" not in e for e in store.log("job"))
 
 
 # ------------------------------------------------------------------------------------------ many processes
