@@ -275,9 +275,6 @@ def _share_answers(reservation: Reservation, members: Sequence[Budget], patient:
     :class:`StoreNoRoom` (marked ``down``) when it does not fit; waiting helps when other calls of this
     process hold the room."""
     budget = reservation.chain[0]
-    price = reservation.price
-    input_cost = ZERO if price is None else price.worst_input_cost(reservation.prompt_tokens)
-    output_price = ZERO if price is None else price.output_per_token
     for member in members:
         part = member._shared
         if part is None or part.share is None:
@@ -286,21 +283,13 @@ def _share_answers(reservation: Reservation, members: Sequence[Budget], patient:
             mine, _ = budget._own_holds(reservation.task)
             others = _share_without(member, part.share, reservation, None)
             try:
-                granted, _, _ = ledger.hold(
-                    [others],
-                    input_cost,
-                    output_price,
-                    reservation.prompt_tokens,
-                    None if reservation.flexible else reservation.max_tokens,
-                    reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
-                    patient,
-                )
+                granted = _hold_on(others, reservation, patient)
             except NoRoom as no_room:
                 alone = _share_without(member, part.share, reservation, mine.get(member._account))
                 refusal = StoreNoRoom(
                     member._name,
                     no_room.reason,
-                    alone.reserved < others.reserved and _fits(alone, input_cost, output_price, reservation),
+                    alone.inflight < others.inflight and _fits(alone, reservation),
                     _figures(others),
                     nano_up(no_room.needed),
                 )
@@ -308,6 +297,21 @@ def _share_answers(reservation: Reservation, members: Sequence[Budget], patient:
                 raise refusal from None
         if granted is not None and granted != reservation.max_tokens:
             budget._take_grant(reservation, granted)
+
+
+def _hold_on(share: Account, reservation: Reservation, patient: bool) -> int | None:
+    """Hold the call on ``share`` alone, as the in-memory ledger does: the output tokens it may send."""
+    price = reservation.price
+    granted, _, _ = ledger.hold(
+        [share],
+        ZERO if price is None else price.worst_input_cost(reservation.prompt_tokens),
+        ZERO if price is None else price.output_per_token,
+        reservation.prompt_tokens,
+        None if reservation.flexible else reservation.max_tokens,
+        reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
+        patient,
+    )
+    return granted
 
 
 def _share_without(
@@ -338,17 +342,9 @@ def _share_without(
     return share_account
 
 
-def _fits(share: Account, input_cost: Decimal, output_price: Decimal, reservation: Reservation) -> bool:
+def _fits(share: Account, reservation: Reservation) -> bool:
     try:
-        ledger.hold(
-            [share],
-            input_cost,
-            output_price,
-            reservation.prompt_tokens,
-            None if reservation.flexible else reservation.max_tokens,
-            reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
-            False,
-        )
+        _hold_on(share, reservation, False)
     except NoRoom:
         return False
     return True

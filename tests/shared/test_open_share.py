@@ -21,14 +21,11 @@ from shekel.stores import RedisStore
 from shekel.testing import FakeInferenceServer
 
 from .._redis_server import free_port, start_server, stop_server
+from .test_shared_budgets import CALL_COST, MESSAGES, PRICES
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 InferenceClient = huggingface_hub.InferenceClient
 AsyncInferenceClient = huggingface_hub.AsyncInferenceClient
-
-PRICES = {"input": 1.0, "output": 2.0}  # $0.001 per input token, $0.002 per output token
-MESSAGES = [{"role": "user", "content": "hi there"}]  # 5 prompt tokens at the server
-CALL_COST = Decimal("0.001") * 5 + Decimal("0.002") * 5  # max_tokens=5: $0.015 per call
 
 
 class Restartable:
