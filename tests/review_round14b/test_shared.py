@@ -485,3 +485,81 @@ def test_the_json_field_with_the_budgets_shared_spend_is_documented(
     report = json.loads((tmp_path / "spend.json").read_text())
     assert report["spent"] == "0" and report["budget_spent"] == "0.045", report
     assert "budget_spent" in (ROOT / "docs" / "cli.md").read_text()
+
+
+# ------------------------------------------------------------------ the README's two commands
+def _readme_commands() -> list[str]:
+    """The `shekel ...` lines of the README's bash block under "Or cap a program without editing it"."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"\*\*Or cap a program without editing it\*\*.*?```bash\n(.*?)```", text, flags=re.S)
+    assert block is not None
+    return [line for line in block.group(1).splitlines() if line.startswith("shekel ")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: the README's `shekel report --store sqlite:///budgets.db` after its `shekel run` fails: "
+    "the run kept no store",
+)
+def test_the_readmes_report_command_reports_what_its_run_command_spent(
+    server: FakeInferenceServer, tmp_path: Path
+) -> None:
+    """README.md, "Or cap a program without editing it, with the `shekel` command", one block:
+
+        shekel run --budget 1.00 --price-per-1k 0.001,0.001 summarise.py --in documents/
+        shekel report --store sqlite:///budgets.db --since 7d --by model --plot spend.png
+
+    A newcomer runs the two lines in order (summarise.py: a program that makes 3 calls). The run works;
+    the report fails: "shekel report: error: shared budget store sqlite:///.../budgets.db could not be read:
+    no such file (is the path right? shekel status/report/reset never create a store)", exit 1. The run
+    kept its budget in a private temporary store (no `--store ... --name`, docs/cli.md), so there is nothing
+    to report, and nothing in the README or the message says the run needs `--store`/`--name` for that."""
+    import shlex
+
+    (tmp_path / "summarise.py").write_text(
+        "import os\nfrom huggingface_hub import InferenceClient\n\n"
+        "client = InferenceClient(base_url=os.environ['LLM_URL'])\n"
+        "for _ in range(3):\n"
+        "    client.chat_completion([{'role': 'user', 'content': 'hi there'}], model='m', max_tokens=5)\n"
+    )
+    (tmp_path / "documents").mkdir()
+    commands = _readme_commands()
+    assert [c.split()[1] for c in commands] == ["run", "report"], commands
+    outcomes = []
+    for command in commands:
+        args = shlex.split(command)[1:]
+        if args[0] == "report":  # the plot needs matplotlib (shekel[plot]): not what this test is about
+            args = [a for i, a in enumerate(args) if a != "--plot" and (i == 0 or args[i - 1] != "--plot")]
+        outcomes.append(shekel(*args, cwd=tmp_path, env=_env(LLM_URL=server.url)))
+    run, report = outcomes
+    assert run.returncode == 0 and server.request_count == 3, run.stderr
+    assert report.returncode == 0, report.stderr  # observed: 1, "could not be read: no such file"
+    assert "3" in report.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: shekel run's stop line advises 'Raise max_usd ... set fallback={...}', Python arguments "
+    "a command-line user does not have",
+)
+def test_shekel_runs_stop_line_names_the_commands_options(
+    server: FakeInferenceServer, tmp_path: Path
+) -> None:
+    """docs/cli.md: `shekel run` "caps a Python program you did not write ... without editing it"; its options
+    are `--budget USD`, `--max-calls N`, `--fallback-model M --fallback-at F`. The command leaves out advice it
+    has no option for (cli/__init__.py `_for_command`: "The message without advice the command has no
+    option for").
+
+    `shekel run --budget 0.01 ...` is stopped at the first call. Observed, on stderr: "shekel: the budget
+    stopped the program: budget 'shekel-run ...' cannot pay for the next call: ... Raise max_usd, lower
+    max_tokens, or set fallback={'at_pct': ..., 'model': <a cheaper model>}." -- the `budget()` arguments,
+    which a user of a program they did not write cannot pass; the fix on this command line is `--budget`
+    (or `--fallback-model`/`--fallback-at`). cli/_run.py prints the BudgetExceededError's message as is."""
+    (tmp_path / "calls.py").write_text(CALLS)
+    done = shekel(
+        "run", "--budget", "0.01", "--price-per-1k", PRICE, "calls.py", server.url, "3", cwd=tmp_path
+    )
+    assert done.returncode == 3, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("shekel: the budget stopped the program")]
+    assert "max_usd" not in line and "fallback={" not in line, line
+    assert "--budget" in line, line
