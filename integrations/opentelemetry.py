@@ -57,6 +57,7 @@ from shekel import _events as events
 from shekel._budget import Budget
 from shekel._redact import redact_model
 from shekel.errors import BudgetExceededError
+from shekel.ledger.shared import from_nano
 
 __all__ = ["ShekelInstrumentor"]
 
@@ -292,10 +293,10 @@ class _Telemetry:
 
 def _figures_of(budget: Budget) -> tuple[Decimal, Decimal, Decimal | None]:
     """Spent, reserved and limit, as this process sees them without asking a store: for a shared budget,
-    the spend in its window as of this process's last hold, plus its own charges since."""
+    the spend in its window as the store last gave it, plus this process's charges since."""
     part = budget._shared
     account = budget._account
-    spent = account.spent if part is None else part.seen_spent
+    spent = account.spent if part is None else from_nano(part.seen.spent)
     return spent, account.reserved, budget._cap_usd
 
 

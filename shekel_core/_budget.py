@@ -20,6 +20,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from . import _context
 from . import _events as events
+from . import _shares as shares
 from . import _sharing as sharing
 from . import _validate as validate
 from ._money import MONEY_CONTEXT, MONEY_PRECISION, ZERO, exact_money
@@ -34,6 +35,7 @@ from ._pricing import (
 from ._pricing_files import env_pricing, load_pricing_file
 from ._records import CallRecord, ModelTotals, RecordFields, record_dict, totals_dict
 from ._redact import redact_model
+from ._shares import Share
 from ._sharing import SharedPart, StoreHold
 from ._usage import Usage
 from ._warn import warn_user
@@ -47,7 +49,7 @@ from .errors import (
 )
 from .ledger import ERROR, OK, OUTPUT_MARGIN_TOKENS, UNKNOWN, Account, NoRoom
 from .ledger import memory as ledger
-from .ledger.shared import Charge, Store, StoreNoRoom, from_nano, nano_up
+from .ledger.shared import OPEN_ADVICE, Charge, Store, StoreNoRoom, from_nano, nano_up
 from .ledger.waiting import Tree, Waiter
 
 P = ParamSpec("P")
@@ -101,6 +103,7 @@ def _shared_part(
     max_tokens: int | None,
 ) -> SharedPart | None:
     """Check the arguments of a shared budget (``store=``); None for a budget of this process alone."""
+    from ._shares import share_of
     from .ledger.shared import MAX_EXACT_NANO, SharedLimits, parse_lease, parse_window
     from .stores import open_store
 
@@ -144,11 +147,13 @@ def _shared_part(
         raise BudgetConfigError(
             f"name={name!r} cannot be written to a store: it is not valid text."
         ) from None
+    opened = open_store(store)  # type: ignore[arg-type]
     return SharedPart(
-        open_store(store),  # type: ignore[arg-type]
+        opened,
         SharedLimits(name, parsed_window, max_nano, max_calls, max_tokens),
         parsed_lease,
         policy == "open",
+        share_of(opened.ledger_key, name),
     )
 
 
@@ -186,19 +191,8 @@ class Reservation:
     defer: bool = False
     #: The media task the call makes (``"text-to-image"``...), priced per call only; None for token calls.
     media: str | None = None
-
-
-#: What a budget's figures are made of (an ``Account``'s counts, without its limits).
-_FIGURES = (
-    "spent",
-    "reserved",
-    "calls",
-    "failed",
-    "inflight",
-    "input_tokens",
-    "output_tokens",
-    "reserved_tokens",
-)
+    #: What the call holds in this process's shares of its shared budgets: (share, nano-dollars, tokens).
+    share_holds: tuple[tuple[Share, int, int], ...] = ()
 
 
 class Budget:
@@ -271,17 +265,16 @@ class Budget:
         self._shared: SharedPart | None = _shared_part(
             name, store, window, lease, on_store_error, limit, max_calls, max_tokens
         )
-        # A shared budget's limits are enforced in its store; its account here counts this process's own
-        # share. With on_store_error="open" and no window, that share answers for the store while it is down
-        # (``sharing.take_holds``): what keeps the process to the limits meanwhile. While the store answers,
-        # it alone enforces them, so that a reset by another process frees room here too.
+        # A shared budget's limits are enforced in its store; its account here counts what this budget object
+        # spent. With on_store_error="open" and no window, the process's share of the budget (``part.seen``)
+        # answers for the store while it is down (``sharing.take_holds``).
         part = self._shared
         if part is None:
             self._account = Account(self, limit, max_calls, max_tokens)
         else:
             self._account = Account(self, None, None, None)
-            if part.fail_open and part.limits.window.seconds is None and part.limits.window.calendar is None:
-                part.share = (limit, max_calls, max_tokens)
+            spec = part.limits.window
+            part.enforced = part.fail_open and spec.seconds is None and spec.calendar is None
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)
@@ -575,7 +568,7 @@ class Budget:
             cap = budget._cap_usd
             if budget._fallback_model is not None and cap is not None:
                 part = budget._shared
-                spent = budget._account.spent if part is None else part.seen_spent
+                spent = budget._account.spent if part is None else from_nano(part.seen.spent)
                 if spent >= budget._fallback_at * cap:
                     return budget._fallback_model
         return None
@@ -752,9 +745,11 @@ class Budget:
             attempt.fallback_from = model  # only the cheaper model fits
             attempt.ask = (fallback, *attempt.ask[1:])
             return 0.0
-        raise self._refused_shared(no_room, waited if attempt.slept else None)
+        raise self._refused_shared(no_room, waited if attempt.slept else None, model)
 
-    def _refused_shared(self, no_room: StoreNoRoom, waited: float | None) -> BudgetExceededError:
+    def _refused_shared(
+        self, no_room: StoreNoRoom, waited: float | None, model: str | None
+    ) -> BudgetExceededError:
         # The budget of that name in the store that refused; of two there (nested), the one whose limit is hit.
         named = [
             b for b in no_room.members or self._chain if b._name == no_room.name and b._shared is not None
@@ -774,7 +769,7 @@ class Budget:
                 budget_name=member.path + where,
                 spent=from_nano(figures.spent),
                 limit=member._cap_usd,
-                model=None,
+                model=redact_model(model),
                 needed=from_nano(no_room.needed),
                 reason=no_room.reason,
                 calls=figures.calls + figures.failed + figures.inflight,
@@ -782,7 +777,7 @@ class Budget:
                 reserved=from_nano(figures.reserved),
                 waited=waited,
             ),
-            None,
+            model,
         )
 
     def _release_locked_safely(self, reservation: Reservation) -> None:
@@ -824,10 +819,14 @@ class Budget:
         except StoreError:
             if not part.fail_open:
                 raise
-            # The store is down: this process's own figures, as its calls are counted, against the budget's
-            # limits.
-            for figure in _FIGURES:
-                setattr(view, figure, getattr(self._account, figure))
+            # The store is down: the budget as this process knows it (its figures last seen in the store, and
+            # what this process spent since and holds), against the budget's limits.
+            with shares.LOCK:
+                share = part.seen
+                view.spent, view.reserved = from_nano(share.spent), from_nano(share.held_money)
+                view.calls, view.failed, view.inflight = share.calls, share.failed, share.held_calls
+                view.input_tokens, view.output_tokens = share.input_tokens, share.output_tokens
+                view.reserved_tokens = share.held_tokens
             return view
         view.spent, view.reserved = from_nano(figures.spent), from_nano(figures.reserved)
         view.calls, view.failed, view.inflight = figures.calls, figures.failed, figures.inflight
@@ -839,11 +838,30 @@ class Budget:
         """Forget what the budget has spent (and its records): a new start for its limits.
 
         A shared budget's spend is cleared in its store, for every process; calls in flight keep their
-        holds and are charged as they settle. Budgets around this one keep what they were charged.
+        holds and are charged as they settle. Budgets around this one keep what they were charged. With
+        ``on_store_error="open"`` and the store down, only this process's share of the budget is cleared
+        (with a warning); otherwise a store that is down raises :class:`shekel.StoreError`.
         """
-        if self._shared is not None:
-            self._shared.store.reset(self._shared.limits.name)
-            self._shared.seen_spent = ZERO
+        part = self._shared
+        if part is not None:
+            try:
+                part.store.reset(part.limits.name)
+            except StoreError as error:
+                if not part.fail_open:
+                    raise
+                # on_store_error="open" goes on without the store: the process's share starts again.
+                cause = str(error).replace(OPEN_ADVICE, "").rstrip(". ")
+                warn_user(
+                    f"shekel: budget {self._name!r} was reset in this process only: its store cannot be used "
+                    f"({cause}), so its spend there is not cleared. Reset it again once the store answers."
+                )
+        self._clear()
+
+    def _clear(self) -> None:
+        part = self._shared
+        if part is not None:
+            with shares.LOCK:
+                part.seen.clear()
         with self._lock:
             account = self._account
             account.spent = ZERO
@@ -1206,7 +1224,7 @@ class Budget:
         ledger.release(reservation.chain[0]._accounts, reservation.cost, reservation.tokens)
         if tree.waiters:
             tree.wake()
-        if reservation.shared:
+        if reservation.shared or reservation.share_holds:
             sharing.release(reservation)
             reservation.shared = ()
 
@@ -1358,7 +1376,7 @@ class Budget:
                 if budget._warn_at is not None and not budget._warned:
                     cap = budget._cap_usd
                     part = budget._shared
-                    spent = budget._account.spent if part is None else part.seen_spent + cost
+                    spent = budget._account.spent if part is None else from_nano(part.seen.spent) + cost
                     if cap is not None and spent >= budget._warn_at * cap:
                         budget._warned = True
                         to_warn.append(budget)
@@ -1367,7 +1385,7 @@ class Budget:
             owner._records.append(record)
             if tree.waiters:
                 tree.wake()
-        if reservation.shared:
+        if reservation.shared or reservation.share_holds:
             sharing.settle(
                 reservation,
                 Charge(

@@ -17,13 +17,16 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from . import _shares as shares
 from ._money import ZERO, exact_money
 from ._redact import redact_model
+from ._shares import Share
 from ._warn import warn_user
 from .errors import BudgetConfigError, StoreError
 from .ledger import OUTPUT_MARGIN_TOKENS, Account, NoRoom
 from .ledger import memory as ledger
 from .ledger.shared import (
+    OPEN_ADVICE,
     Ask,
     Charge,
     Figures,
@@ -53,12 +56,12 @@ class SharedPart:
     limits: SharedLimits
     lease: float
     fail_open: bool
-    #: The spend in the current window, as last seen by this process (for fallback models and warn_at).
-    seen_spent: Decimal = Decimal(0)
+    #: This process's share of the budget: its figures as last seen in the store, plus this process's since.
+    seen: Share
     warned_open: bool = False
-    #: With on_store_error="open" and no window: the limits (usd, calls, tokens) that this process's own
-    #: share of the budget is held to while the store is down.
-    share: tuple[Decimal | None, int | None, int | None] | None = None
+    #: Whether this process holds itself to the budget's limits against its share while the store is down
+    #: (on_store_error="open" and no window: a window's share would not be counted per window).
+    enforced: bool = False
     #: The id of the ``shekel run`` run whose budget this is (its calls' log entries carry it), else None.
     run: str | None = None
 
@@ -168,13 +171,17 @@ def _windows(members: Sequence[Budget], names: list[str]) -> list[str]:
 def _apply(
     reservation: Reservation, store: Store, members: Sequence[Budget], ask: Ask, grant: Grant
 ) -> StoreHold:
-    for member in members:
-        part = member._shared
-        if part is not None and member._name in grant.spent:
-            part.seen_spent = from_nano(grant.spent[member._name])
+    names = _names(members)
+    with shares.LOCK:
+        for name in names:
+            share = _share(members, name)
+            figures = grant.figures.get(name)
+            if figures is not None:
+                share.seen(figures)
+            share.hold(grant.money, grant.tokens)
+            reservation.share_holds = (*reservation.share_holds, (share, grant.money, grant.tokens))
     if grant.max_tokens is not None and grant.max_tokens != reservation.max_tokens:
         reservation.chain[0]._take_grant(reservation, grant.max_tokens)
-    names = _names(members)
     return StoreHold(
         store, names, ask.hold_id, ask.lease, time.monotonic() + ask.lease / 3, _windows(members, names)
     )
@@ -194,13 +201,14 @@ def take_holds(reservation: Reservation, patient: bool = True) -> None:
             except StoreNoRoom as no_room:
                 no_room.members = members  # which budgets refused: the error names the right one
                 raise
-            except StoreError:
-                if not _open(members):
+            except StoreError as error:
+                if not _open(members, error):
                     raise
                 _share_answers(reservation, members, ask.patient)
                 continue
             taken.append(_apply(reservation, store, members, ask, grant))
     except BaseException:
+        _unhold_shares(reservation)
         for held in taken:
             _quietly(held.store.release, held.names, held.hold_id)
         raise
@@ -219,13 +227,14 @@ async def atake_holds(reservation: Reservation, patient: bool = True) -> None:
             except StoreNoRoom as no_room:
                 no_room.members = members  # which budgets refused: the error names the right one
                 raise
-            except StoreError:
-                if not _open(members):
+            except StoreError as error:
+                if not _open(members, error):
                     raise
                 _share_answers(reservation, members, ask.patient)
                 continue
             taken.append(_apply(reservation, store, members, ask, grant))
     except BaseException:
+        _unhold_shares(reservation)
         for held in taken:
             await _aquietly(held.store.arelease, held.names, held.hold_id)
         raise
@@ -251,59 +260,77 @@ async def _cancel_safe_reserve(store: Store, budgets: list[SharedLimits], ask: A
         raise
 
 
-def _open(members: Sequence[Budget]) -> bool:
+def _open(members: Sequence[Budget], error: StoreError) -> bool:
     """With ``on_store_error="open"``: warn once per budget, and let the call go ahead."""
     parts = [m._shared for m in members if m._shared is not None]
     if not all(part.fail_open for part in parts):
         return False
+    cause = str(error).replace(OPEN_ADVICE, "").rstrip(". ")
     for member, part in zip(members, parts, strict=False):
         if not part.warned_open:
             part.warned_open = True
             warn_user(
-                f"shekel: the store of shared budget {member._name!r} ({part.store.display}) is down: calls go "
-                "ahead, counted in this process only (on_store_error='open'), until it is back."
+                f"shekel: the store of shared budget {member._name!r} cannot be used ({cause}): calls go "
+                "ahead, held to this process's share of the budget (on_store_error='open'), until it answers."
             )
     return True
 
 
 @exact_money
 def _share_answers(reservation: Reservation, members: Sequence[Budget], patient: bool) -> None:
-    """The store of ``members`` is down (``on_store_error="open"``): this process's share of each budget
-    that has one answers for the store. The call is checked, and sized when shekel chooses its
-    ``max_tokens``, against what this process has spent and holds of the budget's limits, as the store
-    would check it against every process's (``patient``: as :func:`ledger.hold`). Raises
-    :class:`StoreNoRoom` (marked ``down``) when it does not fit; waiting helps when other calls of this
-    process hold the room."""
+    """The store of ``members`` is down (``on_store_error="open"``): this process's share of each of their
+    budgets answers for it. For a budget that enforces its share, the call is checked, and sized when shekel
+    chooses its ``max_tokens``, against the budget's figures as last seen in the store plus what this
+    process spent since and holds now, under the budget's limits (of two budgets of one name, the tighter),
+    as the store would check it (``patient``: as :func:`ledger.hold`). Raises :class:`StoreNoRoom` (marked
+    ``down``) when it does not fit; waiting helps when other calls of this process hold the room."""
     budget = reservation.chain[0]
-    for member in members:
-        part = member._shared
-        if part is None or part.share is None:
-            continue
-        with budget._lock:
-            mine, _ = budget._own_holds(reservation.task)
-            others = _share_without(member, part.share, reservation, None)
+    names = _names(members)
+    limits = {each.name: each for each in _limits(members)}
+    enforced = {m._name for m in members if m._shared is not None and m._shared.enforced}
+    with budget._lock, shares.LOCK:  # the tree's lock first, as a release takes them
+        for name in names:
+            if name not in enforced:
+                continue
+            share = _share(members, name)
+            others = _as_account(budget, share, limits[name], None)
             try:
-                granted = _hold_on(others, reservation, patient)
+                granted, _, _ = _hold_on(others, reservation, patient)
             except NoRoom as no_room:
-                alone = _share_without(member, part.share, reservation, mine.get(member._account))
+                own = _own_holds_in(budget, reservation, share)
                 refusal = StoreNoRoom(
-                    member._name,
+                    name,
                     no_room.reason,
-                    alone.inflight < others.inflight and _fits(alone, reservation),
+                    own[2] < share.held_calls
+                    and _fits(_as_account(budget, share, limits[name], own), reservation),
                     _figures(others),
                     nano_up(no_room.needed),
                 )
                 refusal.members, refusal.down = members, True
                 raise refusal from None
-        if granted is not None and granted != reservation.max_tokens:
-            budget._take_grant(reservation, granted)
+            if granted is not None and granted != reservation.max_tokens:
+                budget._take_grant(reservation, granted)
+        _, cost, _ = _hold_on(Account(budget, None, None, None), reservation, patient)
+        money = nano_up(cost)
+        tokens = reservation.prompt_tokens
+        if reservation.max_tokens is not None:
+            tokens += reservation.max_tokens + OUTPUT_MARGIN_TOKENS
+        for name in names:
+            share = _share(members, name)
+            share.hold(money, tokens)
+            reservation.share_holds = (*reservation.share_holds, (share, money, tokens))
 
 
-def _hold_on(share: Account, reservation: Reservation, patient: bool) -> int | None:
-    """Hold the call on ``share`` alone, as the in-memory ledger does: the output tokens it may send."""
+def _share(members: Sequence[Budget], name: str) -> Share:
+    """The process's share of budget ``name`` (every budget of one name in one store has the same)."""
+    return next(m._shared.seen for m in members if m._name == name and m._shared is not None)
+
+
+def _hold_on(account: Account, reservation: Reservation, patient: bool) -> tuple[int | None, Decimal, int]:
+    """Hold the call on ``account`` alone, as the in-memory ledger does: (max_tokens, money, tokens)."""
     price = reservation.price
-    granted, _, _ = ledger.hold(
-        [share],
+    return ledger.hold(
+        [account],
         ZERO if price is None else price.worst_input_cost(reservation.prompt_tokens),
         ZERO if price is None else price.output_per_token,
         reservation.prompt_tokens,
@@ -311,56 +338,70 @@ def _hold_on(share: Account, reservation: Reservation, patient: bool) -> int | N
         reservation.max_tokens if reservation.max_tokens is not None else reservation.ceiling,
         patient,
     )
-    return granted
 
 
-def _share_without(
-    member: Budget,
-    share: tuple[Decimal | None, int | None, int | None],
-    reservation: Reservation,
-    own: tuple[Decimal, int, int] | None,
+def _as_account(
+    budget: Budget, share: Share, limits: SharedLimits, own: tuple[int, int, int] | None
 ) -> Account:
-    """This process's share of ``member``'s budget as an account held to its limits, without the call's own
-    hold; and, given ``own`` (what this thread's calls hold), without the holds of other calls too."""
-    account = member._account
-    share_account = Account(member, *share)
-    share_account.spent, share_account.calls, share_account.failed = (
-        account.spent,
-        account.calls,
-        account.failed,
+    """``share`` as an account held to ``limits``: with what every call in flight holds, or given ``own``
+    (what the caller's calls in flight hold), with that only."""
+    account = Account(
+        budget,
+        None if limits.max_nano is None else from_nano(limits.max_nano),
+        limits.max_calls,
+        limits.max_tokens,
     )
-    share_account.input_tokens, share_account.output_tokens = account.input_tokens, account.output_tokens
-    if own is None:
-        share_account.reserved = account.reserved - reservation.cost
-        share_account.reserved_tokens = account.reserved_tokens - reservation.tokens
-        share_account.inflight = account.inflight - 1
-    else:
-        money, tokens, calls = own
-        share_account.reserved = money - reservation.cost
-        share_account.reserved_tokens = tokens - reservation.tokens
-        share_account.inflight = calls - 1
-    return share_account
+    account.spent, account.calls, account.failed = from_nano(share.spent), share.calls, share.failed
+    account.input_tokens, account.output_tokens = share.input_tokens, share.output_tokens
+    money, tokens, calls = (share.held_money, share.held_tokens, share.held_calls) if own is None else own
+    account.reserved, account.reserved_tokens, account.inflight = from_nano(money), tokens, calls
+    return account
 
 
-def _fits(share: Account, reservation: Reservation) -> bool:
+def _own_holds_in(budget: Budget, reservation: Reservation, share: Share) -> tuple[int, int, int]:
+    """What the calls in flight of the caller (its thread, and task) hold in ``share``: (money, tokens,
+    calls). Waiting for them could not make room (tree lock held)."""
+    money = tokens = calls = 0
+    for held in budget._tree.holds:
+        if held.thread != reservation.thread or (
+            reservation.task is not None and held.task is not None and held.task is not reservation.task
+        ):
+            continue
+        for each, held_money, held_tokens in held.share_holds:
+            if each is share:
+                money, tokens, calls = money + held_money, tokens + held_tokens, calls + 1
+    return money, tokens, calls
+
+
+def _fits(account: Account, reservation: Reservation) -> bool:
     try:
-        _hold_on(share, reservation, False)
+        _hold_on(account, reservation, False)
     except NoRoom:
         return False
     return True
 
 
-def _figures(share: Account) -> Figures:
+def _figures(account: Account) -> Figures:
     return Figures(
-        spent=nano_up(share.spent),
-        reserved=nano_up(share.reserved),
-        calls=share.calls,
-        failed=share.failed,
-        inflight=share.inflight,
-        input_tokens=share.input_tokens,
-        output_tokens=share.output_tokens,
-        reserved_tokens=share.reserved_tokens,
+        spent=nano_up(account.spent),
+        reserved=nano_up(account.reserved),
+        calls=account.calls,
+        failed=account.failed,
+        inflight=account.inflight,
+        input_tokens=account.input_tokens,
+        output_tokens=account.output_tokens,
+        reserved_tokens=account.reserved_tokens,
     )
+
+
+def _unhold_shares(reservation: Reservation) -> None:
+    """The call's holds in the process's shares end (it settled, or was given back)."""
+    if not reservation.share_holds:
+        return
+    with shares.LOCK:
+        for share, money, tokens in reservation.share_holds:
+            share.unhold(money, tokens)
+        reservation.share_holds = ()
 
 
 def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHold, ...]:
@@ -376,12 +417,13 @@ def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHol
 def settle(reservation: Reservation, charge: Charge) -> None:
     """Charge the call in every store it held in. A store that fails keeps the hold, which its lease ends:
     then it is charged what it held, never less."""
+    _unhold_shares(reservation)
+    with shares.LOCK:
+        for share in {id(m._shared.seen): m._shared.seen for m in reservation.chain if m._shared}.values():
+            share.charge(charge.money, charge.outcome == "ok", charge.input_tokens, charge.output_tokens)
     holds = reservation.shared
     if not holds:
         return
-    for member in reservation.chain:
-        if member._shared is not None:
-            member._shared.seen_spent += from_nano(charge.money)
     loop = _running_loop() if reservation.defer else None
     for held in holds:
         if loop is not None:  # an async caller: settle in a task, which the caller awaits (``settled``)
@@ -405,6 +447,7 @@ async def settled(reservation: Reservation) -> None:
 
 def release(reservation: Reservation) -> None:
     """Give back the call's holds in every store (it was never sent)."""
+    _unhold_shares(reservation)
     loop = _running_loop() if reservation.defer else None
     for held in reservation.shared:
         if loop is not None:
@@ -456,7 +499,8 @@ async def asend_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> N
 
 def figures(part: SharedPart) -> Figures:
     result = part.store.read(part.limits)
-    part.seen_spent = from_nano(result.spent)
+    with shares.LOCK:
+        part.seen.seen(result)
     return result
 
 

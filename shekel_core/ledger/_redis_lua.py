@@ -388,7 +388,7 @@ for i, b in ipairs(budgets) do
     set_held(b.p, m, tk, n)
   end
   redis.call('ZADD', b.p .. 'deadlines', deadline, id)
-  out[#out + 1] = s(f.spent)
+  for _, v in ipairs(reply(f)) do out[#out + 1] = v end
 end
 return out
 """

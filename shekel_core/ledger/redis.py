@@ -259,8 +259,11 @@ class RedisStore(Store):
                 int(answer[5]),
             )
         k = _text(answer[2])
-        spent = {b.name: int(v) for b, v in zip(budgets, answer[5:], strict=True)}
-        return Grant(int(k) if k else None, int(answer[3]), int(answer[4]), spent)
+        checked = {
+            b.name: _figures(answer[5 + 8 * i : 13 + 8 * i], b.window.resets_at(now))
+            for i, b in enumerate(budgets)
+        }
+        return Grant(int(k) if k else None, int(answer[3]), int(answer[4]), checked)
 
     def _mismatch(self, budgets: list[SharedLimits], name: str, stored: str) -> None:
         asked = next(b.window.spec for b in budgets if b.name == name)

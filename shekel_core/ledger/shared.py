@@ -205,7 +205,8 @@ class Grant:
     max_tokens: int | None
     money: int
     tokens: int
-    spent: dict[str, int] = field(default_factory=dict)  # name -> nano-dollars spent in its window
+    #: Each budget's figures in its window as the store checked the call (before its hold).
+    figures: dict[str, Figures] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

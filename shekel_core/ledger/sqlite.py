@@ -517,9 +517,9 @@ def _fit(state: list[tuple[SharedLimits, Figures, Callable[[], tuple[int, int, i
         (1 if ask.max_tokens is None else ask.max_tokens) + ask.margin
     )
     least_tokens = ask.prompt_tokens + (1 if ask.max_tokens is None else ask.max_tokens) + ask.margin
-    spent: dict[str, int] = {}
+    checked: dict[str, Figures] = {}
     for budget, figures, own in state:
-        spent[budget.name] = figures.spent
+        checked[budget.name] = figures
         made = figures.calls + figures.failed
         if budget.max_calls is not None and made + figures.inflight >= budget.max_calls:
             own_money, own_tokens, own_calls = own()
@@ -537,4 +537,4 @@ def _fit(state: list[tuple[SharedLimits, Figures, Callable[[], tuple[int, int, i
             own_money, own_tokens, own_calls = own()
             waitable = figures.inflight > own_calls and figures.spent + own_money + least <= budget.max_nano
             raise StoreNoRoom(budget.name, "usd", waitable, figures, money)
-    return Grant(k, money, tokens, spent)
+    return Grant(k, money, tokens, checked)

@@ -101,11 +101,6 @@ def redis(tmp_path: Path) -> Iterator[Restartable]:
 
 
 # ------------------------------------------------------------------ on_store_error="open", the store down
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the open-mode share is per Budget object, so a process that opens the budget per "
-    "request spends a full cap per request while the store is down",
-)
 def test_one_process_opening_the_budget_per_request_is_held_to_one_cap_while_the_store_is_down(
     server: FakeInferenceServer, redis: Restartable
 ) -> None:
@@ -142,10 +137,6 @@ def test_one_process_opening_the_budget_per_request_is_held_to_one_cap_while_the
     assert spent <= 0.10, f"{server.request_count} calls, ${spent:.3f} of a $0.10 cap"  # observed: 15, $0.225
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: b.reset() in this process does not clear its share while the store is down (StoreError)",
-)
 def test_a_reset_in_this_process_clears_its_share_while_the_store_is_down(
     server: FakeInferenceServer, redis: Restartable
 ) -> None:
@@ -175,10 +166,6 @@ def test_a_reset_in_this_process_clears_its_share_while_the_store_is_down(
     assert server.request_count == sent + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a StoreError of an on_store_error='open' budget advises passing on_store_error='open'",
-)
 def test_a_store_error_of_an_open_budget_does_not_advise_passing_on_store_error_open(
     server: FakeInferenceServer, redis: Restartable
 ) -> None:
@@ -206,9 +193,6 @@ def test_a_store_error_of_an_open_budget_does_not_advise_passing_on_store_error_
 
 
 # ------------------------------------------------------------------ refusals by a shared budget
-@pytest.mark.xfail(
-    strict=True, reason="defect: a shared budget's refusal drops the model (model=None in _refused_shared)"
-)
 def test_a_shared_budgets_refusal_names_the_model_of_the_refused_call(
     store_url: str, server: FakeInferenceServer, prices: dict[str, float]
 ) -> None:
@@ -239,11 +223,6 @@ def _docs_agent() -> str:
     return block.group(1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel run's refusal line and --json 'refused' carry no model (shared refusal, "
-    "model=None)",
-)
 def test_the_docs_shekel_run_example_says_which_model_was_refused(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
@@ -596,11 +575,6 @@ def test_an_empty_shekel_budget_usd_is_a_bad_argument_not_no_cap(
     assert server.request_count == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the on_store_error='open' warning says the store 'is down' for any StoreError and drops "
-    "its cause (a wrong password reads as an outage)",
-)
 def test_the_open_mode_warning_says_why_the_store_could_not_be_used(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:

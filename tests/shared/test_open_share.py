@@ -93,7 +93,7 @@ def test_the_share_applies_from_the_first_call_the_store_is_down_and_lifts_when_
             call()
             assert server.request_count == sent + 1
             assert b.spent_exact == CALL_COST
-    assert len([w for w in caught if "is down" in str(w.message)]) == 1
+    assert len([w for w in caught if "cannot be used" in str(w.message)]) == 1
 
 
 def test_a_call_without_max_tokens_is_sized_to_the_share_once_the_store_is_down(

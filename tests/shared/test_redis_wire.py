@@ -48,7 +48,7 @@ def test_a_settle_runs_in_the_same_script_as_the_next_reserve(redis_store_url: s
     store.settle([LIMITS.name], "h:1:1", Charge(50, 1, 1, "ok"))
     second = store.reserve([LIMITS], _ask("h:1:2"))
     assert _evalsha_calls(client) == 1  # one script run for the settle and the reserve
-    assert second.spent[LIMITS.name] == 50  # the reserve saw the settle made before it
+    assert second.figures[LIMITS.name].spent == 50  # the reserve saw the settle made before it
     figures = other.read(LIMITS)
     assert (figures.spent, figures.calls, figures.inflight, figures.reserved) == (50, 1, 1, second.money)
     assert first.money > 50  # the settle replaced the worst case it held

@@ -225,7 +225,7 @@ def test_a_store_that_is_down_with_on_store_error_open_lets_calls_go_counted_her
                 client.chat_completion(MESSAGES, model="m", max_tokens=5)
     assert server.request_count == 3
     assert b._account.calls == 3 and b._own_spent == CALL_COST * 3  # counted in this process
-    assert len([w for w in caught if "is down" in str(w.message)]) == 1  # one warning per budget
+    assert len([w for w in caught if "cannot be used" in str(w.message)]) == 1  # one warning per budget
 
 
 def test_a_reset_by_another_process_gives_the_room_back_to_every_process(
