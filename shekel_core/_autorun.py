@@ -116,8 +116,11 @@ def join(config: dict[str, Any], *, with_outer: bool = True) -> Budget:
         join(outer)
     run_budget = budget_from(config)
     run = config.get("run_id")
-    if run_budget._shared is not None and isinstance(run, str) and _RUN_ID.fullmatch(run):
-        run_budget._shared.run = run  # its calls' log entries say so: the run reports its own calls
+    part = run_budget._shared
+    if part is not None:
+        if isinstance(run, str) and _RUN_ID.fullmatch(run):
+            part.run = run  # its calls' log entries say so: the run reports its own calls
+        part.private = config.get("private") is True
     entered = enter_for_process(run_budget)
     if config.get("refusals"):
         subscribe(RefusalLog(config["refusals"]))

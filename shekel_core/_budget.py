@@ -761,7 +761,7 @@ class Budget:
         member = min(limited, key=lambda b: getattr(b, cap)) if limited else named[0] if named else self
         figures = no_room.figures
         where = ""
-        if member._shared is not None:
+        if member._shared is not None and not member._shared.private:
             where = f" (shared, in {member._shared.store.display}"
             where += ", which is down: this process's own share)" if no_room.down else ")"
         return self._emit_refusal(

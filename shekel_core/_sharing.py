@@ -64,6 +64,8 @@ class SharedPart:
     enforced: bool = False
     #: The id of the ``shekel run`` run whose budget this is (its calls' log entries carry it), else None.
     run: str | None = None
+    #: The store is a ``shekel run``'s own temporary file: errors name the budget, not the store.
+    private: bool = False
 
 
 @dataclass(slots=True)

@@ -56,6 +56,12 @@ def _usd(amount: Decimal) -> str:
     return "$" + (text + "00" if text.endswith(".") else text)
 
 
+#: What a refusal advises, by reason (the ``shekel`` command gives its own options instead).
+USD_ADVICE = "Raise max_usd, lower max_tokens, or set fallback={'at_pct': ..., 'model': <a cheaper model>}."
+CALLS_ADVICE = "Raise max_llm_calls, or catch BudgetExceededError to stop cleanly."
+TOKENS_ADVICE = "Raise max_total_tokens or lower max_tokens."
+
+
 class BudgetExceededError(ShekelError):
     """A budget cannot pay for a call, or has run out of calls.
 
@@ -116,13 +122,10 @@ class BudgetExceededError(ShekelError):
         if self.reason == "calls":
             return (
                 f"{who} allows {max_calls} LLM calls and {calls} are used or in flight; the next call{on} "
-                "was not sent. Raise max_llm_calls, or catch BudgetExceededError to stop cleanly."
+                f"was not sent. {CALLS_ADVICE}"
             )
         if self.reason == "tokens":
-            return (
-                f"{who} has no tokens left for the next call{on}; it was not sent. "
-                "Raise max_total_tokens or lower max_tokens."
-            )
+            return f"{who} has no tokens left for the next call{on}; it was not sent. {TOKENS_ADVICE}"
         assert limit is not None
         remaining = max(limit - spent - reserved, Decimal(0))
         short = max(needed - remaining, Decimal(0))
@@ -130,6 +133,5 @@ class BudgetExceededError(ShekelError):
         return (
             f"{who} cannot pay for the next call{on}: spent {_usd(spent)} of {_usd(limit)}{held}, "
             f"{_usd(remaining)} left, and the call could cost up to {_usd(needed)} "
-            f"({_usd(short)} over the cap). The request was not sent. Raise max_usd, lower max_tokens, "
-            "or set fallback={'at_pct': ..., 'model': <a cheaper model>}."
+            f"({_usd(short)} over the cap). The request was not sent. {USD_ADVICE}"
         )

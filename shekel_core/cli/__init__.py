@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from ..errors import ShekelError
-from ..ledger.shared import OPEN_ADVICE
-from ._args import UsageError
+from ._args import UsageError, for_command
 from ._codes import EXIT_BUDGET, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_BUDGET", "EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -269,16 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return handler(args)
     except UsageError as error:
-        sys.stderr.write(f"{_command(tokens)}: error: {_for_command(error)}\n")
+        sys.stderr.write(f"{_command(tokens)}: error: {for_command(error)}\n")
         return EXIT_USAGE
     except ShekelError as error:  # a store that cannot be reached, say: one line, no traceback
-        sys.stderr.write(f"{_command(tokens)}: error: {_for_command(error)}\n")
+        sys.stderr.write(f"{_command(tokens)}: error: {for_command(error)}\n")
         return EXIT_ERROR
-
-
-def _for_command(error: Exception) -> str:
-    """The message without advice the command has no option for (on_store_error is a budget's)."""
-    return str(error).replace(OPEN_ADVICE, "")
 
 
 def _command(tokens: list[str]) -> str:

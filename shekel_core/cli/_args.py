@@ -9,9 +9,34 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from ..errors import CALLS_ADVICE, TOKENS_ADVICE, USD_ADVICE
+from ..ledger.shared import OPEN_ADVICE, WINDOW_ADVICE
+
 
 class UsageError(Exception):
     """A bad argument: the message says what is wrong and how to write it."""
+
+
+#: Advice of the library's errors, as the ``shekel`` command's options say it (None: left out).
+_COMMAND_ADVICE = (
+    (OPEN_ADVICE, ""),
+    (USD_ADVICE, "Raise --budget, or set --fallback-model M --fallback-at F."),
+    (CALLS_ADVICE, "Raise --max-calls."),
+    (TOKENS_ADVICE, "Raise --max-tokens."),
+    (
+        WINDOW_ADVICE,
+        "Use the same --window, another --name, or reset the budget (shekel reset --store URL NAME --yes "
+        "forgets its spend and its window).",
+    ),
+)
+
+
+def for_command(error: BaseException) -> str:
+    """An error's message with the advice a ``budget()`` caller follows given as the command's options."""
+    text = str(error)
+    for advice, instead in _COMMAND_ADVICE:
+        text = text.replace(advice, instead)
+    return text
 
 
 def money(text: str, what: str) -> Decimal:

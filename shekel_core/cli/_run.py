@@ -53,7 +53,12 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
             '--budget is empty (an unset variable in --budget "$BUDGET"?): give a number of US dollars, '
             "e.g. --budget 0.50, or leave --budget out for no money cap"
         )
-    max_usd = None if budget_text in (None, "") else str(_args.money(budget_text, what))
+    if args.budget is None and budget_text is not None and not budget_text.strip():
+        raise _args.UsageError(
+            f"{BUDGET_ENV} is set but empty: give a number of US dollars, e.g. {BUDGET_ENV}=0.50, or unset "
+            "it for no money cap"
+        )
+    max_usd = None if budget_text is None else str(_args.money(budget_text, what))
     if args.store is None and args.window is not None:
         raise _args.UsageError("--window applies to a shared budget: give --store URL --name NAME too")
     if args.store is not None and not args.name:
@@ -88,6 +93,8 @@ def config_from(args: argparse.Namespace, private_store: str | None, refusals: s
         if args.fallback_model is None
         else {"model": args.fallback_model, "at_pct": _args.fraction(args.fallback_at, "--fallback-at")},
         "refusals": refusals,
+        # Without --store: the store is the run's own temporary file, never named to the user.
+        "private": args.store is None,
         # Tags this run's calls in the store's log: runs sharing a store budget each report their own.
         "run_id": secrets.token_hex(8),
     }
@@ -169,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report = monitor.report(code, stopped)
         except ShekelError as error:  # the store failed after the program ran: keep the program's exit code
-            _render.line(f"shekel: no summary: {error}", style="red")
+            _render.line(f"shekel: no summary: {_args.for_command(error)}", style="red")
             return code
         if json_path is not None:
             try:
@@ -233,7 +240,7 @@ def _run_program(args: argparse.Namespace) -> tuple[int, bool]:
         return 130, False
     except BaseException as error:
         if _stopped_by_budget(error):
-            _render.line(f"shekel: the budget stopped the program: {error}", style="red")
+            _render.line(f"shekel: the budget stopped the program: {_args.for_command(error)}", style="red")
             return EXIT_BUDGET, True
         traceback.print_exception(type(error), error, _programs_frames(error.__traceback__))
         return 1, False

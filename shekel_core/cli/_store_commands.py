@@ -106,7 +106,9 @@ def status(args: argparse.Namespace) -> int:
                 _render.usd(Decimal(r["spent"])),
                 _render.usd(Decimal(r["reserved"])),
                 _render.usd(None if r["limit"] is None else Decimal(r["limit"])),
-                f"{r['calls']}" + ("" if r["max_calls"] is None else f" of {r['max_calls']}"),
+                # as max_llm_calls counts them: answered, failed and in flight
+                f"{r['calls'] + r['failed_calls'] + r['calls_in_flight']}"
+                + ("" if r["max_calls"] is None else f" of {r['max_calls']}"),
                 r["window"] or "none",
                 r["_resets"],
             ]

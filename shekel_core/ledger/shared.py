@@ -379,15 +379,23 @@ def runs_of(hold_id: str | None) -> list[str]:
 
 def store_error(store: Store, action: str, error: BaseException) -> StoreError:
     """A ``StoreError`` naming the store (without its password) and the fix."""
+    said = _scrub(str(error)).rstrip(". ")
+    kind = type(error).__name__
+    check = (
+        "Check the user name and password in the store's URL (redis://user:password@host:6379/0; "
+        "percent-encode special characters)"
+        if "Authentication" in kind or re.search(r"\b(NOAUTH|WRONGPASS|AUTH)\b|password", said)
+        else "Check that the store is reachable"
+    )
     return StoreError(
-        f"shared budget store {store.display} could not {action}: {type(error).__name__}: "
-        f"{_scrub(str(error)).rstrip('. ')}. Check that the store is reachable{OPEN_ADVICE}."
+        f"shared budget store {store.display} could not {action}: {kind}: {said}. {check}{OPEN_ADVICE}."
     )
 
 
 #: The part of a store error's advice only a budget can follow (the ``shekel`` command leaves it out).
 OPEN_ADVICE = (
-    ", or pass on_store_error='open' to let calls go ahead, counted in this process only, while it is down"
+    ", or pass on_store_error='open' to let calls go ahead, held to this process's share of the budget, "
+    "while the store cannot be used"
 )
 
 
@@ -408,9 +416,14 @@ def window_mismatch(store: Store, name: str, stored: str, asked: str) -> BudgetC
     """The error for a process that opens a shared budget with another window than the store keeps."""
     return BudgetConfigError(
         f"shared budget {name!r} in {store.display} counts spend over window {stored!r}, and this process "
-        f"opened it with window {asked!r}: every process must use the same window for one name. Use the "
-        "same window=, another name, or reset the budget (b.reset() forgets its spend and its window)."
+        f"opened it with window {asked!r}: every process must use the same window for one name. {WINDOW_ADVICE}"
     )
+
+
+#: How to open a budget whose store keeps another window (the ``shekel`` command gives its own options).
+WINDOW_ADVICE = (
+    "Use the same window=, another name, or reset the budget (b.reset() forgets its spend and its window)."
+)
 
 
 def userinfo_end(rest: str) -> int:

@@ -257,11 +257,6 @@ def test_the_docs_shekel_run_example_says_which_model_was_refused(
     assert "cannot pay for the next call for model 'meta-llama/Llama-3.3-70B-Instruct'" in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel run's refusal names its private temporary store as '(shared, in sqlite:////tmp/"
-    "shekel-run-.../run.db)'",
-)
 def test_shekel_run_without_a_store_does_not_name_its_private_temporary_store(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
@@ -296,11 +291,6 @@ def test_shekel_run_without_a_store_does_not_name_its_private_temporary_store(
 
 
 # ------------------------------------------------------------------ the shekel command and a store
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: 'shekel: no summary' line advises on_store_error='open', an option shekel run lacks "
-    "(cli/_run.py prints the error without _for_command)",
-)
 def test_shekel_runs_no_summary_line_gives_no_advice_the_command_has_no_option_for(
     server: FakeInferenceServer, redis: Restartable, tmp_path: Path
 ) -> None:
@@ -343,10 +333,6 @@ def test_shekel_runs_no_summary_line_gives_no_advice_the_command_has_no_option_f
     assert "on_store_error" not in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel status shows 'calls N of M' without failed calls, which count against the limit",
-)
 def test_status_calls_of_the_limit_counts_what_the_limit_counts(
     store_url: str, server: FakeInferenceServer, prices: dict[str, float], tmp_path: Path
 ) -> None:
@@ -373,11 +359,6 @@ def test_status_calls_of_the_limit_counts_what_the_limit_counts(
     assert "2 of 2" in status.stdout, status.stdout  # observed: "1 of 2"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel run's window-mismatch error tells a command-line user to use window= and "
-    "b.reset()",
-)
 def test_shekel_run_window_mismatch_error_says_how_to_fix_it_on_the_command_line(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
@@ -402,11 +383,6 @@ def test_shekel_run_window_mismatch_error_says_how_to_fix_it_on_the_command_line
     assert "--window" in second.stderr or "shekel reset" in second.stderr, second.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a Redis store that needs a password is reported as 'Check that the store is reachable' "
-    "with no word of a password",
-)
 def test_a_redis_url_without_the_password_says_the_password_is_missing(tmp_path: Path) -> None:
     """docs/shared-budgets.md: "In production, use your Redis or Valkey with authentication
     (`redis://user:password@host:6379/0` ...)"; "Errors become `shekel.StoreError`, naming the server
@@ -439,10 +415,6 @@ def test_a_redis_url_without_the_password_says_the_password_is_missing(tmp_path:
     assert "password" in done.stderr.lower(), done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel run --json's 'budget_spent' (the budget's shared spend) is undocumented",
-)
 def test_the_json_field_with_the_budgets_shared_spend_is_documented(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
@@ -475,11 +447,6 @@ def _readme_commands() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.startswith("shekel ")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the README's `shekel report --store sqlite:///budgets.db` after its `shekel run` fails: "
-    "the run kept no store",
-)
 def test_the_readmes_report_command_reports_what_its_run_command_spent(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
@@ -516,11 +483,6 @@ def test_the_readmes_report_command_reports_what_its_run_command_spent(
     assert "3" in report.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: shekel run's stop line advises 'Raise max_usd ... set fallback={...}', Python arguments "
-    "a command-line user does not have",
-)
 def test_shekel_runs_stop_line_names_the_commands_options(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
@@ -544,10 +506,6 @@ def test_shekel_runs_stop_line_names_the_commands_options(
     assert "--budget" in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: an empty SHEKEL_BUDGET_USD runs the program with no cap (an empty --budget is refused)",
-)
 def test_an_empty_shekel_budget_usd_is_a_bad_argument_not_no_cap(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
