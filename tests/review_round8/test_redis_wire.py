@@ -347,7 +347,7 @@ def test_a_users_client_of_any_protocol_and_decoding_works(redis_store_url: str,
     store.reserve([LIMITS], _ask("h:9:1"))
     store.settle([LIMITS.name], "h:9:1", Charge(11, 1, 1, "ok", model="m"))
     grant = store.reserve([LIMITS], _ask("h:9:2"))
-    assert grant.spent == {LIMITS.name: 11}
+    assert {name: f.spent for name, f in grant.figures.items()} == {LIMITS.name: 11}
     assert store.read(LIMITS).spent == 11
     assert store.names() == [LIMITS.name]
     assert [entry["model"] for entry in store.log()] == ["m"]
