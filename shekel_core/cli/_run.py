@@ -388,7 +388,9 @@ class _Monitor:
                 shown.__exit__(None, None, None)
 
     def report(self, exit_code: int, stopped: bool) -> dict[str, Any]:
-        entries = self._ours(self.store.log(self.name, since=self.started))
+        # All of the name's log, not since the run started: a store's clock (Redis's) may differ from this
+        # host's, and the run's id alone tells its calls.
+        entries = self._ours(self.store.log(self.name))
         by_model: dict[str, dict[str, Any]] = {}
         total = 0
         input_tokens = output_tokens = failed = 0
