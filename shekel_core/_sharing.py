@@ -398,12 +398,15 @@ def _figures(account: Account) -> Figures:
 
 def _unhold_shares(reservation: Reservation) -> None:
     """The call's holds in the process's shares end (it settled, or was given back)."""
-    if not reservation.share_holds:
-        return
-    with shares.LOCK:
-        for share, money, tokens in reservation.share_holds:
-            share.unhold(money, tokens)
-        reservation.share_holds = ()
+    if reservation.share_holds:
+        with shares.LOCK:
+            _unhold_shares_locked(reservation)
+
+
+def _unhold_shares_locked(reservation: Reservation) -> None:
+    for share, money, tokens in reservation.share_holds:
+        share.unhold(money, tokens)
+    reservation.share_holds = ()
 
 
 def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHold, ...]:
@@ -419,8 +422,8 @@ def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHol
 def settle(reservation: Reservation, charge: Charge) -> None:
     """Charge the call in every store it held in. A store that fails keeps the hold, which its lease ends:
     then it is charged what it held, never less."""
-    _unhold_shares(reservation)
-    with shares.LOCK:
+    with shares.LOCK:  # the hold ends and the charge is made in one step: no one sees neither
+        _unhold_shares_locked(reservation)
         for share in {id(m._shared.seen): m._shared.seen for m in reservation.chain if m._shared}.values():
             share.charge(charge.money, charge.outcome == "ok", charge.input_tokens, charge.output_tokens)
     holds = reservation.shared

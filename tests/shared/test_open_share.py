@@ -194,3 +194,34 @@ def test_with_the_store_down_a_call_waits_for_room_another_thread_holds_in_the_s
     assert sorted(outcomes) == (["called", "streamed"] if wait is None else ["refused", "streamed"])
     assert server.request_count == (2 if wait is None else 1)
     assert b._own_spent <= Decimal("0.10")
+
+
+def test_the_share_holds_nothing_once_every_call_ended_and_follows_the_store(
+    server: FakeInferenceServer, store_url: str
+) -> None:
+    """Calls that end every way (answered, an error answer, a stream closed early, async, refused) leave
+    nothing held in the process's share, and its spend is never more than the store's."""
+    import huggingface_hub
+
+    client = InferenceClient(base_url=server.url)
+    with budget(max_usd=0.10, name="svc", store=store_url, price_per_1k_tokens=PRICES) as b:
+        client.chat_completion(MESSAGES, model="m", max_tokens=5)
+        server.fail_next(500)
+        with pytest.raises(huggingface_hub.errors.HfHubHTTPError):
+            client.chat_completion(MESSAGES, model="m", max_tokens=5)
+        stream = client.chat_completion(MESSAGES, model="m", max_tokens=5, stream=True)
+        next(iter(stream))
+        stream.close()
+
+        async def many() -> list[object]:
+            aclient = AsyncInferenceClient(base_url=server.url)
+            calls = (aclient.chat_completion(MESSAGES, model="m", max_tokens=5) for _ in range(4))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        ended = asyncio.run(many())
+        assert any(isinstance(e, BudgetExceededError) for e in ended), ended  # some refused, some answered
+        assert not all(isinstance(e, BudgetExceededError) for e in ended), ended
+        share = b._shared.seen
+        assert (share.held_money, share.held_tokens, share.held_calls) == (0, 0, 0)
+        known = share.spent  # the store's figures at its last answer, plus this process's settles since
+        assert 0 < known <= int(b.spent_exact * 10**9)
