@@ -701,7 +701,9 @@ def _help_examples(command: str, cwd: Path) -> list[list[str]]:
     shown = shekel(command, "--help", cwd=cwd)
     assert shown.returncode == 0, shown.stderr
     examples = shown.stdout.split("examples:", 1)[1].split("\n\n", 1)[0]
-    return [shlex.split(line.strip())[1:] for line in examples.splitlines() if line.strip().startswith("shekel ")]
+    return [
+        shlex.split(line.strip())[1:] for line in examples.splitlines() if line.strip().startswith("shekel ")
+    ]
 
 
 @pytest.mark.xfail(
