@@ -66,3 +66,59 @@ def test_a_refusal_by_the_programs_own_budget_does_not_advise_the_runs_options(
     stop = next(line for line in done.stderr.splitlines() if "stopped the program" in line)
     assert done.returncode == 3 and "'shekel-run/step'" in stop, done.stderr
     assert option not in stop, stop
+
+
+#: A program that stops cleanly when its budget refuses a call (as the library's advice suggests).
+CATCHING = textwrap.dedent(
+    """
+    import sys
+    from huggingface_hub import InferenceClient
+    from shekel import BudgetExceededError
+
+    client = InferenceClient(base_url=sys.argv[1])
+    try:
+        for _ in range(10):
+            client.chat_completion([{"role": "user", "content": "hi there"}], model="m", max_tokens=5)
+    except BudgetExceededError:
+        print("stopping cleanly")
+    """
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: the summary's 'refused ...; last:' line prints the refusal with the library's advice "
+    "(max_usd=, fallback={...}, max_llm_calls); for_command is applied to the stop line only",
+)
+@pytest.mark.parametrize(
+    ("limit", "library"), [(["--budget", "0.05"], "max_usd"), (["--max-calls", "2"], "max_llm_calls")]
+)
+def test_the_summary_gives_a_refusal_of_the_runs_budget_with_the_commands_options(
+    server: FakeInferenceServer, tmp_path: Path, limit: list[str], library: str
+) -> None:
+    """CHANGELOG (0809146): "The `shekel` command (review 14b): its stop line and errors give its own options
+    (`--budget`, `--fallback-model`/`--fallback-at`, `--max-calls`, `--max-tokens`, ...) where the
+    library's say `max_usd=`, `fallback={...}`, `window=` or `b.reset()`". docs/cli.md: the summary gives
+    "what was refused and why".
+
+    `shekel run --budget 0.05 prog.py` (or `--max-calls 2`), where the program catches
+    `BudgetExceededError` to stop cleanly (exit 0: no stop line). The summary's last line quotes the
+    refusal of the run's own budget 'shekel-run' with the library's advice: "... Raise max_usd, lower
+    max_tokens, or set fallback={'at_pct': ..., 'model': <a cheaper model>}." (or "Raise max_llm_calls,
+    ..."): arguments the user of the command never wrote and cannot set. The same refusal, uncaught, is
+    rewritten to "Raise --budget ...".
+
+    Cause: `_run._print_summary` prints `refused[-1]['message']` (the refusal log's message) as it is;
+    only `_run._run_program`'s stop line and `cli.main`'s error line go through `_args.for_command`."""
+    script = tmp_path / "prog.py"
+    script.write_text(CATCHING)
+    done = subprocess.run(
+        [sys.executable, "-m", "shekel", "run", *limit, "--price-per-1k", "1,2", str(script), server.url],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    last = next(line for line in done.stderr.splitlines() if "refused" in line and "last:" in line)
+    assert done.returncode == 0 and "'shekel-run'" in last, done.stderr
+    assert library not in last and "fallback={" not in last, last
