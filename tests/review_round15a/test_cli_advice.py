@@ -56,8 +56,21 @@ def test_a_refusal_by_the_programs_own_budget_does_not_advise_the_runs_options(
     script = tmp_path / "prog.py"
     script.write_text(PROGRAM)
     done = subprocess.run(
-        [sys.executable, "-m", "shekel", "run", "--budget", "5", "--max-calls", "100", "--price-per-1k",
-         "1,2", str(script), server.url, reason],
+        [
+            sys.executable,
+            "-m",
+            "shekel",
+            "run",
+            "--budget",
+            "5",
+            "--max-calls",
+            "100",
+            "--price-per-1k",
+            "1,2",
+            str(script),
+            server.url,
+            reason,
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

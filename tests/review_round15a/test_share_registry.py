@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 
 import pytest
@@ -61,10 +62,8 @@ def test_a_name_in_use_keeps_its_one_share_while_other_names_come_and_go(
     helper = of("svc", 0.10)
     seen = helper.spent_exact  # the share of "svc", the store being down
     with helper:
-        try:
+        with contextlib.suppress(BudgetExceededError):
             client.chat_completion(MESSAGES, model="m", max_tokens=5)
-        except BudgetExceededError:
-            pass
     assert (seen, server.request_count - sent) == (svc.spent_exact, 0), (
         f"a new budget of 'svc' sees ${seen} spent (svc: ${svc.spent_exact}) and sent "
         f"{server.request_count - sent} call(s) past the share's refusal"
