@@ -10,15 +10,23 @@ too), kept for the :data:`MAX_SHARES` names used last.
 from __future__ import annotations
 
 import os
+import sys
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .ledger.shared import Figures
 
 #: How many names' shares a process keeps (the least recently used idle one goes first).
 MAX_SHARES = 4096
+
+
+#: What a thread (and asyncio task, by id) holds in a share: (thread id, task id or None).
+Owner = tuple[int, "int | None"]
+
+#: How many of its latest charges a share remembers (to add back those a store's answer may predate).
+RECENT = 4096
 
 
 @dataclass(slots=True, eq=False)
@@ -34,23 +42,57 @@ class Share:
     held_money: int = 0
     held_tokens: int = 0
     held_calls: int = 0
+    #: The same, by who holds it: a call never waits for room its own thread or task holds.
+    held_by: dict[Owner, list[int]] = field(default_factory=dict)
+    #: This process's latest charges, by sequence number: (seq, money, answered, input, output tokens).
+    recent: deque[tuple[int, int, bool, int, int]] = field(default_factory=lambda: deque(maxlen=RECENT))
 
-    def seen(self, figures: Figures) -> None:
-        """The store answered with the budget's figures: they replace what this process counted."""
+    def seen(self, figures: Figures, mark: int) -> None:
+        """The store answered with the budget's figures, asked after charge ``mark``: they replace what this
+        process counted, but for its charges since (the answer may predate them: counted again, never
+        lost)."""
         self.spent, self.calls, self.failed = figures.spent, figures.calls, figures.failed
         self.input_tokens, self.output_tokens = figures.input_tokens, figures.output_tokens
+        for seq, money, answered, input_tokens, output_tokens in self.recent:
+            if seq > mark:
+                self._add(money, answered, input_tokens, output_tokens)
 
-    def hold(self, money: int, tokens: int) -> None:
+    def hold(self, money: int, tokens: int, owner: Owner) -> None:
         self.held_money += money
         self.held_tokens += tokens
         self.held_calls += 1
+        mine = self.held_by.setdefault(owner, [0, 0, 0])
+        mine[0] += money
+        mine[1] += tokens
+        mine[2] += 1
 
-    def unhold(self, money: int, tokens: int) -> None:
+    def unhold(self, money: int, tokens: int, owner: Owner) -> None:
         self.held_money -= money
         self.held_tokens -= tokens
         self.held_calls -= 1
+        mine = self.held_by.get(owner)
+        if mine is not None:
+            mine[0] -= money
+            mine[1] -= tokens
+            mine[2] -= 1
+            if mine[2] <= 0:
+                del self.held_by[owner]
 
-    def charge(self, money: int, answered: bool, input_tokens: int, output_tokens: int) -> None:
+    def own(self, owner: Owner) -> tuple[int, int, int]:
+        """What calls of ``owner``'s thread hold (of its task only, when it names one): (money, tokens,
+        calls)."""
+        thread, task = owner
+        money = tokens = calls = 0
+        for (each_thread, each_task), (m, t, c) in self.held_by.items():
+            if each_thread == thread and (task is None or each_task is None or each_task == task):
+                money, tokens, calls = money + m, tokens + t, calls + c
+        return money, tokens, calls
+
+    def charge(self, seq: int, money: int, answered: bool, input_tokens: int, output_tokens: int) -> None:
+        self._add(money, answered, input_tokens, output_tokens)
+        self.recent.append((seq, money, answered, input_tokens, output_tokens))
+
+    def _add(self, money: int, answered: bool, input_tokens: int, output_tokens: int) -> None:
         self.spent += money
         if answered:
             self.calls += 1
@@ -62,10 +104,12 @@ class Share:
     def clear(self) -> None:
         """The budget was reset from this process: nothing spent (calls in flight still hold)."""
         self.spent = self.calls = self.failed = self.input_tokens = self.output_tokens = 0
+        self.recent.clear()
 
 
-#: Guards every share and the registry (short sections only: no store is asked while it is held).
-LOCK = threading.Lock()
+#: Guards every share and the registry (short sections only: no store is asked while it is held). Reentrant:
+#: garbage collection may settle a dropped stream inside a section that holds it.
+LOCK = threading.RLock()
 _shares: OrderedDict[tuple[Hashable, str], Share] = OrderedDict()
 
 
@@ -77,7 +121,7 @@ def share_of(ledger_key: Hashable, name: str) -> Share:
         if share is None:
             share = _shares[key] = Share()
             if len(_shares) > MAX_SHARES:
-                idle = next((k for k, s in _shares.items() if not s.held_calls and k != key), None)
+                idle = next((k for k, s in _shares.items() if k != key and _unused(s)), None)
                 if idle is not None:
                     del _shares[idle]
         else:
@@ -85,12 +129,35 @@ def share_of(ledger_key: Hashable, name: str) -> Share:
         return share
 
 
+def _unused(share: Share) -> bool:
+    """No call holds in it and no budget refers to it (only the registry, this frame and the argument do):
+    evicting it loses nothing a budget still counts on."""
+    return not share.held_calls and sys.getrefcount(share) <= 3
+
+
+#: Numbers the charges of the process's shares, in order: the last number given.
+_last = 0
+
+
+def next_seq() -> int:
+    """The number of a new charge (:data:`LOCK` held)."""
+    global _last
+    _last += 1
+    return _last
+
+
+def mark() -> int:
+    """The number of the last charge: a store's answer asked for after it counts the charges up to it."""
+    return _last
+
+
 def _after_fork_in_child() -> None:
     """A forked child has none of its parent's calls in flight, and its own lock."""
     global LOCK
-    LOCK = threading.Lock()
+    LOCK = threading.RLock()
     for share in _shares.values():
         share.held_money = share.held_tokens = share.held_calls = 0
+        share.held_by.clear()
 
 
 if hasattr(os, "register_at_fork"):

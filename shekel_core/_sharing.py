@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from . import _shares as shares
 from ._money import ZERO, exact_money
 from ._redact import redact_model
-from ._shares import Share
+from ._shares import Owner, Share
 from ._warn import warn_user
 from .errors import BudgetConfigError, StoreError
 from .ledger import OUTPUT_MARGIN_TOKENS, Account, NoRoom
@@ -171,7 +171,7 @@ def _windows(members: Sequence[Budget], names: list[str]) -> list[str]:
 
 
 def _apply(
-    reservation: Reservation, store: Store, members: Sequence[Budget], ask: Ask, grant: Grant
+    reservation: Reservation, store: Store, members: Sequence[Budget], ask: Ask, grant: Grant, mark: int
 ) -> StoreHold:
     names = _names(members)
     with shares.LOCK:
@@ -179,8 +179,8 @@ def _apply(
             share = _share(members, name)
             figures = grant.figures.get(name)
             if figures is not None:
-                share.seen(figures)
-            share.hold(grant.money, grant.tokens)
+                _seen(share, figures, store, name, mark)
+            share.hold(grant.money, grant.tokens, _owner(reservation))
             reservation.share_holds = (*reservation.share_holds, (share, grant.money, grant.tokens))
     if grant.max_tokens is not None and grant.max_tokens != reservation.max_tokens:
         reservation.chain[0]._take_grant(reservation, grant.max_tokens)
@@ -198,6 +198,7 @@ def take_holds(reservation: Reservation, patient: bool = True) -> None:
         for store, members, ask in hold(reservation, patient):
             if taken:  # a later store may grant fewer output tokens: ask for no more than granted so far
                 ask.ceiling = reservation.max_tokens or ask.ceiling
+            mark = shares.mark()
             try:
                 grant = store.reserve(_limits(members), ask)
             except StoreNoRoom as no_room:
@@ -205,14 +206,17 @@ def take_holds(reservation: Reservation, patient: bool = True) -> None:
                 raise
             except StoreError as error:
                 if not _open(members, error):
-                    raise
+                    raise _for_command(error, members) from error.__cause__
                 _share_answers(reservation, members, ask.patient)
+                taken.append(_not_held(store, members, ask.hold_id))
                 continue
-            taken.append(_apply(reservation, store, members, ask, grant))
+            taken.append(_apply(reservation, store, members, ask, grant, mark))
+            _send_unsent(store)
     except BaseException:
         _unhold_shares(reservation)
         for held in taken:
-            _quietly(held.store.release, held.names, held.hold_id)
+            if held.lease:
+                _quietly(held.store.release, held.names, held.hold_id)
         raise
     reservation.shared = tuple(taken)
 
@@ -224,6 +228,7 @@ async def atake_holds(reservation: Reservation, patient: bool = True) -> None:
         for store, members, ask in hold(reservation, patient):
             if taken:
                 ask.ceiling = reservation.max_tokens or ask.ceiling
+            mark = shares.mark()
             try:
                 grant = await _cancel_safe_reserve(store, _limits(members), ask)
             except StoreNoRoom as no_room:
@@ -231,14 +236,17 @@ async def atake_holds(reservation: Reservation, patient: bool = True) -> None:
                 raise
             except StoreError as error:
                 if not _open(members, error):
-                    raise
+                    raise _for_command(error, members) from error.__cause__
                 _share_answers(reservation, members, ask.patient)
+                taken.append(_not_held(store, members, ask.hold_id))
                 continue
-            taken.append(_apply(reservation, store, members, ask, grant))
+            taken.append(_apply(reservation, store, members, ask, grant, mark))
+            await _asend_unsent(store)
     except BaseException:
         _unhold_shares(reservation)
         for held in taken:
-            await _aquietly(held.store.arelease, held.names, held.hold_id)
+            if held.lease:
+                await _aquietly(held.store.arelease, held.names, held.hold_id)
         raise
     reservation.shared = tuple(taken)
 
@@ -271,11 +279,24 @@ def _open(members: Sequence[Budget], error: StoreError) -> bool:
     for member, part in zip(members, parts, strict=False):
         if not part.warned_open:
             part.warned_open = True
+            held = (
+                "held to this process's share of the budget"
+                if part.enforced
+                else "with no limit of this budget in this process (a budget with a window has no share: "
+                "put a local budget around it to cap the process)"
+            )
             warn_user(
                 f"shekel: the store of shared budget {member._name!r} cannot be used ({cause}): calls go "
-                "ahead, held to this process's share of the budget (on_store_error='open'), until it answers."
+                f"ahead, {held} (on_store_error='open'), until it answers."
             )
     return True
+
+
+def _for_command(error: StoreError, members: Sequence[Budget]) -> StoreError:
+    """A store error for budgets of a ``shekel run`` run: without advice only a ``budget()`` can follow."""
+    if any(m._shared is not None and (m._shared.run or m._shared.private) for m in members):
+        return StoreError(str(error).replace(OPEN_ADVICE, ""))
+    return error
 
 
 @exact_money
@@ -299,7 +320,7 @@ def _share_answers(reservation: Reservation, members: Sequence[Budget], patient:
             try:
                 granted, _, _ = _hold_on(others, reservation, patient)
             except NoRoom as no_room:
-                own = _own_holds_in(budget, reservation, share)
+                own = share.own(_owner(reservation))
                 refusal = StoreNoRoom(
                     name,
                     no_room.reason,
@@ -319,7 +340,7 @@ def _share_answers(reservation: Reservation, members: Sequence[Budget], patient:
             tokens += reservation.max_tokens + OUTPUT_MARGIN_TOKENS
         for name in names:
             share = _share(members, name)
-            share.hold(money, tokens)
+            share.hold(money, tokens, _owner(reservation))
             reservation.share_holds = (*reservation.share_holds, (share, money, tokens))
 
 
@@ -360,21 +381,6 @@ def _as_account(
     return account
 
 
-def _own_holds_in(budget: Budget, reservation: Reservation, share: Share) -> tuple[int, int, int]:
-    """What the calls in flight of the caller (its thread, and task) hold in ``share``: (money, tokens,
-    calls). Waiting for them could not make room (tree lock held)."""
-    money = tokens = calls = 0
-    for held in budget._tree.holds:
-        if held.thread != reservation.thread or (
-            reservation.task is not None and held.task is not None and held.task is not reservation.task
-        ):
-            continue
-        for each, held_money, held_tokens in held.share_holds:
-            if each is share:
-                money, tokens, calls = money + held_money, tokens + held_tokens, calls + 1
-    return money, tokens, calls
-
-
 def _fits(account: Account, reservation: Reservation) -> bool:
     try:
         _hold_on(account, reservation, False)
@@ -404,19 +410,84 @@ def _unhold_shares(reservation: Reservation) -> None:
 
 
 def _unhold_shares_locked(reservation: Reservation) -> None:
+    owner = _owner(reservation)
     for share, money, tokens in reservation.share_holds:
-        share.unhold(money, tokens)
+        share.unhold(money, tokens, owner)
     reservation.share_holds = ()
+
+
+def _owner(reservation: Reservation) -> Owner:
+    return reservation.thread, None if reservation.task is None else id(reservation.task)
 
 
 def unheld(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> tuple[StoreHold, ...]:
     """Holds that were never taken, for a call charged after the fact: each store charges it on settle."""
     hold_id = new_hold_id(_runs(groups))
-    return tuple(
-        StoreHold(store, names, hold_id, 0.0, float("inf"), _windows(members, names))
-        for store, members in groups
-        for names in [_names(members)]
-    )
+    return tuple(_not_held(store, members, hold_id) for store, members in groups)
+
+
+def _not_held(store: Store, members: Sequence[Budget], hold_id: str) -> StoreHold:
+    """A hold the store never took (lease 0: nothing to renew or release), charged there on settle."""
+    names = _names(members)
+    return StoreHold(store, names, hold_id, 0.0, float("inf"), _windows(members, names))
+
+
+#: Charges of calls the stores never held (made while a store was down) that could not be written to it
+#: yet, by ledger: they count in the process's shares, and are sent once the store answers again.
+_unsent: dict[Hashable, list[tuple[int, Store, list[str], str, Charge, list[str]]]] = {}
+#: The most charges kept per store (the oldest are dropped first, with a warning).
+MAX_UNSENT = 100_000
+
+
+def _seen(share: Share, figures: Figures, store: Store, name: str, mark: int) -> None:
+    """The store answered for ``name``, asked after charge ``mark``: its figures, plus this process's
+    charges since, and those not written there yet (:data:`shares.LOCK` held)."""
+    share.seen(figures, mark)
+    for seq, _, names, _, charge, _ in _unsent.get(store.ledger_key, ()):
+        if name in names and seq <= mark:  # a later one is among the charges since
+            share._add(charge.money, charge.outcome == "ok", charge.input_tokens, charge.output_tokens)
+
+
+def _keep_unsent(held: StoreHold, charge: Charge, seq: int) -> None:
+    with shares.LOCK:
+        kept = _unsent.setdefault(held.store.ledger_key, [])
+        kept.append((seq, held.store, held.names, held.hold_id, charge, held.windows))
+        if len(kept) > MAX_UNSENT:
+            del kept[0]
+            warn_user(
+                f"shekel: more than {MAX_UNSENT} calls made while {held.store.display} was down wait to be "
+                "written to it: the oldest is dropped (that store will not count it)."
+            )
+
+
+def _take_unsent(store: Store) -> list[tuple[int, Store, list[str], str, Charge, list[str]]]:
+    if not _unsent:
+        return []
+    with shares.LOCK:
+        return _unsent.pop(store.ledger_key, [])
+
+
+def _send_unsent(store: Store) -> None:
+    """The store answered: write the charges of calls it never held (each once: a failure keeps the rest)."""
+    kept = _take_unsent(store)
+    for index, (_, held_store, names, hold_id, charge, windows) in enumerate(kept):
+        try:
+            held_store.settle(names, hold_id, charge, windows)
+        except Exception:
+            with shares.LOCK:
+                _unsent.setdefault(store.ledger_key, [])[:0] = kept[index:]
+            return
+
+
+async def _asend_unsent(store: Store) -> None:
+    kept = _take_unsent(store)
+    for index, (_, held_store, names, hold_id, charge, windows) in enumerate(kept):
+        try:
+            await held_store.asettle(names, hold_id, charge, windows)
+        except Exception:
+            with shares.LOCK:
+                _unsent.setdefault(store.ledger_key, [])[:0] = kept[index:]
+            return
 
 
 def settle(reservation: Reservation, charge: Charge) -> None:
@@ -424,22 +495,40 @@ def settle(reservation: Reservation, charge: Charge) -> None:
     then it is charged what it held, never less."""
     with shares.LOCK:  # the hold ends and the charge is made in one step: no one sees neither
         _unhold_shares_locked(reservation)
+        seq = shares.next_seq()
+        answered = charge.outcome == "ok"
         for share in {id(m._shared.seen): m._shared.seen for m in reservation.chain if m._shared}.values():
-            share.charge(charge.money, charge.outcome == "ok", charge.input_tokens, charge.output_tokens)
+            share.charge(seq, charge.money, answered, charge.input_tokens, charge.output_tokens)
     holds = reservation.shared
     if not holds:
         return
     loop = _running_loop() if reservation.defer else None
     for held in holds:
         if loop is not None:  # an async caller: settle in a task, which the caller awaits (``settled``)
-            task = loop.create_task(
-                _aquietly(held.store.asettle, held.names, held.hold_id, charge, held.windows)
-            )
+            task = loop.create_task(_asettle_one(held, charge, seq))
             _pending.add(task)
             task.add_done_callback(_pending.discard)
             reservation.settling = (*reservation.settling, task)
         else:
-            _quietly(held.store.settle, held.names, held.hold_id, charge, held.windows)
+            try:
+                held.store.settle(held.names, held.hold_id, charge, held.windows)
+            except Exception as error:
+                _not_settled(held, charge, seq, error)
+
+
+async def _asettle_one(held: StoreHold, charge: Charge, seq: int) -> None:
+    """One store's settle of a call made by an async caller (see :func:`settle`)."""
+    try:
+        await held.store.asettle(held.names, held.hold_id, charge, held.windows)
+    except Exception as error:
+        _not_settled(held, charge, seq, error)
+
+
+def _not_settled(held: StoreHold, charge: Charge, seq: int, error: Exception) -> None:
+    if held.lease:
+        _warn_failed(error)  # the hold stays in the store; its lease charges it at most what it held
+    else:
+        _keep_unsent(held, charge, seq)  # the store never held it: sent when it answers again
 
 
 async def settled(reservation: Reservation) -> None:
@@ -455,6 +544,8 @@ def release(reservation: Reservation) -> None:
     _unhold_shares(reservation)
     loop = _running_loop() if reservation.defer else None
     for held in reservation.shared:
+        if not held.lease:
+            continue  # never held in the store: nothing to give back
         if loop is not None:
             task = loop.create_task(_aquietly(held.store.arelease, held.names, held.hold_id))
             _pending.add(task)
@@ -503,9 +594,10 @@ async def asend_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> N
 
 
 def figures(part: SharedPart) -> Figures:
+    mark = shares.mark()
     result = part.store.read(part.limits)
     with shares.LOCK:
-        part.seen.seen(result)
+        _seen(part.seen, result, part.store, part.limits.name, mark)
     return result
 
 
@@ -538,7 +630,8 @@ def _warn_failed(error: Exception) -> None:
     # A warning turned error (-W error) must not escape either: the other stores' holds are still to be
     # settled, and the caller's answer to be handed back.
     with contextlib.suppress(Exception):
-        warn_user(f"shekel: {error} The call's hold in the store ends with its lease.")
+        said = str(error).replace(OPEN_ADVICE, "")  # after the call: nothing to configure for it
+        warn_user(f"shekel: {said} The call's hold in the store ends with its lease.")
 
 
 __all__ = ["SharedPart", "StoreHold", "atake_holds", "groups", "release", "settle", "take_holds"]

@@ -36,7 +36,7 @@ examples:
   shekel run --budget 0.50 agent.py --task "summarise the news"
   shekel status --store sqlite:///budgets.db
   shekel report --store sqlite:///budgets.db --since 7d --by model --plot spend.png
-  shekel prices meta-llama/Llama-3.1-8B-Instruct --provider together
+  shekel prices meta-llama/Llama-3.1-8B-Instruct --provider cerebras
 """
 
 RUN_HELP = """\
@@ -79,7 +79,7 @@ then the bundled Hugging Face Inference Providers data).
 
 examples:
   shekel prices meta-llama/Llama-3.1-8B-Instruct
-  shekel prices meta-llama/Llama-3.1-8B-Instruct --provider together
+  shekel prices meta-llama/Llama-3.1-8B-Instruct --provider cerebras
   shekel prices --provider cerebras
 """
 

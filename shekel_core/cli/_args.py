@@ -31,7 +31,7 @@ _COMMAND_ADVICE = (
 )
 
 
-def for_command(error: BaseException) -> str:
+def for_command(error: BaseException | str) -> str:
     """An error's message with the advice a ``budget()`` caller follows given as the command's options."""
     text = str(error)
     for advice, instead in _COMMAND_ADVICE:

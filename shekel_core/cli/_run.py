@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 )
         if not args.quiet:
             _print_summary(report)
-        if report["calls"] == 0 and not report["refused"]:
+        if report["calls"] + report["failed_calls"] == 0 and not report["refused"]:
             _render.line(
                 "shekel: 0 calls counted: is the client one shekel counts? (see docs/cli.md)", style="yellow"
             )
@@ -200,10 +200,10 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _stopped_by_budget(error: BaseException) -> bool:
-    """Whether a budget refusal stopped the program: ``error`` is a ``BudgetExceededError``, or one is its
-    explicit cause (``raise ... from refusal``) or in its group. The implicit ``__context__`` is not
-    followed: a bug raised while the program handled a refusal is the program's own error."""
+def _refusal_in(error: BaseException) -> str | None:
+    """The name of the budget whose refusal stopped the program: ``error`` is a ``BudgetExceededError``, or
+    one is its explicit cause (``raise ... from refusal``) or in its group; else None. The implicit
+    ``__context__`` is not followed: a bug raised while the program handled a refusal is its own error."""
     seen: set[int] = set()
     stack = [error]
     while stack:
@@ -212,11 +212,16 @@ def _stopped_by_budget(error: BaseException) -> bool:
             continue
         seen.add(id(each))
         if isinstance(each, BudgetExceededError):
-            return True
+            return each.budget_name
         if each.__cause__ is not None:
             stack.append(each.__cause__)
         stack.extend(getattr(each, "exceptions", ()))
-    return False
+    return None
+
+
+def _stopped_by_budget(error: BaseException) -> bool:
+    """Whether a budget refusal stopped the program (see :func:`_refusal_in`)."""
+    return _refusal_in(error) is not None
 
 
 def _run_program(args: argparse.Namespace) -> tuple[int, bool]:
@@ -240,7 +245,12 @@ def _run_program(args: argparse.Namespace) -> tuple[int, bool]:
         return 130, False
     except BaseException as error:
         if _stopped_by_budget(error):
-            _render.line(f"shekel: the budget stopped the program: {_args.for_command(error)}", style="red")
+            said = (
+                _args.for_command(error)
+                if _runs_own(_refusal_in(error), args.name or DEFAULT_NAME)
+                else error
+            )
+            _render.line(f"shekel: the budget stopped the program: {said}", style="red")
             return EXIT_BUDGET, True
         traceback.print_exception(type(error), error, _programs_frames(error.__traceback__))
         return 1, False
@@ -399,7 +409,7 @@ class _Monitor:
             row = by_model.setdefault(
                 model, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost_nano": 0, "providers": set()}
             )
-            row["calls"] += 1
+            row["calls"] += e.get("outcome") in (None, "ok")  # answered; failed ones are counted apart
             row["input_tokens"] += int(e["input_tokens"])
             row["output_tokens"] += int(e["output_tokens"])
             row["cost_nano"] += int(e["cost_nano"])
@@ -419,7 +429,7 @@ class _Monitor:
             "budget_spent": budget_spent,
             "spent": str(from_nano(total)),
             "limit": None if self.limit is None else str(self.limit),
-            "calls": len(entries),
+            "calls": len(entries) - failed,
             "failed_calls": failed,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
@@ -433,7 +443,7 @@ class _Monitor:
                 }
                 for model, row in sorted(by_model.items())
             },
-            "refused": _refusals(self.config["refusals"]),
+            "refused": _refusals(self.config["refusals"], self.name),
             "exit_code": exit_code,
             "stopped_by_budget": stopped,
             "budget": self.name,
@@ -443,7 +453,12 @@ class _Monitor:
         }
 
 
-def _refusals(path: str) -> list[dict[str, Any]]:
+def _runs_own(budget_name: object, run_name: str) -> bool:
+    """Whether a refusal is the run's budget's (its options can help), not one of the program's budgets."""
+    return isinstance(budget_name, str) and budget_name.split(" (", 1)[0] == run_name
+
+
+def _refusals(path: str, run_name: str) -> list[dict[str, Any]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError:
@@ -451,9 +466,16 @@ def _refusals(path: str) -> list[dict[str, Any]]:
     found = []
     for raw in text.splitlines():
         try:
-            found.append(json.loads(raw))
+            refusal = json.loads(raw)
         except ValueError:
             continue
+        if not isinstance(refusal, dict):
+            continue
+        if isinstance(refusal.get("message"), str) and _runs_own(refusal.get("budget"), run_name):
+            refusal["message"] = _args.for_command(
+                refusal["message"]
+            )  # the command's options, not budget()'s
+        found.append(refusal)
     return found
 
 

@@ -282,7 +282,10 @@ class RedisStore(Store):
         try:
             answer = await self._arun("RESERVE", "reserve a call", keys, args)
         except StoreError as error:
-            if isinstance(error.__cause__, (redis.ConnectionError, redis.TimeoutError, OSError)):
+            cause = error.__cause__
+            if isinstance(cause, (redis.ConnectionError, redis.TimeoutError, OSError)) and not _never_sent(
+                cause
+            ):
                 # Its answer may have been lost after it ran: the hold is released as a settle is sent
                 # (by this store's sending thread, or with its next command; a no-op if it never ran).
                 self._wire.defer(*_undo(keys, ask)[1:], script="UNDO")
@@ -486,6 +489,12 @@ def _undo(keys: list[str], ask: Ask) -> tuple[str, list[str], list[Any]]:
     """The command that undoes a reserve given up (see ``_redis_lua.UNDO``): its mark outlives any delay the
     reserve could still arrive after (twice its lease)."""
     return "UNDO", keys, [ask.hold_id, max(1, math.ceil(2 * ask.lease))]
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Whether a command failed before it could be written: the connection was never made (redis-py says
+    "Error N connecting to" or "Timeout connecting to")."""
+    return "connecting to" in str(error)
 
 
 def _figures(values: list[Any], resets_at: float | None) -> Figures:

@@ -381,12 +381,18 @@ def store_error(store: Store, action: str, error: BaseException) -> StoreError:
     """A ``StoreError`` naming the store (without its password) and the fix."""
     said = _scrub(str(error)).rstrip(". ")
     kind = type(error).__name__
-    check = (
-        "Check the user name and password in the store's URL (redis://user:password@host:6379/0; "
-        "percent-encode special characters)"
-        if "Authentication" in kind or re.search(r"\b(NOAUTH|WRONGPASS|AUTH)\b|password", said)
-        else "Check that the store is reachable"
-    )
+    if "Authentication" in kind or re.search(r"\b(NOAUTH|WRONGPASS|AUTH)\b|password", said):
+        check = (
+            "Check the user name and password in the store's URL (redis://user:password@host:6379/0; "
+            "percent-encode special characters)"
+        )
+    elif "database is locked" in said:
+        check = (
+            "Another connection holds the file's write lock for longer than the busy timeout (an open sqlite3 "
+            "shell, or a transaction left open): close it"
+        )
+    else:
+        check = "Check that the store is reachable"
     return StoreError(
         f"shared budget store {store.display} could not {action}: {kind}: {said}. {check}{OPEN_ADVICE}."
     )

@@ -30,11 +30,6 @@ PROGRAM = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: cli._args.for_command replaces the advice of any refusal with the run's options; a "
-    "refusal by the program's own budget tells the user to raise --budget / --max-calls, which cannot help",
-)
 @pytest.mark.parametrize(("reason", "option"), [("usd", "--budget"), ("calls", "--max-calls")])
 def test_a_refusal_by_the_programs_own_budget_does_not_advise_the_runs_options(
     server: FakeInferenceServer, tmp_path: Path, reason: str, option: str
@@ -98,11 +93,6 @@ CATCHING = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the summary's 'refused ...; last:' line prints the refusal with the library's advice "
-    "(max_usd=, fallback={...}, max_llm_calls); for_command is applied to the stop line only",
-)
 @pytest.mark.parametrize(
     ("limit", "library"), [(["--budget", "0.05"], "max_usd"), (["--max-calls", "2"], "max_llm_calls")]
 )

@@ -52,11 +52,6 @@ PROGRAM = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _shares.LOCK is a plain Lock; a dropped stream settled by the garbage collector inside "
-    "a section holding it (_apply, _share_answers, settle...) takes it again: the process hangs for ever",
-)
 def test_a_stream_collected_inside_the_shares_lock_does_not_hang_the_process(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:

@@ -21,11 +21,6 @@ InferenceClient = huggingface_hub.InferenceClient
 from shekel._usage import Usage  # noqa: E402  (what an adapter settles a call with)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: Share.seen() replaces the share with a store answer computed before a charge this "
-    "process already counted; the charge is lost and the process overshoots once the store is down",
-)
 def test_a_charge_made_while_another_reserve_is_answered_is_not_lost_from_the_share(
     server: FakeInferenceServer, redis: Restartable
 ) -> None:

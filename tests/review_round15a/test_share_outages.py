@@ -21,11 +21,6 @@ InferenceClient = huggingface_hub.InferenceClient
 CALL_COST = Decimal("0.015")  # a call ("hi there", max_tokens=5) as the server reports it; it holds $0.058
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: spend made while the store is down is never written to it, and Share.seen() drops it "
-    "at the store's next answer (a read of b.spent): every outage gives the process the cap again",
-)
 def test_a_store_that_comes_and_goes_does_not_give_the_process_its_cap_again_each_time(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:

@@ -50,12 +50,6 @@ def test_control_with_the_store_up_a_call_never_waits_for_its_own_stream(
     assert _refusal_after_own_stream(server, redis, down=False) < 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _sharing._own_holds_in counts the caller's holds in its own budget tree only; with "
-    "the store down a call waits its whole wait= for a stream its own thread holds under another budget "
-    "object of the same name",
-)
 def test_with_the_store_down_a_call_never_waits_for_room_its_own_thread_holds(
     server: FakeInferenceServer, redis: Restartable
 ) -> None:

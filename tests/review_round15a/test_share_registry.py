@@ -16,12 +16,6 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 InferenceClient = huggingface_hub.InferenceClient
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _shares.share_of moves a name to the recent end only when a budget object is made; "
-    "a long-lived budget's share is evicted while in use, and a later budget of that name gets a second, "
-    "empty share",
-)
 def test_a_name_in_use_keeps_its_one_share_while_other_names_come_and_go(
     server: FakeInferenceServer, redis: Restartable
 ) -> None:

@@ -47,12 +47,6 @@ def _pause_after_the_hold_ends(paused: threading.Event, resume: threading.Event)
     return tracer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _sharing.settle ends the call's hold in the share (_unhold_shares) and charges it "
-    "(Share.charge) under two separate takes of shares.LOCK; another thread's call checked between them "
-    "sees neither, and passes max_llm_calls with the store down",
-)
 def test_with_the_store_down_a_call_settling_never_frees_room_it_has_not_been_charged_for(
     server: FakeInferenceServer, redis: Restartable
 ) -> None:
