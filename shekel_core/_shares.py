@@ -44,6 +44,8 @@ class Share:
     held_calls: int = 0
     #: The same, by who holds it: a call never waits for room its own thread or task holds.
     held_by: dict[Owner, list[int]] = field(default_factory=dict)
+    #: Whether the process warned that the store cannot be used, since it last answered for this name.
+    warned: bool = False
     #: This process's latest charges, by sequence number: (seq, money, answered, input, output tokens).
     recent: deque[tuple[int, int, bool, int, int]] = field(default_factory=lambda: deque(maxlen=RECENT))
 

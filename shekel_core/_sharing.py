@@ -58,7 +58,6 @@ class SharedPart:
     fail_open: bool
     #: This process's share of the budget: its figures as last seen in the store, plus this process's since.
     seen: Share
-    warned_open: bool = False
     #: Whether this process holds itself to the budget's limits against its share while the store is down
     #: (on_store_error="open" and no window: a window's share would not be counted per window).
     enforced: bool = False
@@ -277,8 +276,8 @@ def _open(members: Sequence[Budget], error: StoreError) -> bool:
         return False
     cause = str(error).replace(OPEN_ADVICE, "").rstrip(". ")
     for member, part in zip(members, parts, strict=False):
-        if not part.warned_open:
-            part.warned_open = True
+        if not part.seen.warned:  # once per name and outage, whichever budget objects open it
+            part.seen.warned = True
             held = (
                 "held to this process's share of the budget"
                 if part.enforced
@@ -443,6 +442,7 @@ def _seen(share: Share, figures: Figures, store: Store, name: str, mark: int) ->
     """The store answered for ``name``, asked after charge ``mark``: its figures, plus this process's
     charges since, and those not written there yet (:data:`shares.LOCK` held)."""
     share.seen(figures, mark)
+    share.warned = False  # the store answers: the next outage warns again
     for seq, _, names, _, charge, _ in _unsent.get(store.ledger_key, ()):
         if name in names and seq <= mark:  # a later one is among the charges since
             share._add(charge.money, charge.outcome == "ok", charge.input_tokens, charge.output_tokens)
