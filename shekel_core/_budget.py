@@ -275,6 +275,7 @@ class Budget:
             self._account = Account(self, None, None, None)
             spec = part.limits.window
             part.enforced = part.fail_open and spec.seconds is None and spec.calendar is None
+            shares.use(part.seen, self)
 
         self.parent: Budget | None = None
         self._chain: tuple[Budget, ...] = (self,)

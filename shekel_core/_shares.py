@@ -10,8 +10,8 @@ too), kept for the :data:`MAX_SHARES` names used last.
 from __future__ import annotations
 
 import os
-import sys
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -46,6 +46,8 @@ class Share:
     held_by: dict[Owner, list[int]] = field(default_factory=dict)
     #: Whether the process warned that the store cannot be used, since it last answered for this name.
     warned: bool = False
+    #: How many live budget objects use it (one that none uses may be evicted).
+    users: int = 0
     #: This process's latest charges, by sequence number: (seq, money, answered, input, output tokens).
     recent: deque[tuple[int, int, bool, int, int]] = field(default_factory=lambda: deque(maxlen=RECENT))
 
@@ -132,9 +134,20 @@ def share_of(ledger_key: Hashable, name: str) -> Share:
 
 
 def _unused(share: Share) -> bool:
-    """No call holds in it and no budget refers to it (only the registry, this frame and the argument do):
-    evicting it loses nothing a budget still counts on."""
-    return not share.held_calls and sys.getrefcount(share) <= 3
+    """No call holds in it and no live budget uses it: evicting it loses nothing a budget counts on."""
+    return not share.held_calls and not share.users
+
+
+def use(share: Share, user: object) -> None:
+    """``user`` (a budget) uses ``share`` until it is garbage collected."""
+    with LOCK:
+        share.users += 1
+    weakref.finalize(user, _unuse, share)
+
+
+def _unuse(share: Share) -> None:
+    with LOCK:  # reentrant: a finalizer may run inside a section that holds it
+        share.users -= 1
 
 
 #: Numbers the charges of the process's shares, in order: the last number given.
