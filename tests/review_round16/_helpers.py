@@ -37,7 +37,12 @@ class Lock:
 def shekel(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
     return subprocess.run(
-        [sys.executable, "-m", "shekel", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "shekel", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
