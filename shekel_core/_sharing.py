@@ -10,7 +10,9 @@ counted in this process only, with one warning per budget (``"open"``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import os
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
@@ -479,6 +481,25 @@ def _send_unsent(store: Store) -> None:
             return
 
 
+def _send_every_unsent() -> None:
+    """At exit: the charges still kept, to every store that answers (best effort: the process ends)."""
+    with shares.LOCK:
+        stores = [kept[0][1] for kept in _unsent.values() if kept]
+    for store in stores:
+        with contextlib.suppress(Exception):
+            _send_unsent(store)
+
+
+def _forget_unsent_in_child() -> None:
+    """A forked child: the charges its parent kept are the parent's to send (sent twice otherwise)."""
+    _unsent.clear()
+
+
+atexit.register(_send_every_unsent)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_unsent_in_child)
+
+
 async def _asend_unsent(store: Store) -> None:
     kept = _take_unsent(store)
     for index, (_, held_store, names, hold_id, charge, windows) in enumerate(kept):
@@ -580,10 +601,12 @@ def renew_in_tasks(reservation: Reservation) -> None:
 
 
 def send_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> None:
-    """Send the settles the chain's stores keep to send with a later command (a budget leaving its block)."""
+    """Send the settles the chain's stores keep to send with a later command (a budget leaving its block),
+    and the charges of calls made while a store was down, if it answers now."""
     for store, _ in groups:
         if store.waiting:
             _quietly(store.flush)
+        _send_unsent(store)
 
 
 async def asend_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> None:
@@ -591,9 +614,11 @@ async def asend_settles(groups: Sequence[tuple[Store, tuple[Budget, ...]]]) -> N
     for store, _ in groups:
         if store.waiting:
             await _aquietly(asyncio.to_thread, store.flush)
+        await _asend_unsent(store)
 
 
 def figures(part: SharedPart) -> Figures:
+    _send_unsent(part.store)  # the store may be back: what it missed first, so that its figures hold it
     mark = shares.mark()
     result = part.store.read(part.limits)
     with shares.LOCK:

@@ -39,7 +39,6 @@ def _child(url: str, base: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-@pytest.mark.xfail(strict=True, reason="defect: a forked child sends its parent's unsent charges again")
 def test_a_call_made_while_the_store_was_down_is_charged_once_when_the_process_forks(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
@@ -80,7 +79,6 @@ def test_a_call_made_while_the_store_was_down_is_charged_once_when_the_process_f
     assert (row["calls"], float(row["spent"])) == (4, pytest.approx(4 * COST)), row
 
 
-@pytest.mark.xfail(strict=True, reason="defect: unsent charges are sent only after a reserve, never at exit")
 def test_a_call_made_while_the_store_was_down_is_written_once_the_store_answers(
     server: FakeInferenceServer, tmp_path: Path
 ) -> None:
