@@ -57,9 +57,10 @@ class Share:
         lost)."""
         self.spent, self.calls, self.failed = figures.spent, figures.calls, figures.failed
         self.input_tokens, self.output_tokens = figures.input_tokens, figures.output_tokens
-        for seq, money, answered, input_tokens, output_tokens in self.recent:
-            if seq > mark:
-                self._add(money, answered, input_tokens, output_tokens)
+        for seq, money, answered, input_tokens, output_tokens in reversed(self.recent):
+            if seq <= mark:
+                break  # numbered in order: the rest predate the answer
+            self._add(money, answered, input_tokens, output_tokens)
 
     def hold(self, money: int, tokens: int, owner: Owner) -> None:
         self.held_money += money
